@@ -1,0 +1,45 @@
+# Cadre — every target sets itself up: the first run creates .venv and installs the project.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run up test lint fmt typecheck bench schema test-deploy clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## The embedded default: local nats-server + every service as a process + the example task.
+run: $(STAMP)
+	$(BIN)/cadre up --example
+
+## Bring the embedded stack up and keep it running until Ctrl-C.
+up: $(STAMP)
+	$(BIN)/cadre up
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check shared services tests
+	$(BIN)/ruff format --check shared services tests
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix shared services tests
+	$(BIN)/ruff format shared services tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench
+
+schema: $(STAMP)
+	$(BIN)/python -m shared.schema docs/schema
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

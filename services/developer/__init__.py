@@ -1,0 +1,1 @@
+"""The developer agent service."""

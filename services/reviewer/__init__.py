@@ -1,0 +1,1 @@
+"""The reviewer agent service."""

@@ -1,0 +1,305 @@
+"""The bus: connect to NATS, create the JetStream topology, move artifacts.
+
+``Bus`` wraps one NATS connection plus its JetStream context, the workflow
+KV bucket and the artifact object store, all named from the settings' prefix.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from shared.errors import NotConnected
+from shared.protocol import AGENT_ROLES, PRIORITIES, ArtifactRef, DeadLetter, encode, now
+from shared.settings import Settings
+from shared.subjects import Subjects
+
+__all__ = ["Bus", "connect", "ensure_topology"]
+
+logger = logging.getLogger(__name__)
+
+
+async def connect(settings: Settings, name: str, *, retry_forever: bool = True) -> NATS:
+    """Connect with reconnect-forever and clear logs on every state change.
+
+    With ``retry_forever`` the first connection is retried too (a service
+    started before its server, as docker-compose may do); the CLI passes
+    ``False`` so a user gets a clear "no server reachable" at once.
+    """
+
+    async def on_disconnect() -> None:
+        logger.warning("nats disconnected name=%s", name)
+
+    async def on_reconnect() -> None:
+        logger.warning("nats reconnected name=%s url=%s", name, nc.connected_url)
+
+    async def on_error(err: Exception) -> None:
+        logger.warning("nats error name=%s err=%s", name, err)
+
+    async def on_closed() -> None:
+        logger.info("nats connection closed name=%s", name)
+
+    options: dict[str, Any] = {
+        "servers": settings.servers,
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 1,
+        "connect_timeout": settings.connect_timeout,
+        "allow_reconnect": True,
+        "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnect,
+        "error_cb": on_error,
+        "closed_cb": on_closed,
+    }
+    if settings.creds_file:
+        options["user_credentials"] = str(settings.creds_file)
+    if settings.nats_user:
+        options["user"] = settings.nats_user
+        options["password"] = settings.nats_password or ""
+    if settings.nats_tls_ca:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(settings.nats_tls_ca))
+        options["tls"] = ctx
+    if not retry_forever:
+        options["max_reconnect_attempts"] = 0
+        options["allow_reconnect"] = False
+    try:
+        nc = await nats.connect(**options)
+    except Exception as exc:  # nats raises several unrelated types here
+        raise NotConnected(settings.nats_url, str(exc) or type(exc).__name__) from exc
+    if not retry_forever:
+        # from here on, a long-lived CLI follow should survive a blip
+        nc.options["allow_reconnect"] = True
+        nc.options["max_reconnect_attempts"] = -1
+    logger.info("nats connected name=%s url=%s", name, nc.connected_url)
+    return nc
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        # exists with another config: bring it to ours
+        await js.update_stream(config)
+
+
+async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
+    """Create (or update) every stream, consumer, bucket and store. Idempotent."""
+    s = settings.subjects
+    r = settings.replicas
+    dedup = settings.dedup_window
+    streams = [
+        StreamConfig(
+            name=s.stream_tasks,
+            subjects=[s.task_submit],
+            retention=RetentionPolicy.WORK_QUEUE,
+            duplicate_window=dedup,
+            storage=StorageType.FILE,
+            num_replicas=r,
+        ),
+        StreamConfig(
+            name=s.stream_work,
+            subjects=[s.work_all()],
+            retention=RetentionPolicy.WORK_QUEUE,
+            duplicate_window=dedup,
+            storage=StorageType.FILE,
+            num_replicas=r,
+        ),
+        StreamConfig(
+            name=s.stream_results,
+            subjects=[s.step_result_all],
+            retention=RetentionPolicy.WORK_QUEUE,
+            duplicate_window=dedup,
+            storage=StorageType.FILE,
+            num_replicas=r,
+        ),
+        StreamConfig(
+            name=s.stream_events,
+            subjects=[f"{s.prefix}.events.>", s.result_all],
+            retention=RetentionPolicy.LIMITS,
+            max_age=settings.events_max_age,
+            duplicate_window=dedup,
+            storage=StorageType.FILE,
+            num_replicas=r,
+        ),
+        StreamConfig(
+            name=s.stream_metrics,
+            subjects=[s.metrics_all],
+            retention=RetentionPolicy.LIMITS,
+            max_age=settings.metrics_max_age,
+            storage=StorageType.FILE,
+            num_replicas=r,
+        ),
+        StreamConfig(
+            name=s.stream_dead_letters,
+            subjects=[s.dead_letter_all],
+            retention=RetentionPolicy.LIMITS,
+            max_age=settings.events_max_age,
+            discard=DiscardPolicy.OLD,
+            storage=StorageType.FILE,
+            num_replicas=r,
+        ),
+    ]
+    for config in streams:
+        await _ensure_stream(js, config)
+
+    def durable(name: str, subject: str) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=name,
+            filter_subject=subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait,
+            max_deliver=settings.max_deliver,
+            max_ack_pending=1000,
+        )
+
+    for role in AGENT_ROLES:
+        for priority in PRIORITIES:
+            await js.add_consumer(
+                s.stream_work, durable(s.work_consumer(role, priority), s.work(role, priority))
+            )
+    await js.add_consumer(s.stream_tasks, durable(s.intake_consumer, s.task_submit))
+    await js.add_consumer(s.stream_results, durable(s.results_consumer, s.step_result_all))
+
+    try:
+        await js.key_value(s.kv_workflows)
+    except (NotFoundError, BadRequestError):
+        await js.create_key_value(KeyValueConfig(bucket=s.kv_workflows, history=5, replicas=r))
+    try:
+        await js.object_store(s.object_store)
+    except (NotFoundError, BadRequestError):
+        await js.create_object_store(s.object_store, ObjectStoreConfig(replicas=r))
+
+
+@dataclass
+class Bus:
+    """A connected service's handle on NATS and JetStream."""
+
+    nc: NATS
+    settings: Settings
+    js: JetStreamContext = field(init=False)
+    _kv: KeyValue | None = field(default=None, init=False)
+    _store: ObjectStore | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.js = self.nc.jetstream()
+
+    @classmethod
+    async def open(cls, settings: Settings, name: str, *, retry_forever: bool = True) -> Bus:
+        nc = await connect(settings, name, retry_forever=retry_forever)
+        bus = cls(nc, settings)
+        if settings.bootstrap:
+            await ensure_topology(bus.js, settings)
+        return bus
+
+    @property
+    def subjects(self) -> Subjects:
+        return self.settings.subjects
+
+    async def close(self) -> None:
+        # the services drained their own work before this; flush what is buffered and close
+        if not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.flush(timeout=2)
+            await self.nc.close()
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- publishing -----------------------------------------------------------
+    async def publish(self, subject: str, msg: msgspec.Struct, *, msg_id: str | None = None) -> None:
+        """Publish to a stream and wait for the store's ack (dedup on ``msg_id``)."""
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        await self.js.publish(subject, encode(msg), headers=headers)
+
+    async def dead_letter(
+        self,
+        service: str,
+        subject: str,
+        payload: bytes,
+        reason: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Keep an unusable message with the reason; never drop it silently."""
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            text = "base64:" + base64.b64encode(payload).decode("ascii")
+        record = DeadLetter(
+            service=service,
+            subject=subject,
+            reason=reason,
+            payload=text,
+            received_at=now(),
+            headers={k: str(v) for k, v in (headers or {}).items()},
+        )
+        logger.warning("dead-letter service=%s subject=%s reason=%s", service, subject, reason)
+        await self.publish(self.subjects.dead_letter(service), record)
+
+    # --- KV and object store ----------------------------------------------------
+    async def workflows(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await self.js.key_value(self.subjects.kv_workflows)
+        return self._kv
+
+    async def store(self) -> ObjectStore:
+        if self._store is None:
+            self._store = await self.js.object_store(self.subjects.object_store)
+        return self._store
+
+    async def put_artifact(
+        self, data: bytes, *, content_type: str = "application/gzip", description: str = ""
+    ) -> ArtifactRef:
+        """Store bytes under their content hash and return a reference."""
+        digest = hashlib.sha256(data).hexdigest()
+        store = await self.store()
+        try:
+            info = await store.get_info(digest)
+            if info.size == len(data):
+                return ArtifactRef(
+                    name=digest,
+                    size=len(data),
+                    sha256=digest,
+                    content_type=content_type,
+                    description=description,
+                )
+        except NotFoundError:
+            pass
+        await store.put(digest, data)
+        return ArtifactRef(
+            name=digest, size=len(data), sha256=digest, content_type=content_type, description=description
+        )
+
+    async def get_artifact(self, ref: ArtifactRef) -> bytes:
+        store = await self.store()
+        result = await store.get(ref.name)
+        data = result.data or b""
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise ValueError(f"artifact {ref.name} is corrupt: sha256 mismatch")
+        return data

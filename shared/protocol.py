@@ -1,0 +1,524 @@
+"""Every message Cadre puts on the bus, as msgspec Structs.
+
+JSON on the wire, so any NATS client can speak it. Each message is a frozen,
+kw_only Struct tagged by its ``type`` field and carries a schema ``version``.
+New fields always get defaults; field types never change. One typed decoder
+per subject family lives at the bottom of this module.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "ROLES",
+    "AGENT_ROLES",
+    "PRIORITIES",
+    "Role",
+    "AgentRole",
+    "Priority",
+    "Severity",
+    "Concern",
+    "Message",
+    "TaskBody",
+    "ExpectedOutput",
+    "ArtifactRef",
+    "TaskSubmission",
+    "WorkItem",
+    "Issue",
+    "Dispute",
+    "Passage",
+    "Library",
+    "Change",
+    "TestReport",
+    "ResearchOutput",
+    "DevelopmentOutput",
+    "ReviewOutput",
+    "DesignOutput",
+    "StepOutput",
+    "Usage",
+    "Timings",
+    "StepStarted",
+    "StepResult",
+    "StepMessage",
+    "PlanStep",
+    "Plan",
+    "Conflict",
+    "Recovery",
+    "TaskEvent",
+    "StepRecord",
+    "FinalResult",
+    "Heartbeat",
+    "MetricEvent",
+    "DeadLetter",
+    "CancelRequest",
+    "CancelReply",
+    "ErrorReply",
+    "new_id",
+    "now",
+    "encode",
+    "task_decoder",
+    "work_decoder",
+    "step_decoder",
+    "event_decoder",
+    "result_decoder",
+    "heartbeat_decoder",
+    "metric_decoder",
+    "dead_letter_decoder",
+    "cancel_decoder",
+]
+
+PROTOCOL_VERSION = 1
+
+Role = Literal["orchestrator", "researcher", "developer", "reviewer"]
+AgentRole = Literal["researcher", "developer", "reviewer"]
+Priority = Literal["high", "normal", "low"]
+Severity = Literal["HIGH", "MEDIUM", "LOW"]
+# What a finding or a position is about; the conflict policy orders these.
+Concern = Literal["security", "correctness", "performance", "style"]
+
+ROLES: tuple[str, ...] = ("orchestrator", "researcher", "developer", "reviewer")
+AGENT_ROLES: tuple[str, ...] = ("researcher", "developer", "reviewer")
+PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
+
+_encoder = msgspec.json.Encoder()
+
+
+def new_id(prefix: str) -> str:
+    """A short unique id such as ``task_3f9c0a1b2c4d``."""
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def now() -> float:
+    """Wall-clock seconds since the epoch (timestamps on the wire)."""
+    return time.time()
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    """Encode any protocol message to JSON bytes."""
+    return _encoder.encode(msg)
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=False):
+    """Base of every message on the bus."""
+
+    version: int = PROTOCOL_VERSION
+
+
+# --- the spec's task message -------------------------------------------------
+
+
+class TaskBody(msgspec.Struct, frozen=True, kw_only=True):
+    """The spec's ``task`` object: what to do."""
+
+    description: str
+    requirements: list[str] = []
+    input_data: dict[str, Any] = {}
+
+
+class ExpectedOutput(msgspec.Struct, frozen=True, kw_only=True):
+    """The spec's ``expected_output`` object."""
+
+    files: list[str] = []
+    tests: str | None = None
+    coverage: str | None = None
+
+
+class ArtifactRef(msgspec.Struct, frozen=True, kw_only=True):
+    """A large payload kept in the object store, referenced by content hash."""
+
+    name: str
+    size: int
+    sha256: str
+    content_type: str = "application/gzip"
+    description: str = ""
+
+
+class TaskSubmission(Message, frozen=True, kw_only=True, tag="task"):
+    """A user's task, published on ``cadre.task.submit``.
+
+    ``workspace`` is an optional code workspace (a tar.gz in the object
+    store). A plain-JSON client may instead inline files in
+    ``task.input_data["files"]`` as ``{"path": "content"}``.
+    """
+
+    message_id: str
+    task_id: str = ""
+    from_agent: str = "client"
+    to_agent: str = "orchestrator"
+    task_type: str = "feature"
+    priority: Priority = "normal"
+    context: dict[str, Any] = {}
+    task: TaskBody
+    expected_output: ExpectedOutput = ExpectedOutput()
+    workspace: ArtifactRef | None = None
+    deadline: float | None = None
+    created_at: float = 0.0
+
+
+class WorkItem(Message, frozen=True, kw_only=True, tag="work"):
+    """One plan step delegated to an agent role: the spec's message structure
+    plus the ids a real system needs (task, step, attempt, deadline)."""
+
+    message_id: str
+    from_agent: Role = "orchestrator"
+    to_agent: AgentRole
+    task_type: str
+    priority: Priority = "normal"
+    context: dict[str, Any] = {}
+    task: TaskBody
+    expected_output: ExpectedOutput = ExpectedOutput()
+    task_id: str
+    step_id: str
+    attempt: int = 1
+    deadline: float
+    created_at: float
+    workspace: ArtifactRef | None = None
+    # instances that held an earlier attempt; the runtime lets another take it
+    avoid_instances: list[str] = []
+
+
+# --- step outputs --------------------------------------------------------------
+
+
+class Issue(msgspec.Struct, frozen=True, kw_only=True):
+    """One finding: severity, rule, where, and what it is about."""
+
+    id: str
+    severity: Severity
+    rule: str
+    message: str
+    tool: str
+    concern: Concern = "correctness"
+    file: str | None = None
+    line: int | None = None
+    recommendation: str = ""
+
+
+class Dispute(msgspec.Struct, frozen=True, kw_only=True):
+    """A developer's disagreement with a finding, and the concern it stands for."""
+
+    issue_id: str
+    argument: str
+    concern: Concern
+
+
+class Passage(msgspec.Struct, frozen=True, kw_only=True):
+    source: str
+    section: str
+    text: str
+    score: float
+
+
+class Library(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    version: str | None
+    summary: str
+    reason: str
+
+
+class Change(msgspec.Struct, frozen=True, kw_only=True):
+    """One change the developer made, with the finding it addresses."""
+
+    file: str
+    kind: str
+    description: str
+    diff: str
+    addresses: str | None = None
+
+
+class TestReport(msgspec.Struct, frozen=True, kw_only=True):
+    passed: int
+    failed: int
+    errors: int
+    coverage: float | None
+    command: str
+    output_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.errors == 0
+
+
+class ResearchOutput(msgspec.Struct, frozen=True, kw_only=True, tag="research"):
+    summary: str
+    passages: list[Passage] = []
+    libraries: list[Library] = []
+
+
+class DevelopmentOutput(msgspec.Struct, frozen=True, kw_only=True, tag="development"):
+    summary: str
+    files: list[str] = []
+    changes: list[Change] = []
+    refused: list[Change] = []
+    tests: TestReport | None = None
+    disputes: list[Dispute] = []
+
+
+class ReviewOutput(msgspec.Struct, frozen=True, kw_only=True, tag="review"):
+    summary: str
+    score: int
+    verdict: Literal["approved", "changes_requested"]
+    issues: list[Issue] = []
+    breakdown: dict[str, int] = {}
+    tests: TestReport | None = None
+
+
+class DesignOutput(msgspec.Struct, frozen=True, kw_only=True, tag="design"):
+    summary: str
+    components: list[str] = []
+    decisions: list[str] = []
+
+
+StepOutput = ResearchOutput | DevelopmentOutput | ReviewOutput | DesignOutput
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    """Model usage of one step (all zero for builtin brains)."""
+
+    model: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0
+    cost_usd: float = 0.0
+
+
+class Timings(msgspec.Struct, frozen=True, kw_only=True):
+    queued_at: float
+    started_at: float
+    finished_at: float
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.finished_at - self.started_at)
+
+
+class StepStarted(Message, frozen=True, kw_only=True, tag="step_started"):
+    """An agent instance took a work item (lets the orchestrator trace and health-check)."""
+
+    task_id: str
+    step_id: str
+    attempt: int
+    role: AgentRole
+    instance_id: str
+    started_at: float
+
+
+class StepResult(Message, frozen=True, kw_only=True, tag="step_result"):
+    """What an agent produced for one (task, step, attempt)."""
+
+    message_id: str
+    task_id: str
+    step_id: str
+    attempt: int
+    role: AgentRole
+    instance_id: str
+    status: Literal["completed", "failed", "unsupported", "cancelled"]
+    summary: str = ""
+    output: StepOutput | None = None
+    issues: list[Issue] = []
+    score: int | None = None
+    artifacts: dict[str, ArtifactRef] = {}
+    timings: Timings
+    usage: Usage = Usage()
+    error: str | None = None
+
+
+StepMessage = StepStarted | StepResult
+
+
+# --- orchestration ------------------------------------------------------------
+
+
+class PlanStep(msgspec.Struct, frozen=True, kw_only=True):
+    """One node of a plan DAG. ``inputs`` maps an input name to an earlier step id."""
+
+    id: str
+    role: Role
+    task_type: str
+    description: str
+    depends_on: list[str] = []
+    inputs: dict[str, str] = {}
+    review_loop: bool = False
+
+
+class Plan(msgspec.Struct, frozen=True, kw_only=True):
+    template: str
+    source: Literal["template", "planner"] = "template"
+    steps: list[PlanStep]
+
+
+class Conflict(msgspec.Struct, frozen=True, kw_only=True):
+    """A disagreement between agents and how the policy decided it."""
+
+    step_id: str
+    issue_id: str
+    developer_position: str
+    developer_concern: Concern
+    reviewer_position: str
+    reviewer_concern: Concern
+    winner: Literal["developer", "reviewer"]
+    rule: str
+    decision: str
+
+
+class Recovery(msgspec.Struct, frozen=True, kw_only=True):
+    """One failure-recovery episode (spec: check health, re-assign, notify, adjust, log)."""
+
+    step_id: str
+    reason: str
+    failed_attempt: int
+    failed_instance: str | None
+    instance_health: str
+    new_attempt: int
+    delay_s: float
+    new_deadline: float
+    at: float
+
+
+class TaskEvent(Message, frozen=True, kw_only=True, tag="event"):
+    """One transition of a task, on ``cadre.events.<task_id>.<kind>``.
+
+    ``text`` is the human trace line in the spec's style.
+    """
+
+    task_id: str
+    kind: str
+    text: str
+    at: float
+    seq: int = 0
+    step_id: str | None = None
+    role: str | None = None
+    attempt: int | None = None
+    score: int | None = None
+    plan: Plan | None = None
+    conflict: Conflict | None = None
+    recovery: Recovery | None = None
+    detail: str = ""
+
+
+class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The aggregated record of one executed step in the final result."""
+
+    step_id: str
+    role: Role
+    task_type: str
+    description: str
+    status: str
+    attempts: int
+    instance_id: str | None
+    summary: str
+    output: StepOutput | None = None
+    issues: list[Issue] = []
+    score: int | None = None
+    duration_s: float = 0.0
+    usage: Usage = Usage()
+    error: str | None = None
+
+
+class FinalResult(Message, frozen=True, kw_only=True, tag="result"):
+    """The aggregated output of a task, on ``cadre.result.<task_id>``."""
+
+    task_id: str
+    status: Literal["completed", "failed", "rejected", "cancelled"]
+    approved: bool
+    reason: str = ""
+    description: str = ""
+    task_type: str = ""
+    plan: Plan | None = None
+    steps: list[StepRecord] = []
+    score_history: list[int] = []
+    conflicts: list[Conflict] = []
+    recoveries: list[Recovery] = []
+    timings_by_role: dict[str, float] = {}
+    artifacts: dict[str, ArtifactRef] = {}
+    usage: Usage = Usage()
+    report_markdown: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+# --- operations -----------------------------------------------------------------
+
+
+class Heartbeat(Message, frozen=True, kw_only=True, tag="heartbeat"):
+    role: Role | Literal["monitor"]
+    instance_id: str
+    at: float
+    started_at: float
+    status: Literal["idle", "busy", "draining"] = "idle"
+    in_flight: int = 0
+    current: list[str] = []
+    interval: float = 2.0
+
+
+class MetricEvent(Message, frozen=True, kw_only=True, tag="metric"):
+    """One measurable fact; the monitor folds these into the spec's figures.
+
+    kinds: ``step_completed``, ``step_failed``, ``delegated``, ``decomposed``,
+    ``conflict_resolved``, ``reassigned``, ``retry``, ``review_verdict``,
+    ``research_used``, ``task_finished``.
+    """
+
+    kind: str
+    role: Role
+    instance_id: str
+    at: float
+    task_id: str | None = None
+    step_id: str | None = None
+    attempt: int | None = None
+    duration_s: float | None = None
+    issues_found: int | None = None
+    approved: bool | None = None
+    first_round: bool | None = None
+    value: float | None = None
+    usage: Usage = Usage()
+
+
+class DeadLetter(Message, frozen=True, kw_only=True, tag="dead_letter"):
+    """A message no service could use, kept with the reason."""
+
+    service: str
+    subject: str
+    reason: str
+    payload: str
+    received_at: float
+    headers: dict[str, str] = {}
+
+
+class CancelRequest(Message, frozen=True, kw_only=True, tag="cancel"):
+    task_id: str
+    step_id: str | None = None
+    attempt: int | None = None
+    reason: str = "cancelled by user"
+
+
+class CancelReply(Message, frozen=True, kw_only=True, tag="cancel_reply"):
+    task_id: str
+    accepted: bool
+    reason: str = ""
+
+
+class ErrorReply(Message, frozen=True, kw_only=True, tag="error"):
+    """A request/reply error answer."""
+
+    code: str
+    message: str
+
+
+# --- one typed decoder per subject family --------------------------------------------
+
+task_decoder = msgspec.json.Decoder(TaskSubmission)
+work_decoder = msgspec.json.Decoder(WorkItem)
+step_decoder = msgspec.json.Decoder(StepMessage)
+event_decoder = msgspec.json.Decoder(TaskEvent)
+result_decoder = msgspec.json.Decoder(FinalResult)
+heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
+metric_decoder = msgspec.json.Decoder(MetricEvent)
+dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
+cancel_decoder = msgspec.json.Decoder(CancelRequest)

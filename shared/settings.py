@@ -1,0 +1,109 @@
+"""Configuration for every service: pydantic-settings with the ``CADRE_`` prefix.
+
+Built once in each ``__main__`` and passed in; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.protocol import Concern
+from shared.subjects import Subjects
+
+__all__ = ["Settings", "default_instance_id"]
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}".replace(".", "-")
+
+
+class Settings(BaseSettings):
+    """Every knob, with the defaults a single-machine deployment wants."""
+
+    model_config = SettingsConfigDict(env_prefix="CADRE_", extra="ignore")
+
+    # --- bus ---------------------------------------------------------------
+    nats_url: str = Field("nats://127.0.0.1:4222", description="comma-separated server URLs")
+    creds_file: Path | None = None
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_tls_ca: Path | None = None
+    prefix: str = "cadre"
+    bootstrap: bool = Field(True, description="create streams/buckets at start (off under least privilege)")
+    replicas: int = 1
+    dedup_window: float = 120.0
+    ack_wait: float = 30.0
+    max_deliver: int = 5
+    events_max_age: float = 7 * 24 * 3600.0
+    metrics_max_age: float = 7 * 24 * 3600.0
+    connect_timeout: float = 5.0
+    log_level: str = "INFO"
+
+    # --- identity ------------------------------------------------------------
+    role: str = "developer"
+    instance_id: str = Field(default_factory=default_instance_id)
+    heartbeat_interval: float = 2.0
+    concurrency: int = 1
+    drain_timeout: float = 20.0
+
+    # --- brains ---------------------------------------------------------------
+    brain: str = Field("builtin", description="builtin | llm | module:attribute")
+    work_dir: Path = Path(".cadre/work")
+    corpus_dirs: Annotated[list[Path], NoDecode] = []
+    index_path: Path = Path(".cadre/research-index.sqlite")
+    include_installed_packages: bool = True
+
+    llm_base_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: str = "not-needed"
+    llm_timeout: float = 120.0
+    llm_max_retries: int = 4
+    llm_price_input_per_1k: float = 0.0
+    llm_price_output_per_1k: float = 0.0
+
+    # --- orchestrator -----------------------------------------------------------
+    step_deadline: float = 30 * 60.0
+    max_attempts: int = 3
+    review_threshold: int = 90
+    review_max_rounds: int = 3
+    conflict_policy: Annotated[list[Concern], NoDecode] = [
+        "security",
+        "correctness",
+        "performance",
+        "style",
+    ]
+    tick_interval: float = 1.0
+    planner: Literal["template", "llm"] = "template"
+
+    # --- monitor ------------------------------------------------------------------
+    monitor_http_host: str = "127.0.0.1"
+    monitor_http_port: int = 8080
+    suspect_after: float = 2.5
+    dead_after: float = 5.0
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_is_token(cls, v: str) -> str:
+        Subjects(v)
+        return v
+
+    @field_validator("corpus_dirs", "conflict_policy", mode="before")
+    @classmethod
+    def _comma_list(cls, v: object) -> object:
+        if isinstance(v, str) and not v.lstrip().startswith("["):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.prefix)
+
+    @property
+    def servers(self) -> list[str]:
+        return [u.strip() for u in self.nats_url.split(",") if u.strip()]
