@@ -15,7 +15,7 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from nats.aio.msg import Msg
@@ -408,7 +408,7 @@ class AgentService:
     async def _status(self, req: Request) -> None:
         await req.respond(msgspec.json.encode(self.status()))
 
-    async def _send_heartbeat(self, status: str | None = None) -> None:
+    async def _send_heartbeat(self, status: Literal["idle", "busy", "draining"] | None = None) -> None:
         st = self.status()
         hb = Heartbeat(
             role=self.role,  # type: ignore[arg-type]
