@@ -33,3 +33,94 @@ class EchoBrain:
             while Path(hold).exists():
                 await asyncio.sleep(0.05)
         return BrainResult("completed", f"done by {ctx.instance_id}: {item.task.description}")
+
+
+class ScriptedBrain:
+    """Plays any agent role by a script in ``task.input_data["script"]``.
+
+    - ``scores``: security-review scores by round (``security_review`` is round 1,
+      ``security_review.review2`` round 2, ...); below 90 comes with a HIGH issue.
+      Other review chains (final review) score ``final_score`` (default 98).
+    - ``dispute``: the first fix step disputes the first finding on performance grounds.
+    - ``hang``: ``{"step": id, "attempts": [1]}`` — those attempts wait until cancelled.
+    - ``fail``: ``{"step": id, "attempts": [1]}`` — those attempts raise.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.role = settings.role
+
+    async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
+        import msgspec
+
+        from shared.protocol import (
+            DevelopmentOutput,
+            Dispute,
+            Issue,
+            Library,
+            Passage,
+            ResearchOutput,
+            ReviewOutput,
+        )
+
+        script = item.task.input_data.get("script", {})
+        for mode in ("hang", "fail"):
+            rule = script.get(mode)
+            if rule and rule["step"] == item.step_id and item.attempt in rule.get("attempts", [1]):
+                if mode == "fail":
+                    raise RuntimeError(f"scripted failure of {item.step_id} attempt {item.attempt}")
+                await asyncio.Event().wait()  # hang until the runtime cancels us
+        if self.role == "researcher":
+            out = ResearchOutput(
+                summary=f"Findings for: {item.task.description} [1]",
+                passages=[
+                    Passage(source="docs/knowledge/jwt.md", section="Lifetimes", text="15 min", score=1.0)
+                ],
+                libraries=[Library(name="PyJWT", version="2.10", summary="JWT", reason="matched jwt")],
+            )
+            return BrainResult("completed", out.summary, output=out)
+        if self.role == "reviewer":
+            round_no = int(item.step_id.rsplit(".review", 1)[1]) if ".review" in item.step_id else 1
+            chain = item.step_id.split(".")[0]
+            scores = (
+                script.get("scores", [95]) if chain == "security_review" else [script.get("final_score", 98)]
+            )
+            score = scores[min(round_no - 1, len(scores) - 1)]
+            issues = []
+            if score < 90:
+                issues = [
+                    Issue(
+                        id="iss-ratelimit",
+                        severity="HIGH",
+                        rule="llm:rate-limit",
+                        message="Missing rate limiting",
+                        tool="scripted",
+                        concern="security",
+                        file="auth.py",
+                        line=10,
+                    ),
+                ]
+            verdict = (
+                "approved"
+                if score >= item.task.input_data.get("threshold", 90) and not issues
+                else "changes_requested"
+            )
+            out = ReviewOutput(
+                summary=f"Security score: {score}/100", score=score, verdict=verdict, issues=issues
+            )
+            return BrainResult("completed", out.summary, output=out, issues=issues, score=score)
+        # developer
+        disputes = []
+        if item.task_type == "fix" and script.get("dispute") and not item.step_id.endswith(".must"):
+            findings = msgspec.convert(item.task.input_data.get("findings", []), list[Issue])
+            if findings:
+                disputes = [
+                    Dispute(
+                        issue_id=findings[0].id,
+                        argument="We should use synchronous hashing for performance",
+                        concern="performance",
+                    )
+                ]
+        out = DevelopmentOutput(
+            summary=f"{item.task_type} done by {ctx.instance_id}", files=["auth.py"], disputes=disputes
+        )
+        return BrainResult("completed", out.summary, output=out)

@@ -60,3 +60,28 @@ async def stream_messages(
     finally:
         await sub.unsubscribe()
     return out
+
+
+async def await_result(bus, task_id: str, timeout: float = 60.0):
+    """The task's FinalResult from the events stream (last message on its result subject)."""
+    from nats.js.errors import NotFoundError
+
+    from shared.protocol import result_decoder
+
+    async def probe():
+        try:
+            msg = await bus.js.get_last_msg(bus.subjects.stream_events, bus.subjects.result(task_id))
+        except NotFoundError:
+            return None
+        return result_decoder.decode(msg.data)
+
+    return await wait_for_value(probe, timeout, interval=0.1, what=f"the final result of {task_id}")
+
+
+async def task_events(bus, task_id: str) -> list:
+    """Every stored event of a task, in order."""
+    from shared.protocol import event_decoder
+
+    return await stream_messages(
+        bus.js, bus.subjects.stream_events, bus.subjects.events_all(task_id), event_decoder
+    )

@@ -1,0 +1,1 @@
+"""The orchestrator service: decompose, delegate, review loop, conflicts, recovery, aggregation."""

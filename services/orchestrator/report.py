@@ -1,0 +1,180 @@
+"""Aggregation: the final result and its Markdown report, built from the workflow state."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from services.orchestrator.state import StepState, WorkflowState
+from shared.protocol import (
+    ArtifactRef,
+    DesignOutput,
+    DevelopmentOutput,
+    FinalResult,
+    ResearchOutput,
+    ReviewOutput,
+    StepRecord,
+    Usage,
+)
+
+__all__ = ["final_result", "markdown_report"]
+
+
+def _record(step: StepState) -> StepRecord:
+    res = step.result
+    if step.inline_output is not None:
+        out = msgspec.convert(step.inline_output, DesignOutput)
+        return StepRecord(
+            step_id=step.id,
+            role="orchestrator",
+            task_type=step.task_type,
+            description=step.description,
+            status=step.status,
+            attempts=step.attempt,
+            instance_id="orchestrator (self)",
+            summary=out.summary,
+            output=out,
+        )
+    return StepRecord(
+        step_id=step.id,
+        role=step.role,  # type: ignore[arg-type]
+        task_type=step.task_type,
+        description=step.description,
+        status=step.status,
+        attempts=step.attempt,
+        instance_id=step.instance_id,
+        summary=res.summary if res else "",
+        output=res.output if res else None,
+        issues=res.issues if res else [],
+        score=res.score if res else None,
+        duration_s=res.timings.duration if res else 0.0,
+        usage=res.usage if res else Usage(),
+        error=res.error if res else None,
+    )
+
+
+def _usage(records: list[StepRecord]) -> Usage:
+    return Usage(
+        model=next((r.usage.model for r in records if r.usage.model), ""),
+        prompt_tokens=sum(r.usage.prompt_tokens for r in records),
+        completion_tokens=sum(r.usage.completion_tokens for r in records),
+        requests=sum(r.usage.requests for r in records),
+        cost_usd=round(sum(r.usage.cost_usd for r in records), 6),
+    )
+
+
+def final_result(st: WorkflowState) -> FinalResult:
+    records = [_record(s) for s in st.steps if s.status != "pending"]
+    by_role: dict[str, float] = {}
+    for r in records:
+        by_role[r.role] = round(by_role.get(r.role, 0.0) + r.duration_s, 3)
+    artifacts: dict[str, ArtifactRef] = {}
+    if st.workspace is not None:
+        artifacts["workspace"] = st.workspace
+    for s in st.steps:
+        if s.result is not None:
+            for name, ref in s.result.artifacts.items():
+                if name != "workspace":
+                    artifacts[f"{s.id}.{name}"] = ref
+    result = FinalResult(
+        task_id=st.task_id,
+        status=st.status,  # type: ignore[arg-type]
+        approved=st.approved,
+        reason=st.reason,
+        description=st.submission.task.description,
+        task_type=st.submission.task_type,
+        plan=st.plan,
+        steps=records,
+        score_history=list(st.score_history),
+        conflicts=list(st.conflicts),
+        recoveries=list(st.recoveries),
+        timings_by_role=by_role,
+        artifacts=artifacts,
+        usage=_usage(records),
+        started_at=st.started_at,
+        finished_at=st.finished_at,
+    )
+    return msgspec.structs.replace(result, report_markdown=markdown_report(result, st.late_results))
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def markdown_report(r: FinalResult, late: list[str]) -> str:
+    """A readable report of everything that happened."""
+    out = [f"# {r.description}", ""]
+    verdict = "approved" if r.approved else "not approved"
+    out.append(f"- **Task**: `{r.task_id}` ({r.task_type}) — **{r.status}**, {verdict}")
+    if r.reason:
+        out.append(f"- **Reason**: {r.reason}")
+    out.append(
+        f"- **Started**: {_clock(r.started_at)}; **finished**: {_clock(r.finished_at)} "
+        f"({r.finished_at - r.started_at:.1f}s)"
+    )
+    if r.score_history:
+        out.append(f"- **Score history**: {' → '.join(map(str, r.score_history))}")
+    if r.usage.requests:
+        out.append(
+            f"- **Model usage**: {r.usage.prompt_tokens}+{r.usage.completion_tokens} tokens, "
+            f"${r.usage.cost_usd:.4f}"
+        )
+    out += [
+        "",
+        "## Steps",
+        "",
+        "| # | step | role | status | attempts | instance | time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n, s in enumerate(r.steps, 1):
+        out.append(
+            f"| {n} | {s.step_id} | {s.role} | {s.status} | {s.attempts} | {s.instance_id or '-'} | {s.duration_s:.2f}s |"
+        )
+    for s in r.steps:
+        out += ["", f"### {s.step_id} — {s.description}", "", s.summary or "(no summary)"]
+        o = s.output
+        if isinstance(o, ResearchOutput):
+            out += [f"- [{n}] {p.source} — {p.section}" for n, p in enumerate(o.passages, 1)]
+            out += [f"- library: **{lib.name}** {lib.version or ''} — {lib.reason}" for lib in o.libraries]
+        elif isinstance(o, ReviewOutput):
+            out.append(f"\nScore **{o.score}/100**, verdict **{o.verdict}**\n")
+            out += [f"- **{i.severity}** `{i.rule}` {i.file}:{i.line} — {i.message}" for i in o.issues]
+        elif isinstance(o, DevelopmentOutput):
+            for c in o.changes:
+                out += [f"- {c.file}: {c.description}", "", "```diff", c.diff.rstrip(), "```"]
+            out += [f"- refused: {c.file}: {c.description}" for c in o.refused]
+            if o.tests is not None:
+                cov = f", coverage {o.tests.coverage:.1f}%" if o.tests.coverage is not None else ""
+                out.append(
+                    f"- tests: {o.tests.passed} passed, {o.tests.failed} failed, {o.tests.errors} errors{cov}"
+                )
+        elif isinstance(o, DesignOutput):
+            out += [f"- {c}" for c in o.components] + [f"- decision: {d}" for d in o.decisions]
+        if s.error:
+            out.append(f"\n**Error**: {s.error}")
+    if r.conflicts:
+        out += ["", "## Conflicts", ""]
+        for k in r.conflicts:
+            out += [
+                f'- Developer ({k.developer_concern}): "{k.developer_position}"',
+                f'  Reviewer ({k.reviewer_concern}): "{k.reviewer_position}"',
+                f"  **{k.winner} wins** by rule `{k.rule}` — {k.decision}",
+            ]
+    if r.recoveries:
+        out += ["", "## Recoveries", ""]
+        for rec in r.recoveries:
+            out.append(
+                f"- {rec.step_id} attempt {rec.failed_attempt} on {rec.failed_instance or 'no instance'} "
+                f"({rec.instance_health}): {rec.reason}; re-assigned as attempt {rec.new_attempt}, delay {rec.delay_s:.1f}s"
+            )
+        out.append(
+            f"\nRecovery result: task {r.status}; total delay {sum(x.delay_s for x in r.recoveries):.1f}s"
+        )
+    if late:
+        out += ["", "## Late results (recorded, not applied)", ""] + [f"- {k}" for k in late]
+    if r.timings_by_role:
+        out += ["", "## Time by role", ""] + [
+            f"- {role}: {secs:.2f}s" for role, secs in sorted(r.timings_by_role.items())
+        ]
+    return "\n".join(out) + "\n"

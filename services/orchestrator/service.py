@@ -1,0 +1,409 @@
+"""The orchestrator service: intake, step results, deadlines, cancel — all state in KV.
+
+Every change to a workflow goes through ``_mutate``: read the state and its
+revision, apply one engine transition, write back only if the revision is
+unchanged (else re-read and retry), then flush the outbox. That makes a
+killed orchestrator resumable and lets two instances run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import FetchTimeoutError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from services.orchestrator.plan import plan_from_template, templates, validate_plan
+from services.orchestrator.policy import ConflictPolicy
+from services.orchestrator.state import Outgoing, WorkflowState, encode_state, state_decoder
+from services.orchestrator.workflow import Engine, EngineConfig
+from shared import __version__
+from shared.bus import Bus
+from shared.errors import CadreError, PlanError
+from shared.protocol import (
+    CancelReply,
+    FinalResult,
+    Heartbeat,
+    Plan,
+    TaskEvent,
+    TaskSubmission,
+    cancel_decoder,
+    encode,
+    heartbeat_decoder,
+    now,
+    step_decoder,
+    task_decoder,
+)
+from shared.settings import Settings
+from shared.workspace import pack_files
+
+__all__ = ["OrchestratorService"]
+
+logger = logging.getLogger(__name__)
+
+_MUTATE_RETRIES = 50
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+class _LooseTask(msgspec.Struct):
+    message_id: Any = None
+    task_id: Any = None
+
+
+_loose_decoder = msgspec.json.Decoder(_LooseTask)
+
+
+def task_id_for(sub_task_id: str, message_id: str) -> str:
+    """The user's task id, or one derived from the message id (so a re-publish maps to the same task)."""
+    raw = sub_task_id or f"task_{message_id}"
+    return _UNSAFE.sub("_", raw)[:120]
+
+
+@dataclass
+class OrchestratorService:
+    bus: Bus
+    settings: Settings
+    planner: Callable[[TaskSubmission], Any] | None = None
+    engine: Engine = field(init=False)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False)
+    _heartbeats: dict[str, Heartbeat] = field(default_factory=dict, init=False)
+    _hb_seen: dict[str, float] = field(default_factory=dict, init=False)
+    _open: set[str] = field(default_factory=set, init=False)
+    _micro: Service | None = field(default=None, init=False)
+    _subs: list[Any] = field(default_factory=list, init=False)
+    _stopped: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        config = EngineConfig(
+            step_deadline=s.step_deadline,
+            max_attempts=s.max_attempts,
+            review_threshold=s.review_threshold,
+            review_max_rounds=s.review_max_rounds,
+            policy=ConflictPolicy(tuple(s.conflict_policy)),
+        )
+        self.engine = Engine(s.subjects, config, s.instance_id)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.bus.subjects
+        nc = self.bus.nc
+        templates()  # fail fast on a broken template file
+        self.kv = await self.bus.workflows()
+        self._intake = await self.bus.js.pull_subscribe_bind(durable=s.intake_consumer, stream=s.stream_tasks)
+        self._results = await self.bus.js.pull_subscribe_bind(
+            durable=s.results_consumer, stream=s.stream_results
+        )
+        self._subs.append(await nc.subscribe(s.heartbeat_all, cb=self._on_heartbeat))
+        self._micro = await add_service(
+            nc,
+            name="cadre-orchestrator",
+            version=__version__,
+            description="Cadre orchestrator: decompose, delegate, review loop, conflicts, recovery",
+            metadata={"role": "orchestrator", "instance_id": self.settings.instance_id, "prefix": s.prefix},
+        )
+        await self._micro.add_endpoint(name="cancel", subject=s.task_cancel, handler=self._on_cancel)
+        await self.resume()
+        self._tasks += [
+            asyncio.create_task(self._loop(self._intake, self._on_submission), name="intake"),
+            asyncio.create_task(self._loop(self._results, self._on_step_message), name="results"),
+            asyncio.create_task(self._tick_loop(), name="ticks"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+        ]
+        logger.info(
+            "orchestrator started instance=%s open_workflows=%d", self.settings.instance_id, len(self._open)
+        )
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if self._micro is not None:
+            with contextlib.suppress(Exception):
+                await self._micro.stop()
+        logger.info("orchestrator stopped")
+
+    async def __aenter__(self) -> OrchestratorService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def resume(self) -> None:
+        """Pick up every open workflow in KV: flush what a crash left unpublished."""
+        try:
+            keys = await self.kv.keys()
+        except Exception:  # nats raises NoKeysError on an empty bucket
+            keys = []
+        for key in keys:
+            await self._mutate(key, lambda st, t: False)
+        logger.info("resumed workflows=%d open=%d", len(keys), len(self._open))
+
+    # --- the one way to change a workflow --------------------------------------------------------
+    async def _mutate(
+        self, task_id: str, transition: Callable[[WorkflowState, float], bool]
+    ) -> WorkflowState | None:
+        for _ in range(_MUTATE_RETRIES):
+            try:
+                entry = await self.kv.get(task_id)
+            except KeyNotFoundError:
+                return None
+            assert entry.value is not None and entry.revision is not None
+            st = state_decoder.decode(entry.value)
+            changed = transition(st, now())
+            if changed:
+                try:
+                    await self.kv.update(task_id, encode_state(st), last=entry.revision)
+                except KeyWrongLastSequenceError:
+                    continue  # another instance moved it on: re-read and decide again
+            if st.status == "running":
+                self._open.add(task_id)
+            else:
+                self._open.discard(task_id)
+            if st.outbox:
+                await self._flush(task_id, st.outbox)
+            return st
+        raise CadreError(f"workflow {task_id}: too many concurrent updates")
+
+    async def _flush(self, task_id: str, outbox: list[Outgoing]) -> None:
+        for out in outbox:
+            if out.stream:
+                await self.bus.js.publish(out.subject, out.data, headers={"Nats-Msg-Id": out.id})
+            else:
+                await self.bus.nc.publish(out.subject, out.data)
+        sent = {o.id for o in outbox}
+
+        def clear(st: WorkflowState, _t: float) -> bool:
+            before = len(st.outbox)
+            st.outbox = [o for o in st.outbox if o.id not in sent]
+            return len(st.outbox) != before
+
+        for _ in range(_MUTATE_RETRIES):
+            try:
+                entry = await self.kv.get(task_id)
+            except KeyNotFoundError:
+                return
+            assert entry.value is not None
+            st = state_decoder.decode(entry.value)
+            if not clear(st, 0.0):
+                return
+            try:
+                await self.kv.update(task_id, encode_state(st), last=entry.revision)
+                return
+            except KeyWrongLastSequenceError:
+                continue
+
+    # --- intake ----------------------------------------------------------------------------------------
+    async def _loop(self, psub: Any, handler: Callable[[Msg], Any]) -> None:
+        while True:
+            try:
+                msgs = await psub.fetch(10, timeout=1.0)
+            except (NatsTimeoutError, FetchTimeoutError, TimeoutError):
+                continue
+            except Exception as exc:
+                logger.warning("fetch failed err=%s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            for msg in msgs:
+                try:
+                    await handler(msg)
+                    await msg.ack()
+                except Exception:  # the error boundary: log; the message is redelivered
+                    logger.exception("handling failed subject=%s; will be redelivered", msg.subject)
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=1.0)
+
+    async def _on_submission(self, msg: Msg) -> None:
+        t0 = time.perf_counter()
+        try:
+            sub = task_decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self._reject(msg, f"invalid task: {exc}")
+            return
+        task_id = task_id_for(sub.task_id, sub.message_id)
+        sub = msgspec.structs.replace(sub, task_id=task_id, created_at=sub.created_at or now())
+        try:
+            sub = await self._attach_inline_files(sub)
+            plan = await self._plan(sub)
+        except (PlanError, ValueError) as exc:
+            await self._reject(msg, str(exc), task_id=task_id, sub=sub)
+            return
+        decompose_s = time.perf_counter() - t0
+        st = self.engine.start(task_id, sub, plan, decompose_s, now())
+        try:
+            await self.kv.create(task_id, encode_state(st))
+        except KeyWrongLastSequenceError:
+            logger.info(
+                "duplicate submission task=%s message_id=%s: already running", task_id, sub.message_id
+            )
+            return
+        self._open.add(task_id)
+        await self._flush(task_id, st.outbox)
+        logger.info("task accepted task=%s type=%s steps=%d", task_id, sub.task_type, len(plan.steps))
+
+    async def _attach_inline_files(self, sub: TaskSubmission) -> TaskSubmission:
+        files = sub.task.input_data.get("files")
+        if sub.workspace is not None or not files:
+            return sub
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise ValueError("task.input_data.files must be an object of {path: text content}")
+        ref = await self.bus.put_artifact(pack_files(files), description="workspace (inline files)")
+        return msgspec.structs.replace(sub, workspace=ref)
+
+    async def _plan(self, sub: TaskSubmission) -> Plan:
+        tpl = templates().get(sub.task_type)
+        if tpl is not None and tpl.requires_workspace and sub.workspace is None:
+            raise PlanError(
+                f"a {sub.task_type!r} task needs code to work on: attach a workspace "
+                "(cadre submit --workspace DIR) or inline task.input_data.files"
+            )
+        if self.planner is not None and sub.task_type not in templates():
+            try:
+                plan: Plan = await self.planner(sub)
+                validate_plan(plan)
+                return plan
+            except (PlanError, CadreError) as exc:
+                logger.warning("planner failed, falling back to the feature template: %s", exc)
+                plan = plan_from_template("feature", sub.task.description)
+                return msgspec.structs.replace(plan, source="template")
+        return plan_from_template(sub.task_type, sub.task.description)
+
+    async def _reject(
+        self, msg: Msg, reason: str, *, task_id: str | None = None, sub: TaskSubmission | None = None
+    ) -> None:
+        await self.bus.dead_letter("orchestrator", msg.subject, msg.data, reason, dict(msg.headers or {}))
+        if task_id is None:
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                loose = _loose_decoder.decode(msg.data)
+                if isinstance(loose.task_id, str) and loose.task_id:
+                    task_id = task_id_for(loose.task_id, "")
+                elif isinstance(loose.message_id, str) and loose.message_id:
+                    task_id = task_id_for("", loose.message_id)
+        if task_id is None:
+            logger.warning("rejected a task with no usable id: %s", reason)
+            return
+        s = self.bus.subjects
+        at = now()
+        event = TaskEvent(
+            task_id=task_id,
+            kind="rejected",
+            text=f"[Orchestrator] Task rejected: {reason}",
+            at=at,
+            seq=1,
+            detail=reason,
+        )
+        await self.bus.publish(s.events(task_id, "rejected"), event, msg_id=f"{task_id}.rejected")
+        result = FinalResult(
+            task_id=task_id,
+            status="rejected",
+            approved=False,
+            reason=reason,
+            description=sub.task.description if sub else "",
+            task_type=sub.task_type if sub else "",
+            started_at=at,
+            finished_at=at,
+        )
+        await self.bus.publish(s.result(task_id), result, msg_id=f"{task_id}.result")
+        logger.warning("task rejected task=%s reason=%s", task_id, reason)
+
+    # --- agent messages -------------------------------------------------------------------------------
+    async def _on_step_message(self, msg: Msg) -> None:
+        try:
+            step_msg = step_decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self.bus.dead_letter("orchestrator", msg.subject, msg.data, f"invalid step message: {exc}")
+            return
+        found = await self._mutate(
+            step_msg.task_id, lambda st, t: self.engine.on_step_message(st, step_msg, t)
+        )
+        if found is None:
+            await self.bus.dead_letter(
+                "orchestrator", msg.subject, msg.data, f"unknown task {step_msg.task_id!r}"
+            )
+
+    # --- deadlines and health --------------------------------------------------------------------------
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            hb = heartbeat_decoder.decode(msg.data)
+            self._heartbeats[hb.instance_id] = hb
+            self._hb_seen[hb.instance_id] = time.monotonic()
+
+    def health(self, instance_id: str | None) -> str:
+        """Spec recovery step 1: the agent's health, from its heartbeats."""
+        if instance_id is None:
+            return "unknown (the item was never picked up)"
+        seen = self._hb_seen.get(instance_id)
+        if seen is None:
+            return "unknown (no heartbeat seen)"
+        age = time.monotonic() - seen
+        hb = self._heartbeats[instance_id]
+        if age > self.settings.dead_after:
+            return f"dead (no heartbeat for {age:.1f}s)"
+        return f"alive but unresponsive ({hb.status}, heartbeat {age:.1f}s ago)"
+
+    async def _tick_loop(self) -> None:
+        refresh_every = 10
+        n = 0
+        while True:
+            await asyncio.sleep(self.settings.tick_interval)
+            n += 1
+            try:
+                if n % refresh_every == 0:
+                    await self.resume()  # workflows another instance accepted
+                for task_id in list(self._open):
+                    await self._mutate(task_id, lambda st, t: self.engine.on_tick(st, t, self.health))
+            except Exception:
+                logger.exception("tick failed")
+
+    async def _heartbeat_loop(self) -> None:
+        s = self.bus.subjects
+        started = now()
+        while True:
+            hb = Heartbeat(
+                role="orchestrator",
+                instance_id=self.settings.instance_id,
+                at=now(),
+                started_at=started,
+                status="busy" if self._open else "idle",
+                in_flight=len(self._open),
+                current=sorted(self._open)[:20],
+                interval=self.settings.heartbeat_interval,
+            )
+            with contextlib.suppress(Exception):
+                await self.bus.nc.publish(s.heartbeat("orchestrator", self.settings.instance_id), encode(hb))
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    # --- cancel ------------------------------------------------------------------------------------------
+    async def _on_cancel(self, req: Request) -> None:
+        try:
+            cancel = cancel_decoder.decode(req.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await req.respond_error("400", f"invalid cancel request: {exc}")
+            return
+        st = await self._mutate(cancel.task_id, lambda s, t: self.engine.cancel(s, t, cancel.reason))
+        if st is None:
+            reply = CancelReply(task_id=cancel.task_id, accepted=False, reason="unknown task id")
+        elif st.status == "cancelled":
+            reply = CancelReply(task_id=cancel.task_id, accepted=True, reason=cancel.reason)
+        else:
+            reply = CancelReply(task_id=cancel.task_id, accepted=False, reason=f"task already {st.status}")
+        await req.respond(encode(reply))
