@@ -243,12 +243,12 @@ class OrchestratorService:
         sub = msgspec.structs.replace(sub, task_id=task_id, created_at=sub.created_at or now())
         try:
             sub = await self._attach_inline_files(sub)
-            plan = await self._plan(sub)
+            plan, note = await self._plan(sub)
         except (PlanError, ValueError) as exc:
             await self._reject(msg, str(exc), task_id=task_id, sub=sub)
             return
         decompose_s = time.perf_counter() - t0
-        st = self.engine.start(task_id, sub, plan, decompose_s, now())
+        st = self.engine.start(task_id, sub, plan, decompose_s, now(), note=note)
         try:
             await self.kv.create(task_id, encode_state(st))
         except KeyWrongLastSequenceError:
@@ -269,23 +269,27 @@ class OrchestratorService:
         ref = await self.bus.put_artifact(pack_files(files), description="workspace (inline files)")
         return msgspec.structs.replace(sub, workspace=ref)
 
-    async def _plan(self, sub: TaskSubmission) -> Plan:
+    async def _plan(self, sub: TaskSubmission) -> tuple[Plan, str]:
+        """The plan for a task, and a note when the planner's plan was refused."""
         tpl = templates().get(sub.task_type)
         if tpl is not None and tpl.requires_workspace and sub.workspace is None:
             raise PlanError(
                 f"a {sub.task_type!r} task needs code to work on: attach a workspace "
                 "(cadre submit --workspace DIR) or inline task.input_data.files"
             )
-        if self.planner is not None and sub.task_type not in templates():
-            try:
-                plan: Plan = await self.planner(sub)
-                validate_plan(plan)
-                return plan
-            except (PlanError, CadreError) as exc:
-                logger.warning("planner failed, falling back to the feature template: %s", exc)
-                plan = plan_from_template("feature", sub.task.description)
-                return msgspec.structs.replace(plan, source="template")
-        return plan_from_template(sub.task_type, sub.task.description)
+        use_planner = self.planner is not None and (self.settings.planner == "llm" or tpl is None)
+        if not use_planner:
+            return plan_from_template(sub.task_type, sub.task.description), ""
+        assert self.planner is not None
+        fallback = sub.task_type if tpl is not None else "feature"
+        try:
+            plan: Plan = await self.planner(sub)
+            validate_plan(plan)
+            return plan, ""
+        except CadreError as exc:
+            logger.warning("planner failed, falling back to the %s template: %s", fallback, exc)
+            note = f"the LLM planner's plan was refused ({exc}); using the {fallback!r} template instead"
+            return plan_from_template(fallback, sub.task.description), note
 
     async def _reject(
         self, msg: Msg, reason: str, *, task_id: str | None = None, sub: TaskSubmission | None = None

@@ -105,7 +105,7 @@ class Engine:
 
     # --- start ---------------------------------------------------------------------------------
     def start(
-        self, task_id: str, sub: TaskSubmission, plan: Plan, decompose_s: float, now: float
+        self, task_id: str, sub: TaskSubmission, plan: Plan, decompose_s: float, now: float, note: str = ""
     ) -> WorkflowState:
         steps = [
             StepState(
@@ -123,6 +123,8 @@ class Engine:
             task_id=task_id, submission=sub, plan=plan, steps=steps, workspace=sub.workspace, started_at=now
         )
         self._emit(st, "received", trace.received(sub.task.description), now)
+        if note:
+            self._emit(st, "plan_fallback", f"[Orchestrator] {note}", now, detail=note)
         self._emit(st, "planned", trace.planned(plan, decompose_s), now, plan=plan)
         self._metric(st, "decomposed", now, duration_s=decompose_s)
         self.advance(st, now)
