@@ -124,3 +124,16 @@ class ScriptedBrain:
             summary=f"{item.task_type} done by {ctx.instance_id}", files=["auth.py"], disputes=disputes
         )
         return BrainResult("completed", out.summary, output=out)
+
+
+class CrashingBrain(ScriptedBrain):
+    """Like ScriptedBrain, but ``input_data.script.die`` = ``{"step": id, "attempts": [1]}``
+    ends the whole agent process (SIGKILL-like) when it takes that attempt."""
+
+    async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
+        import os
+
+        rule = item.task.input_data.get("script", {}).get("die")
+        if rule and rule["step"] == item.step_id and item.attempt in rule.get("attempts", [1]):
+            os._exit(137)
+        return await super().run(item, ctx)

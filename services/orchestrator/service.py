@@ -45,6 +45,7 @@ from shared.protocol import (
     now,
     step_decoder,
     task_decoder,
+    work_decoder,
 )
 from shared.settings import Settings
 from shared.workspace import pack_files
@@ -63,6 +64,16 @@ class _LooseTask(msgspec.Struct):
 
 
 _loose_decoder = msgspec.json.Decoder(_LooseTask)
+
+
+class _MaxDeliverAdvisory(msgspec.Struct):
+    """``io.nats.jetstream.advisory.v1.max_deliver`` (the fields we use)."""
+
+    stream_seq: int
+    deliveries: int = 0
+
+
+_max_deliver_decoder = msgspec.json.Decoder(_MaxDeliverAdvisory)
 
 
 def task_id_for(sub_task_id: str, message_id: str) -> str:
@@ -107,6 +118,8 @@ class OrchestratorService:
             durable=s.results_consumer, stream=s.stream_results
         )
         self._subs.append(await nc.subscribe(s.heartbeat_all, cb=self._on_heartbeat))
+        advisory = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s.stream_work}.*"
+        self._subs.append(await nc.subscribe(advisory, queue="orchestrator", cb=self._on_max_deliveries))
         self._micro = await add_service(
             nc,
             name="cadre-orchestrator",
@@ -343,6 +356,27 @@ class OrchestratorService:
             await self.bus.dead_letter(
                 "orchestrator", msg.subject, msg.data, f"unknown task {step_msg.task_id!r}"
             )
+
+    async def _on_max_deliveries(self, msg: Msg) -> None:
+        """JetStream gave up redelivering a work item: take it off the queue and re-plan the step."""
+        try:
+            advisory = _max_deliver_decoder.decode(msg.data)
+            stored = await self.bus.js.get_msg(self.bus.subjects.stream_work, advisory.stream_seq)
+            item = work_decoder.decode(stored.data or b"")
+        except Exception as exc:  # noqa: BLE001 - an advisory we cannot use is logged, not fatal
+            logger.warning("max-deliveries advisory not usable: %s", exc)
+            return
+        logger.warning(
+            "work item undeliverable task=%s step=%s attempt=%d", item.task_id, item.step_id, item.attempt
+        )
+        await self._mutate(
+            item.task_id,
+            lambda st, t: self.engine.on_undeliverable(
+                st, item.step_id, item.attempt, advisory.deliveries, t, self.health
+            ),
+        )
+        with contextlib.suppress(Exception):
+            await self.bus.js.delete_msg(self.bus.subjects.stream_work, advisory.stream_seq)
 
     # --- deadlines and health --------------------------------------------------------------------------
     async def _on_heartbeat(self, msg: Msg) -> None:

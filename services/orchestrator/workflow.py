@@ -493,6 +493,18 @@ class Engine:
             self.advance(st, now)
         return changed
 
+    def on_undeliverable(
+        self, st: WorkflowState, step_id: str, attempt: int, deliveries: int, now: float, health: HealthProbe
+    ) -> bool:
+        """The broker gave up on a work item (MaxDeliver): recover as for a timeout."""
+        step = st.step(step_id)
+        if st.status != "running" or step is None or step.status != "running" or step.attempt != attempt:
+            return False
+        reason = f"Undeliverable (MaxDeliver: {deliveries} deliveries without an ack)"
+        self._recover(st, step, now, reason, health(step.instance_id))
+        self.advance(st, now)
+        return True
+
     def _recover(self, st: WorkflowState, step: StepState, now: float, reason: str, health: str) -> None:
         """Spec recovery: check health, re-assign, notify the delay, adjust the timeline, log."""
         failed_instance = step.instance_id

@@ -221,3 +221,24 @@ async def test_two_orchestrators_run_side_by_side_without_running_a_step_twice(
         delegated = [(e.step_id, e.attempt) for e in events if e.kind == "delegated"]
         assert len(delegated) == len(set(delegated))
         assert all(s.attempts == 1 for s in result.steps)
+
+
+@pytest.mark.chaos
+async def test_item_past_max_deliver_is_taken_back_and_reassigned(bus: Bus, stack: Stack) -> None:
+    # every instance that takes attempt 1 dies; after max_deliver=2 deliveries the broker gives up
+    stack.settings = stack.settings.model_copy(update={"max_deliver": 2})
+    stack.add("orchestrator")
+    stack.add("researcher", brain=SCRIPTED)
+    stack.add("reviewer", brain=SCRIPTED)
+    for _ in range(3):
+        stack.add("developer", brain="tests.brains:CrashingBrain")
+    # the consumers are created by whoever starts first: make sure they carry max_deliver=2
+    from shared.bus import ensure_topology
+
+    await ensure_topology(bus.js, stack.settings)
+    task = feature_task({"scores": [95], "die": {"step": "implement", "attempts": [1]}})
+    await submit(bus, task)
+    result = await await_result(bus, task.task_id, timeout=90)
+    assert result.status == "completed", result.reason
+    rec = result.recoveries[0]
+    assert rec.step_id == "implement" and "MaxDeliver" in rec.reason
