@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 import pytest
 
 from shared.bus import Bus
@@ -242,3 +243,36 @@ async def test_item_past_max_deliver_is_taken_back_and_reassigned(bus: Bus, stac
     assert result.status == "completed", result.reason
     rec = result.recoveries[0]
     assert rec.step_id == "implement" and "MaxDeliver" in rec.reason
+
+
+async def test_cancel_stops_the_task_and_the_agent_working_on_it(bus: Bus, stack: Stack) -> None:
+    from shared.protocol import CancelReply, CancelRequest, encode
+    from tests.helpers import wait_for_value
+
+    start_stack(stack)
+    task = feature_task({"hang": {"step": "analyze", "attempts": [1]}})
+    await submit(bus, task)
+
+    async def started() -> bool:
+        return any(e.kind == "step_started" for e in await task_events(bus, task.task_id))
+
+    await wait_for_value(started, what="the researcher to start")
+    reply = await bus.nc.request(
+        bus.subjects.task_cancel,
+        encode(CancelRequest(task_id=task.task_id, reason="user changed their mind")),
+        timeout=5,
+    )
+    answer = msgspec.json.decode(reply.data, type=CancelReply)
+    assert answer.accepted
+    result = await await_result(bus, task.task_id)
+    assert result.status == "cancelled" and result.reason == "user changed their mind"
+
+    async def agent_stopped() -> bool:
+        events = await task_events(bus, task.task_id)
+        return any(e.kind == "late_result" and "analyze" in e.text for e in events)
+
+    await wait_for_value(agent_stopped, what="the researcher's cancelled result to be recorded")
+    again = await bus.nc.request(
+        bus.subjects.task_cancel, encode(CancelRequest(task_id="task_nope")), timeout=5
+    )
+    assert msgspec.json.decode(again.data, type=CancelReply).accepted is False
