@@ -44,6 +44,7 @@ class ScriptedBrain:
     - ``dispute``: the first fix step disputes the first finding on performance grounds.
     - ``hang``: ``{"step": id, "attempts": [1]}`` — those attempts wait until cancelled.
     - ``fail``: ``{"step": id, "attempts": [1]}`` — those attempts raise.
+    - ``delay``: seconds every step takes (benchmarks).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -63,6 +64,8 @@ class ScriptedBrain:
         )
 
         script = item.task.input_data.get("script", {})
+        if script.get("delay"):
+            await asyncio.sleep(script["delay"])  # simulated work time (benchmarks)
         for mode in ("hang", "fail"):
             rule = script.get(mode)
             if rule and rule["step"] == item.step_id and item.attempt in rule.get("attempts", [1]):
