@@ -1,0 +1,81 @@
+"""The builtin reviewer brain: real static analysis turned into a score and a verdict.
+
+It reviews the step's code workspace with bandit, ruff and radon
+(``shared.tools.analysis``), folds in the developer's latest test results when
+the work item carries them, and answers with ranked issues, a score out of 100
+and ``approved`` / ``changes_requested``. No model, no canned answers: a step
+without code fails with a clear reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+import msgspec
+
+from shared.brains import BrainResult, StepContext
+from shared.protocol import ReviewOutput, TestReport, WorkItem
+from shared.settings import Settings
+from shared.tools.analysis import analyze, python_files, score, verdict
+
+__all__ = ["BuiltinReviewer", "NO_WORKSPACE", "NO_PYTHON"]
+
+logger = logging.getLogger(__name__)
+
+NO_WORKSPACE = "nothing to review: the step carries no code workspace"
+NO_PYTHON = "nothing to review: the workspace holds no Python files"
+
+
+class BuiltinReviewer:
+    """Security and quality review of a Python workspace (task types review, security_review, final_review)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def _inputs(self, item: WorkItem) -> tuple[TestReport | None, int, set[str]]:
+        data = item.task.input_data
+        raw_tests = data.get("tests")
+        tests = msgspec.convert(raw_tests, TestReport) if raw_tests is not None else None
+        threshold = int(data.get("threshold", self.settings.review_threshold))
+        # findings the orchestrator's conflict policy waived no longer count
+        waived = set(msgspec.convert(data.get("waived", []), list[str]))
+        return tests, threshold, waived
+
+    async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
+        try:
+            tests, threshold, waived = self._inputs(item)
+        except (msgspec.ValidationError, TypeError, ValueError) as exc:
+            error = f"bad review input: {exc}"
+            return BrainResult("failed", error, error=error)
+        workspace = await ctx.workspace()
+        if not await asyncio.to_thread(python_files, workspace):
+            error = NO_WORKSPACE if item.workspace is None else NO_PYTHON
+            return BrainResult("failed", error, error=error)
+
+        found = await asyncio.to_thread(analyze, workspace)
+        issues = [i for i in found if i.id not in waived]
+        total, breakdown = score(issues, tests)
+        decision = verdict(total, issues, threshold)
+        counts = Counter(i.severity for i in issues)
+        tally = ", ".join(f"{counts[sev]} {sev}" for sev in ("HIGH", "MEDIUM", "LOW"))
+        notes = []
+        if tests is not None and not tests.ok:
+            notes.append(f"tests failing ({tests.failed} failed, {tests.errors} errors)")
+        if tests is not None and tests.coverage is not None and breakdown["coverage"]:
+            notes.append(f"coverage {tests.coverage:.0f}% below target")
+        if len(found) > len(issues):
+            notes.append(f"{len(found) - len(issues)} finding(s) waived by the conflict policy")
+        extra = f"; {'; '.join(notes)}" if notes else ""
+        summary = (
+            f"Security score: {total}/100 — {tally}{extra}; "
+            f"{'approved' if decision == 'approved' else 'changes requested'}"
+        )
+        logger.info(
+            "review done step=%s score=%d verdict=%s issues=%d", item.step_id, total, decision, len(issues)
+        )
+        output = ReviewOutput(
+            summary=summary, score=total, verdict=decision, issues=issues, breakdown=breakdown, tests=tests
+        )
+        return BrainResult("completed", summary, output=output, issues=issues, score=total)

@@ -1,0 +1,227 @@
+"""The reviewer's analysis: real bandit, ruff and radon runs on real workspaces."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from shared import protocol
+from shared.protocol import Issue
+from shared.tools.analysis import analyze, is_test_file, python_files, score, verdict
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "auth-api"
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def line_of(path: Path, needle: str) -> int:
+    """The 1-based line of the only line of ``path`` containing ``needle``."""
+    hits = [n for n, text in enumerate(path.read_text().splitlines(), 1) if needle in text]
+    assert len(hits) == 1, (needle, hits)
+    return hits[0]
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new))
+
+
+def found(issues: list[Issue]) -> set[tuple[str, str, str, str | None, int | None]]:
+    return {(i.rule, i.severity, i.concern, i.file, i.line) for i in issues}
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Path:
+    return Path(shutil.copytree(EXAMPLE, tmp_path / "auth-api"))
+
+
+def test_example_workspace_findings_are_the_planted_weaknesses(example: Path) -> None:
+    pkg = example / "auth_api"
+    expected = {
+        ("bandit:B324", "HIGH", "security", "auth_api/app.py", line_of(pkg / "app.py", "hashlib.md5(")),
+        ("bandit:B324", "HIGH", "security", "auth_api/passwords.py", line_of(pkg / "passwords.py", "md5")),
+        ("bandit:B602", "HIGH", "security", "auth_api/store.py", line_of(pkg / "store.py", "shell=True")),
+        ("bandit:B506", "MEDIUM", "security", "auth_api/config.py", line_of(pkg / "config.py", "yaml.load")),
+        ("ruff:F401", "MEDIUM", "correctness", "auth_api/app.py", line_of(pkg / "app.py", "import os")),
+        ("bandit:B105", "LOW", "security", "auth_api/config.py", line_of(pkg / "config.py", "SECRET_KEY =")),
+        ("bandit:B311", "LOW", "security", "auth_api/passwords.py", line_of(pkg / "passwords.py", "random.")),
+    }
+    issues = analyze(example)
+    assert found(issues) == expected
+    assert [i.severity for i in issues] == ["HIGH"] * 3 + ["MEDIUM"] * 2 + ["LOW"] * 2
+    assert all(len(i.id) == 12 and i.recommendation and i.message for i in issues)
+    assert len({i.id for i in issues}) == len(issues)
+    yaml_issue = next(i for i in issues if i.rule == "bandit:B506")
+    assert "safe_load" in yaml_issue.recommendation
+
+
+def test_example_first_review_scores_82_and_requests_changes(example: Path) -> None:
+    issues = analyze(example)
+    total, breakdown = score(issues, None)
+    assert total == 82
+    assert breakdown == {"base": 100, "high": -12, "medium": -4, "low": -2, "tests": 0, "coverage": 0}
+    assert verdict(total, issues, 90) == "changes_requested"
+
+
+def test_fixing_the_common_findings_approves_and_keeps_ids_of_what_is_left(example: Path) -> None:
+    before = {i.rule + ":" + (i.file or ""): i for i in analyze(example)}
+    pkg = example / "auth_api"
+    edit(pkg / "app.py", "hashlib.md5(body)", "hashlib.md5(body, usedforsecurity=False)")
+    edit(pkg / "app.py", "import os\n", "")
+    edit(
+        pkg / "passwords.py",
+        "hashlib.md5((salt + password).encode",
+        "hashlib.sha256((salt + password).encode",
+    )
+    edit(pkg / "store.py", 'f"cp {self.path} {dest}", shell=True', '["cp", str(self.path), str(dest)]')
+    edit(pkg / "config.py", "yaml.load(fh, Loader=yaml.Loader)", "yaml.safe_load(fh)")
+    # lines shift above the findings that stay
+    edit(pkg / "passwords.py", '"""Password hashing', '# moved\n\n\n"""Password hashing')
+    edit(pkg / "config.py", '"""Settings', '# moved\n"""Settings')
+
+    after = analyze(example)
+    total, _ = score(after, None)
+    assert total >= 95 and verdict(total, after, 90) == "approved"
+    rules = {i.rule for i in after}
+    assert not rules & {"bandit:B324", "bandit:B602", "bandit:B506", "ruff:F401"}
+    assert {"bandit:B105", "bandit:B311"} <= rules
+    for kept in after:
+        old = before.get(kept.rule + ":" + (kept.file or ""))
+        if old is not None:
+            assert kept.id == old.id and kept.line != old.line
+
+
+def test_analysis_is_deterministic(example: Path) -> None:
+    first, second = analyze(example), analyze(example)
+    assert msgspec.json.encode(first) == msgspec.json.encode(second)
+    assert score(first, None) == score(second, None)
+
+
+def test_test_files_get_quality_findings_but_no_security_findings(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "app.py": "import subprocess\n\n\ndef run(cmd):\n    return subprocess.call(cmd, shell=True)\n",
+            "tests/test_app.py": "import os\nimport hashlib\n\n\ndef test_x():\n    assert hashlib.md5(b'x')\n",
+            "test_top.py": "def test_y():\n    assert eval('1') == 1\n",
+        },
+    )
+    issues = analyze(tmp_path)
+    assert {(i.rule, i.file) for i in issues if i.tool == "bandit"} == {("bandit:B602", "app.py")}
+    assert ("ruff:F401", "MEDIUM", "correctness", "tests/test_app.py", 1) in found(issues)
+
+
+def test_ruff_rules_map_to_concerns_and_severities(tmp_path: Path) -> None:
+    code = (
+        "def f(items, seen=[]):\n"  # B006
+        "    out = []\n"
+        "    for x in items:\n"
+        "        out.append(x * 2)\n"  # PERF401
+        "    if seen == None:\n"  # E711
+        "        return undefined_name\n"  # F821
+        "    return out\n"
+    )
+    write(tmp_path, {"m.py": code, "broken.py": "def g(:\n    pass\n"})
+    got = found(analyze(tmp_path))
+    assert ("ruff:B006", "LOW", "correctness", "m.py", 1) in got
+    assert ("ruff:PERF401", "LOW", "performance", "m.py", 4) in got
+    assert ("ruff:E711", "LOW", "style", "m.py", 5) in got
+    assert ("ruff:F821", "MEDIUM", "correctness", "m.py", 6) in got
+    assert ("ruff:syntax-error", "HIGH", "correctness", "broken.py", 1) in got
+
+
+def test_workspace_is_judged_in_isolation_and_nosec_is_not_trusted(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "pyproject.toml": '[tool.ruff.lint]\nignore = ["F401"]\n',
+            "m.py": "import os\nimport yaml\n\n\ndef load(text):\n    return yaml.load(text)  # nosec\n",
+            ".venv/lib/bad.py": "import os\n",
+            "build_cache/__pycache__/x.py": "import os\n",
+        },
+    )
+    got = found(analyze(tmp_path))
+    assert ("ruff:F401", "MEDIUM", "correctness", "m.py", 1) in got
+    assert ("bandit:B506", "MEDIUM", "security", "m.py", 6) in got
+    assert {f for *_, f, _ in got} == {"m.py"}
+
+
+def test_complexity_above_10_is_low_and_above_15_is_medium(tmp_path: Path) -> None:
+    def branchy(name: str, n: int) -> str:
+        body = "".join(f"    if x == {k}:\n        return {k}\n" for k in range(n))
+        return f"def {name}(x):\n{body}    return -1\n"
+
+    write(tmp_path, {"c.py": branchy("small", 9) + "\n\n" + branchy("mid", 12) + "\n\n" + branchy("big", 16)})
+    cc = [i for i in analyze(tmp_path) if i.rule == "radon:CC"]
+    assert [(i.severity, i.concern, i.message.split()[0]) for i in cc] == [
+        ("MEDIUM", "style", "big"),
+        ("LOW", "style", "mid"),
+    ]
+    assert "complexity 17" in cc[0].message and "complexity 13" in cc[1].message
+
+
+def test_ids_survive_line_shifts_and_identical_lines_get_distinct_ids(tmp_path: Path) -> None:
+    src = (
+        "import random\n\n\ndef a():\n    return random.random()\n\n\ndef b():\n    return random.random()\n"
+    )
+    write(tmp_path, {"r.py": src})
+    first = [i for i in analyze(tmp_path) if i.rule == "bandit:B311"]
+    assert len(first) == 2 and first[0].id != first[1].id
+    write(tmp_path, {"r.py": '"""Docs."""\n\n# comment\n' + src})
+    second = [i for i in analyze(tmp_path) if i.rule == "bandit:B311"]
+    assert [i.id for i in second] == [i.id for i in first]
+    assert [i.line for i in second] == [i.line + 3 for i in first]  # type: ignore[operator]
+
+
+def test_workspace_without_python_has_nothing_to_analyze(tmp_path: Path) -> None:
+    write(tmp_path, {"README.md": "# hi\n", "node_modules/x.py": "import os\n"})
+    assert python_files(tmp_path) == [] and analyze(tmp_path) == []
+
+
+def test_test_file_detection() -> None:
+    assert is_test_file(Path("tests/helpers.py")) and is_test_file(Path("pkg/test_x.py"))
+    assert is_test_file(Path("x_test.py")) and is_test_file(Path("conftest.py"))
+    assert not is_test_file(Path("pkg/testing_utils.py")) and not is_test_file(Path("tests.py"))
+
+
+def issue(severity: str, n: int = 0) -> Issue:
+    return Issue(id=f"id{severity}{n}", severity=severity, rule="r", message="m", tool="t")  # type: ignore[arg-type]
+
+
+def report(failed: int = 0, errors: int = 0, coverage: float | None = 90.0) -> protocol.TestReport:
+    return protocol.TestReport(passed=10, failed=failed, errors=errors, coverage=coverage, command="pytest")
+
+
+def test_score_formula_deductions_cap_and_floor() -> None:
+    assert score([], None) == (
+        100,
+        {"base": 100, "high": 0, "medium": 0, "low": 0, "tests": 0, "coverage": 0},
+    )
+    lows = [issue("LOW", n) for n in range(14)]
+    assert score(lows, report()) == (
+        90,
+        {"base": 100, "high": 0, "medium": 0, "low": -10, "tests": 0, "coverage": 0},
+    )
+    mixed = [issue("HIGH"), issue("MEDIUM"), issue("LOW")]
+    total, breakdown = score(mixed, report(failed=1, coverage=60.0))
+    assert total == 100 - 4 - 2 - 1 - 20 - 5
+    assert breakdown["tests"] == -20 and breakdown["coverage"] == -5
+    assert score(mixed, report(errors=2, coverage=None))[0] == 100 - 7 - 20
+    assert score([issue("HIGH", n) for n in range(40)], report(failed=3))[0] == 0
+
+
+def test_verdict_needs_the_threshold_and_no_high_issue() -> None:
+    assert verdict(90, [issue("MEDIUM")], 90) == "approved"
+    assert verdict(89, [], 90) == "changes_requested"
+    assert verdict(96, [issue("HIGH")], 90) == "changes_requested"
+    assert verdict(70, [issue("LOW")], 70) == "approved"
