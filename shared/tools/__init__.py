@@ -1,0 +1,1 @@
+"""Local tools the builtin brains use (search index, analysers)."""
