@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     nats_user: str | None = None
     nats_password: str | None = None
     nats_tls_ca: Path | None = None
+    inbox_prefix: str = Field(
+        "_INBOX", description="reply-subject prefix; per-user (e.g. _INBOX_developer) under least privilege"
+    )
     prefix: str = "cadre"
     bootstrap: bool = Field(True, description="create streams/buckets at start (off under least privilege)")
     replicas: int = 1
@@ -66,6 +69,10 @@ class Settings(BaseSettings):
     llm_max_retries: int = 4
     llm_price_input_per_1k: float = 0.0
     llm_price_output_per_1k: float = 0.0
+    llm_json_mode: bool = Field(
+        True, description="send response_format=json_object (turn off for servers that reject it)"
+    )
+    llm_context_chars: int = Field(60_000, description="bound on workspace text put in one prompt")
 
     # --- orchestrator -----------------------------------------------------------
     step_deadline: float = 30 * 60.0
@@ -86,6 +93,13 @@ class Settings(BaseSettings):
     monitor_http_port: int = 8080
     suspect_after: float = 2.5
     dead_after: float = 5.0
+    monitor_check_interval: float = Field(0.5, description="how often health is re-evaluated (s)")
+    monitor_discovery_interval: float = Field(10.0, description="how often $SRV.INFO/STATS is asked (s)")
+    monitor_roles: Annotated[list[str], NoDecode] = ["orchestrator", "researcher", "developer", "reviewer"]
+    monitor_forget_after: float = Field(3600.0, description="drop a dead instance from the table after (s)")
+    monitor_recent_tasks: int = 20
+    monitor_recent_alerts: int = 50
+    monitor_replay_timeout: float = Field(60.0, description="bound on the start-up metric replay (s)")
 
     @field_validator("prefix")
     @classmethod
@@ -93,7 +107,7 @@ class Settings(BaseSettings):
         Subjects(v)
         return v
 
-    @field_validator("corpus_dirs", "conflict_policy", mode="before")
+    @field_validator("corpus_dirs", "conflict_policy", "monitor_roles", mode="before")
     @classmethod
     def _comma_list(cls, v: object) -> object:
         if isinstance(v, str) and not v.lstrip().startswith("["):

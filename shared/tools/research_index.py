@@ -1,0 +1,583 @@
+"""A ranked full-text index (SQLite FTS5 + bm25) over the researcher's local corpus.
+
+The corpus is what this machine really has: the metadata and long
+descriptions of installed Python distributions, and folders of Markdown /
+reST / text notes the user points at. The index is built once into a SQLite
+file and rebuilt only when the corpus fingerprint changes, so every answer
+is made of real, citable passages and needs no network.
+
+Connections are opened per call and a rebuild swaps a finished file into
+place atomically, so the index can be used from ``asyncio.to_thread`` and by
+several processes sharing one ``index_path``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata as importlib_metadata
+import json
+import logging
+import math
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.protocol import Library, Passage
+
+__all__ = ["ResearchIndex", "DOC_SUFFIXES", "query_terms", "fts_query", "split_sections"]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DOC_SUFFIXES = (".md", ".markdown", ".rst", ".txt")
+_MAX_FILE_BYTES = 1_000_000
+_MAX_TERMS = 32
+
+# English function words plus the verbs people wrap a question in; they carry no topic.
+_STOP = frozenset(
+    """a about above after again against all also am an and any are as at be because been before being below
+    between both but by can could did do does doing down during each few for from further had has have having
+    he her here hers how i if in into is it its itself just me more most my no nor not now of off on once only
+    or other our out over own same she should so some such than that the their them then there these they this
+    those through to too under until up very was we were what when where which while who whom why will with
+    would you your yours research find investigate explain describe please best practice practices standard
+    standards using use used need want""".split()
+)
+
+_SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE VIRTUAL TABLE passages USING fts5(
+    title, section, body, source UNINDEXED, tokenize='porter unicode61');
+CREATE VIRTUAL TABLE packages USING fts5(
+    name, summary, keywords, classifiers, description, version UNINDEXED, tokenize='porter unicode61');
+"""
+# Column weights: a hit in a title or package name says more than one deep in a body.
+_PASSAGE_RANK = "SELECT rowid, bm25(passages, 4.0, 2.0, 1.0), source, section, body FROM passages WHERE passages MATCH ? ORDER BY 2 LIMIT ?"
+_PACKAGE_RANK = "SELECT rowid, bm25(packages, 10.0, 4.0, 4.0, 1.0, 1.0), name, version, summary FROM packages WHERE packages MATCH ? ORDER BY 2 LIMIT ?"
+_METADATA = "{name summary keywords classifiers}"  # what "the package is about" means for recommending it
+_SQL = {
+    "passages": ("SELECT count(*) FROM passages", "SELECT rowid FROM passages WHERE passages MATCH ?"),
+    "packages": ("SELECT count(*) FROM packages", "SELECT rowid FROM packages WHERE packages MATCH ?"),
+}
+
+
+def query_terms(text: str) -> list[str]:
+    """The searchable words of free text: lower-cased, no stop-words, no bare numbers, no duplicates."""
+    words = (w for w in re.findall(r"[^\W_]+", text.lower()) if len(w) > 1 and not w.isdigit())
+    return list(dict.fromkeys(w for w in words if w not in _STOP))[:_MAX_TERMS]
+
+
+def fts_query(terms: Iterable[str]) -> str:
+    """An FTS5 MATCH expression that ORs each term as a quoted string (never raw user syntax)."""
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+@dataclass(frozen=True)
+class _Dist:
+    name: str
+    version: str
+    summary: str
+    keywords: str
+    classifiers: tuple[str, ...]
+    description: str
+    markdown: bool
+
+
+@dataclass(frozen=True)
+class _Hit:
+    columns: tuple[Any, ...]
+    score: float
+    terms: list[str]
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+class ResearchIndex:
+    """Installed packages and doc folders, searchable by bm25, cached in one SQLite file."""
+
+    def __init__(
+        self,
+        index_path: Path,
+        corpus_dirs: list[Path],
+        include_installed: bool = True,
+        exclude_packages: Iterable[str] = (),
+    ) -> None:
+        self.index_path = Path(index_path)
+        self.corpus_dirs = [Path(d) for d in corpus_dirs]
+        self.include_installed = include_installed
+        self.exclude_packages = frozenset(_norm(n) for n in exclude_packages)
+        self._lock = threading.Lock()
+
+    # --- building ----------------------------------------------------------------------
+    def ensure(self) -> bool:
+        """Build the index if it is missing or the corpus changed; True when it was rebuilt."""
+        with self._lock:
+            dists = self._installed()
+            files = self._doc_files()
+            fingerprint = self._fingerprint(dists, files)
+            if self._meta("fingerprint") == fingerprint:
+                return False
+            started = time.perf_counter()
+            passages, packages = self._build(dists, files, fingerprint)
+            logger.info(
+                "research index built path=%s passages=%d packages=%d files=%d seconds=%.2f",
+                self.index_path,
+                passages,
+                packages,
+                len(files),
+                time.perf_counter() - started,
+            )
+            return True
+
+    def stats(self) -> dict[str, float]:
+        """Sizes of the built index (passages, packages, bytes, build seconds)."""
+        self._ready()
+        with contextlib.closing(self._connect()) as con:
+            n_passages = con.execute(_SQL["passages"][0]).fetchone()[0]
+            n_packages = con.execute(_SQL["packages"][0]).fetchone()[0]
+        return {
+            "passages": n_passages,
+            "packages": n_packages,
+            "bytes": self.index_path.stat().st_size,
+            "build_seconds": float(self._meta("build_seconds") or 0.0),
+        }
+
+    def _installed(self) -> list[_Dist]:
+        if not self.include_installed:
+            return []
+        seen: dict[str, _Dist] = {}
+        for dist in importlib_metadata.distributions():
+            meta = dist.metadata
+
+            def field(key: str, meta: importlib_metadata.PackageMetadata = meta) -> str:
+                return str((meta.get_all(key) or [""])[0] or "").strip()
+
+            name = field("Name")
+            key = _norm(name)
+            if not name or key in seen or key in self.exclude_packages:
+                continue
+            payload = getattr(meta, "get_payload", lambda: "")()  # metadata 2.1+ keeps it in the body
+            description = re.sub(r"(?m)^ {7}\|", "", str(payload or field("Description")))
+            seen[key] = _Dist(
+                name=name,
+                version=dist.version,
+                summary=field("Summary"),
+                keywords=field("Keywords").replace(",", " "),
+                classifiers=tuple(meta.get_all("Classifier") or ()),
+                description=description[:200_000],
+                markdown="markdown" in field("Description-Content-Type"),
+            )
+        return sorted(seen.values(), key=lambda d: _norm(d.name))
+
+    def _doc_files(self) -> list[Path]:
+        found: dict[Path, None] = {}
+        for root in self.corpus_dirs:
+            root = root.resolve()
+            if root.is_file():
+                candidates: Iterable[Path] = [root]
+            elif root.is_dir():
+                candidates = (
+                    p
+                    for p in root.rglob("*")
+                    if not any(part.startswith(".") for part in p.relative_to(root).parts)
+                )
+            else:
+                logger.warning("corpus folder not found path=%s", root)
+                continue
+            for path in candidates:
+                if path.suffix.lower() in DOC_SUFFIXES and path.is_file():
+                    if path.stat().st_size <= _MAX_FILE_BYTES:
+                        found[path] = None
+        return sorted(found)
+
+    def _fingerprint(self, dists: list[_Dist], files: list[Path]) -> str:
+        state = {
+            "schema": SCHEMA_VERSION,
+            "installed": [[d.name, d.version] for d in dists],
+            "docs": [[str(p), p.stat().st_mtime_ns, p.stat().st_size] for p in files],
+        }
+        return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+    def _build(self, dists: list[_Dist], files: list[Path], fingerprint: str) -> tuple[int, int]:
+        started = time.perf_counter()
+        self.index_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.index_path.with_name(f".{self.index_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        try:
+            con = sqlite3.connect(tmp)
+            try:
+                con.executescript(_SCHEMA)
+                rows = list(self._passage_rows(dists, files))
+                with con:
+                    con.executemany(
+                        "INSERT INTO passages(title, section, body, source) VALUES (?,?,?,?)", rows
+                    )
+                    con.executemany(
+                        "INSERT INTO packages(name, summary, keywords, classifiers, description, version)"
+                        " VALUES (?,?,?,?,?,?)",
+                        [
+                            (
+                                d.name,
+                                d.summary,
+                                d.keywords,
+                                "\n".join(d.classifiers),
+                                d.description,
+                                d.version,
+                            )
+                            for d in dists
+                        ],
+                    )
+                    meta = {"fingerprint": fingerprint, "built_at": str(time.time())}
+                    meta["build_seconds"] = f"{time.perf_counter() - started:.3f}"
+                    con.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+                con.execute("INSERT INTO passages(passages) VALUES ('optimize')")
+                con.execute("INSERT INTO packages(packages) VALUES ('optimize')")
+                con.commit()
+            finally:
+                con.close()
+            os.replace(tmp, self.index_path)  # atomic: readers see the old or the new index, never half
+        finally:
+            tmp.unlink(missing_ok=True)
+        return len(rows), len(dists)
+
+    def _passage_rows(self, dists: list[_Dist], files: list[Path]) -> Iterator[tuple[str, str, str, str]]:
+        for d in dists:
+            source = f"package:{d.name} {d.version}"
+            topics = [c for c in d.classifiers if c.startswith(("Topic ::", "Framework ::"))]
+            card = f"{d.name} {d.version}: {d.summary}".strip()
+            if d.keywords.strip():
+                card += f"\n\nKeywords: {d.keywords.strip()}"
+            if topics:
+                card += "\n\nTopics: " + "; ".join(topics)
+            yield (d.name, "Package metadata", card, source)
+            text = _package_text(d.description)
+            for path, body in split_sections(text, "md" if d.markdown else "rst"):
+                if any(_RELEASE_NOTES.search(title) for title in path):
+                    continue  # a changelog answers "what changed in x.y", not the user's question
+                section = " > ".join(path) or "Description"
+                for chunk in _pack_passages(body):
+                    yield (d.name, section, chunk, source)
+        for file in files:
+            text = file.read_text(encoding="utf-8", errors="replace")
+            style = "rst" if file.suffix.lower() == ".rst" else "md"
+            for path, body in split_sections(text, style):
+                section = " > ".join(path) or file.stem
+                for chunk in _pack_passages(body):
+                    yield (file.stem.replace("_", " ").replace("-", " "), section, chunk, str(file))
+
+    # --- reading -----------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.index_path.resolve().as_uri() + "?mode=ro", uri=True)
+
+    def _meta(self, key: str) -> str | None:
+        if not self.index_path.exists():
+            return None
+        try:
+            with contextlib.closing(self._connect()) as con:
+                row = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.DatabaseError:  # missing tables or a damaged file: treat as absent, rebuild
+            return None
+        return row[0] if row else None
+
+    def _ready(self) -> None:
+        if self._meta("fingerprint") is None:
+            self.ensure()
+
+    def _ranked(
+        self, con: sqlite3.Connection, table: str, sql: str, terms: list[str], fetch: int, scope: str = ""
+    ) -> list[_Hit]:
+        """Rows by bm25, each with the query terms that make it an answer.
+
+        bm25 gives no weight to a term found in half the rows or more; when the
+        question has rarer terms, a row must match one of those. With ``scope``
+        (an FTS5 column set such as ``{name summary}``) the deciding match must be
+        in those columns, while all columns still count for the ranking.
+        """
+        count_sql, term_sql = _SQL[table]
+        total = con.execute(count_sql).fetchone()[0]
+
+        def rows(expr: str) -> set[int]:
+            return {r for (r,) in con.execute(term_sql, (expr,))}
+
+        matches = {t: rows(fts_query([t])) for t in terms}
+        wanted = {t for t, found in matches.items() if 2 * len(found) < total} or set(terms)
+        deciding = {t: rows(f"{scope} : {fts_query([t])}") if scope else matches[t] for t in wanted}
+        hits = []
+        for rowid, rank, *columns in con.execute(sql, (fts_query(terms), fetch)):
+            decisive = [t for t in terms if t in deciding and rowid in deciding[t]]
+            if decisive:
+                hits.append(_Hit(tuple(columns), round(-rank, 4), decisive))
+        return hits
+
+    def search(self, query: str, limit: int = 8) -> list[Passage]:
+        """The passages that best answer ``query``, best first (score = -bm25, higher is better)."""
+        terms = query_terms(query)
+        if not terms or limit <= 0:
+            return []
+        self._ready()
+        with contextlib.closing(self._connect()) as con:
+            hits = self._ranked(con, "passages", _PASSAGE_RANK, terms, limit * 4)
+        return [
+            Passage(source=source, section=section, text=body, score=hit.score)
+            for hit in hits[:limit]
+            for source, section, body in [hit.columns]
+        ]
+
+    def recommend_libraries(self, query: str, context: dict[str, Any], limit: int = 5) -> list[Library]:
+        """Installed distributions whose metadata matches the question (and its context words)."""
+        terms = query_terms(" ".join([query, *_context_words(context)]))
+        if not terms or limit <= 0:
+            return []
+        self._ready()
+        with contextlib.closing(self._connect()) as con:
+            hits = self._ranked(con, "packages", _PACKAGE_RANK, terms, 500, scope=_METADATA)
+        return [
+            Library(
+                name=name,
+                version=version,
+                summary=summary,
+                reason=f"installed {version}; its package metadata mentions " + ", ".join(hit.terms),
+            )
+            for hit in hits[:limit]
+            for name, version, summary in [hit.columns]
+        ]
+
+    def summarize(self, query: str, passages: list[Passage], max_sentences: int = 5) -> str:
+        """Extractive summary: sentences that share the most question terms, one a line, each cited ``[n]``.
+
+        ``n`` is the 1-based position of the sentence's passage in ``passages``.
+        Overlap is weighted by each term's rarity among the sentences and matched
+        with the index's own stemming (an in-memory FTS5 table); a term found only
+        in the passage's section title counts half. The passages' own ranking
+        decides coverage: the best sentence of each passage in turn, then the best
+        of the rest. Output keeps passage order.
+        """
+        terms = query_terms(query)
+        units = [
+            (n, pos, s, p.section)
+            for n, p in enumerate(passages, 1)
+            for pos, s in enumerate(_sentences(p.text))
+        ]
+        if not terms or not units or max_sentences <= 0:
+            return ""
+        weight = [0.0] * len(units)
+        with contextlib.closing(sqlite3.connect(":memory:")) as con:
+            con.execute("CREATE VIRTUAL TABLE s USING fts5(body, section, tokenize='porter unicode61')")
+            con.executemany(
+                "INSERT INTO s(rowid, body, section) VALUES (?, ?, ?)",
+                ((k, u[2], u[3]) for k, u in enumerate(units)),
+            )
+            for term in terms:
+                quoted = fts_query([term])
+                body = {
+                    k for (k,) in con.execute("SELECT rowid FROM s WHERE s MATCH ?", (f"body : {quoted}",))
+                }
+                title = {
+                    k for (k,) in con.execute("SELECT rowid FROM s WHERE s MATCH ?", (f"section : {quoted}",))
+                }
+                idf = math.log(1 + len(units) / len(body | title)) if body | title else 0.0
+                for k in body:
+                    weight[k] += idf
+                for k in title - body:
+                    weight[k] += idf / 2
+        ranked = sorted((k for k in range(len(units)) if weight[k] > 0), key=lambda k: (-weight[k], k))
+        best_of_passage: dict[int, int] = {}
+        for k in ranked:
+            best_of_passage.setdefault(units[k][0], k)
+        chosen: list[int] = []
+        seen: set[str] = set()
+        for k in [best_of_passage[n] for n in sorted(best_of_passage)] + ranked:
+            if len(chosen) < max_sentences and units[k][2].lower() not in seen:
+                seen.add(units[k][2].lower())
+                chosen.append(k)
+        chosen.sort(key=lambda k: (units[k][0], units[k][1]))
+        return "\n".join(f"{units[k][2]} [{units[k][0]}]" for k in chosen)
+
+
+def _context_words(context: dict[str, Any]) -> list[str]:
+    words: list[str] = []
+    for value in context.values():
+        if isinstance(value, str):
+            words.append(value)
+        elif isinstance(value, list | tuple):
+            words.extend(str(v) for v in value if isinstance(v, str | int | float))
+    return words
+
+
+# --- text: sections, passages, sentences -------------------------------------------------
+
+_TARGET, _HARD = 1500, 2000  # passage size aimed at / never exceeded
+_ATX = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_ADORN = re.compile(r"^([=\-~^*+#\"'`:.])\1{2,}\s*$")
+_LIST = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+_SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[`*])")
+_RELEASE_NOTES = re.compile(r"(?i)change ?log|release notes|history|what's (new|changed)|^v?\d+\.\d+")
+_NOT_PROSE = (
+    ">>>",
+    "$ ",
+    "import ",
+    "from ",
+    "def ",
+    "class ",
+    "@",
+    "pip install",
+    "{",
+    "}",
+    "Keywords:",
+    "Topics:",
+    "http",
+)
+
+
+def _clean_inline(text: str) -> str:
+    """Markdown / reST inline markup down to plain words (links keep their text)."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", text)
+    text = re.sub(r"`([^`<]+?)\s*<[^>]+>`_+", r"\1", text)
+    text = re.sub(r":[a-z:]+:`([^`]+)`", r"\1", text)
+    text = text.replace("**", "").replace("__", "").replace("``", "`").replace("`", "")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def split_sections(text: str, style: str = "md") -> list[tuple[tuple[str, ...], str]]:
+    """Split a document at its headings into ``(heading path, body)`` pairs.
+
+    ``style="md"``: ATX (``## Title``) and setext (``===`` / ``---``) headings, fenced
+    code ignored. ``style="rst"``: underlined (optionally overlined) titles, levels
+    in order of first appearance, as docutils assigns them.
+    """
+    lines = text.splitlines()
+    out: list[tuple[tuple[str, ...], str]] = []
+    path: list[tuple[int, str]] = []
+    body: list[str] = []
+    rst_levels: dict[str, int] = {}
+    fence = False
+
+    def flush() -> None:
+        content = "\n".join(body).strip()
+        if content:
+            out.append((tuple(title for _, title in path), content))
+        body.clear()
+
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if style == "md" and _FENCE.match(line):
+            fence = not fence
+        heading: tuple[int, str, int] | None = None
+        atx = _ATX.match(line) if style == "md" and not fence else None
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if atx:
+            heading = (len(atx.group(1)), atx.group(2), 1)
+        elif (
+            not fence
+            and line.strip()
+            and not line[0].isspace()
+            and len(line.strip()) <= 120
+            and not _ADORN.match(line)
+            and _ADORN.match(nxt)
+        ):
+            ch = nxt[0]
+            if style == "md" and ch in "=-":
+                heading = (1 if ch == "=" else 2, line, 2)
+            elif style == "rst" and len(nxt.rstrip()) >= len(line.rstrip()):
+                over = bool(body) and body[-1].strip() == nxt.strip()
+                if over:
+                    body.pop()
+                heading = (rst_levels.setdefault(ch + "/" + str(over), len(rst_levels) + 1), line, 2)
+        if heading is None:
+            body.append(line)
+            i += 1
+            continue
+        level, title, consumed = heading
+        flush()
+        while path and path[-1][0] >= level:
+            path.pop()
+        path.append((level, _clean_inline(title.strip())))
+        i += consumed
+    flush()
+    return out
+
+
+def _pack_passages(body: str) -> Iterator[str]:
+    """Paragraphs gathered into passages of about ``_TARGET`` characters (never above ``_HARD``)."""
+    buf: list[str] = []
+    size = 0
+    for para in re.split(r"\n\s*\n", body):
+        para = para.strip("\n")
+        while len(para) > _HARD:
+            cut = para.rfind(" ", 0, _TARGET)
+            cut = cut if cut > 0 else _TARGET
+            if buf:
+                yield "\n\n".join(buf)
+                buf, size = [], 0
+            yield para[:cut].strip()
+            para = para[cut:].strip()
+        if not para.strip():
+            continue
+        if buf and size + len(para) > _TARGET:
+            yield "\n\n".join(buf)
+            buf, size = [], 0
+        buf.append(para)
+        size += len(para) + 2
+    if buf:
+        yield "\n\n".join(buf)
+
+
+def _package_text(description: str) -> str:
+    """A package's long description without badges, images and raw HTML."""
+    text = re.sub(r"<!--.*?-->", "", description, flags=re.S)
+    text = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", text)
+    text = re.sub(r"\[\s*\]\([^)]*\)", "", text)  # links left empty by a removed badge
+    text = re.sub(r"</?[a-zA-Z][^>\n]*>", "", text)
+    keep = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith((".. image::", ".. |", ":target:", ":alt:")) or re.fullmatch(
+            r"(\|\w[^|]*\|\s*)+", stripped
+        ):
+            continue
+        keep.append(line)
+    return "\n".join(keep)
+
+
+def _sentences(text: str) -> Iterator[str]:
+    """Prose sentences of a passage: code, headings and tables skipped, list items kept apart."""
+    units: list[str] = []
+    cur: list[str] = []
+
+    def flush() -> None:
+        if cur:
+            units.append(" ".join(cur))
+            cur.clear()
+
+    fence = False
+    for line in text.splitlines():
+        if _FENCE.match(line):
+            fence = not fence
+            flush()
+            continue
+        stripped = line.strip().lstrip("> ").strip()
+        if fence or not stripped or stripped.startswith(("#", "|", "..")) or _ADORN.match(stripped):
+            flush()
+            continue
+        if _LIST.match(line):
+            flush()
+            stripped = _LIST.sub("", stripped)
+        cur.append(stripped)
+    flush()
+    for unit in units:
+        if unit.startswith(_NOT_PROSE) or len(unit.split()) < 4:
+            continue
+        for sentence in _SENT.split(_clean_inline(unit)):
+            if 25 <= len(sentence) <= 400:
+                yield sentence
