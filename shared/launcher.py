@@ -55,6 +55,7 @@ _PASSED = (
     "llm_context_chars",
     "log_level",
     "brain",
+    "planner",
     "instance_id",
     "role",
 )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 
 from services.orchestrator.service import OrchestratorService
 from shared.bus import Bus
 from shared.logs import setup_logging
+from shared.protocol import Plan, TaskSubmission
 from shared.runtime import run_service
 from shared.settings import Settings
 
@@ -16,11 +19,27 @@ def main() -> None:
     setup_logging(f"orchestrator:{settings.instance_id}", settings.log_level)
 
     async def run() -> None:
-        bus = await Bus.open(settings, f"cadre-orchestrator-{settings.instance_id}")
-        try:
-            await run_service(OrchestratorService(bus, settings), settings)
-        finally:
-            await bus.close()
+        async with AsyncExitStack() as stack:
+            planner: Callable[[TaskSubmission], Awaitable[Plan]] | None = None
+            if settings.llm_base_url:
+                from services.orchestrator.planner import plan_with_llm
+                from shared.llm import LLMClient
+
+                client = LLMClient(settings)
+                stack.push_async_callback(client.aclose)
+
+                def planner(sub: TaskSubmission) -> Awaitable[Plan]:
+                    return plan_with_llm(
+                        client,
+                        sub.task.description,
+                        sub.task.requirements,
+                        sub.context,
+                        has_workspace=sub.workspace is not None,
+                    )
+
+            bus = await Bus.open(settings, f"cadre-orchestrator-{settings.instance_id}")
+            stack.push_async_callback(bus.close)
+            await run_service(OrchestratorService(bus, settings, planner=planner), settings)
 
     asyncio.run(run())
 

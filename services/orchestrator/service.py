@@ -13,7 +13,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,7 +86,7 @@ def task_id_for(sub_task_id: str, message_id: str) -> str:
 class OrchestratorService:
     bus: Bus
     settings: Settings
-    planner: Callable[[TaskSubmission], Any] | None = None
+    planner: Callable[[TaskSubmission], Awaitable[Plan]] | None = None
     engine: Engine = field(init=False)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False)
     _heartbeats: dict[str, Heartbeat] = field(default_factory=dict, init=False)

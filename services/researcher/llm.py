@@ -1,0 +1,154 @@
+"""The LLM researcher brain: retrieval from the local index, then a cited summary by the model.
+
+Retrieval is the builtin researcher's (the same SQLite FTS5 index over the
+project's ``docs/knowledge`` notes, ``CADRE_CORPUS_DIRS`` and the installed
+packages); the model only writes the summary, citing the numbered passages it
+was given as ``[n]``. Citations are checked: a marker that names no passage is
+removed from the summary and reported, so every citation left points at a
+real, returned passage. With nothing retrieved the model is not asked at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+import msgspec
+
+from services.researcher.builtin import BuiltinResearcher
+from shared.brains import BrainResult, StepContext
+from shared.errors import LLMError
+from shared.llm import LLMClient, Meter, failed
+from shared.protocol import Library, Passage, ResearchOutput, WorkItem
+from shared.settings import Settings
+
+__all__ = ["LLMResearcher", "ResearchReply", "check_citations"]
+
+logger = logging.getLogger(__name__)
+
+_PASSAGES = 8
+_LIBRARIES = 5
+_PASSAGE_CHARS = 1800
+_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+
+_SYSTEM = """You are a software research assistant. Answer the question using ONLY the numbered
+passages you are given. Cite the passages each statement comes from with markers such as [1] or [2, 3],
+using the passage numbers exactly as given. Do not cite anything else and do not invent facts.
+Write a concise summary (3 to 8 sentences) aimed at a developer who will implement the task."""
+
+
+class ResearchReply(msgspec.Struct, forbid_unknown_fields=False):
+    summary: str
+
+
+def check_citations(summary: str, count: int) -> tuple[str, list[int], list[int]]:
+    """Keep the ``[n]`` markers that name one of ``count`` passages; drop the others.
+
+    Returns the cleaned summary, the passage numbers cited, and the invalid numbers removed.
+    """
+    cited: list[int] = []
+    invalid: list[int] = []
+
+    def fix(match: re.Match[str]) -> str:
+        numbers = [int(n) for n in match.group(1).split(",")]
+        good = [n for n in numbers if 1 <= n <= count]
+        invalid.extend(n for n in numbers if not 1 <= n <= count)
+        cited.extend(good)
+        return f"[{', '.join(map(str, good))}]" if good else ""
+
+    cleaned = _CITATION.sub(fix, summary)
+    cleaned = re.sub(r"[ \t]+([.,;:])", r"\1", re.sub(r"[ \t]{2,}", " ", cleaned)).strip()
+    return cleaned, sorted(set(cited)), sorted(set(invalid))
+
+
+class LLMResearcher:
+    """Research brain: local retrieval + model summary with checked citations."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = LLMClient(settings)
+        # the very index the builtin researcher uses (same corpus folders, same exclusions)
+        self.index = BuiltinResearcher(settings).index
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
+        question = item.task.description.strip()
+        query = " ".join([question, *item.task.requirements, *_context_text(item.context)])
+        await asyncio.to_thread(self.index.ensure)
+        passages = await asyncio.to_thread(self.index.search, query, _PASSAGES)
+        libraries = await asyncio.to_thread(self.index.recommend_libraries, query, item.context, _LIBRARIES)
+        if not passages:
+            text = (
+                f"No passages in the local corpus match {question!r}; add docs with CADRE_CORPUS_DIRS "
+                "(folders of Markdown, reST or text files). The model was not asked: it would have "
+                "nothing to cite."
+            )
+            return BrainResult("completed", text, output=ResearchOutput(summary=text, libraries=libraries))
+        meter = Meter()
+        try:
+            reply = await meter.ask(self.client, _SYSTEM, _prompt(item, passages, libraries), ResearchReply)
+        except LLMError as exc:
+            return failed(exc, meter.usage, "research summary")
+        summary, cited, invalid = check_citations(reply.summary, len(passages))
+        notes = []
+        if invalid:
+            notes.append(
+                "Removed citations to passages that do not exist: " + ", ".join(f"[{n}]" for n in invalid)
+            )
+        if not cited:
+            notes.append("The model's summary cites none of the passages: check it against the sources.")
+        report = _report(summary, notes, passages, libraries)
+        logger.info(
+            "research done step=%s passages=%d cited=%s invalid=%s",
+            item.step_id,
+            len(passages),
+            cited,
+            invalid,
+        )
+        headline = summary.splitlines()[0] if summary else "(empty summary)"
+        return BrainResult(
+            "completed",
+            headline,
+            output=ResearchOutput(summary=report, passages=passages, libraries=libraries),
+            usage=meter.usage,
+        )
+
+
+def _context_text(context: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for value in context.values():
+        if isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, list | tuple):
+            out.extend(v for v in value if isinstance(v, str))
+    return out
+
+
+def _prompt(item: WorkItem, passages: list[Passage], libraries: list[Library]) -> str:
+    lines = [f"Question: {item.task.description}"]
+    if item.task.requirements:
+        lines.append("Requirements: " + "; ".join(item.task.requirements))
+    if item.context:
+        lines.append("Context: " + ", ".join(f"{k}={v}" for k, v in item.context.items()))
+    lines += ["", "Passages:"]
+    for n, p in enumerate(passages, 1):
+        text = p.text if len(p.text) <= _PASSAGE_CHARS else p.text[:_PASSAGE_CHARS] + " ..."
+        lines += [f"[{n}] {p.source} — {p.section}", text, ""]
+    if libraries:
+        lines.append("Installed libraries that match (you may mention them, they are not citable):")
+        lines += [f"- {lib.name} {lib.version}: {lib.summary}" for lib in libraries]
+    lines.append(f"\nCite only passage numbers 1 to {len(passages)}.")
+    return "\n".join(lines)
+
+
+def _report(summary: str, notes: list[str], passages: list[Passage], libraries: list[Library]) -> str:
+    lines = [summary, *(f"Note: {n}" for n in notes), "", "Sources:"]
+    lines += [f"[{n}] {p.source} — {p.section}" for n, p in enumerate(passages, 1)]
+    if libraries:
+        lines += ["", "Installed libraries that match:"]
+        lines += [f"- {lib.name} {lib.version}: {lib.summary}" for lib in libraries]
+    return "\n".join(lines)
