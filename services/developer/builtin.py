@@ -1,0 +1,205 @@
+"""The builtin developer brain: real tests, real fixes, no model.
+
+Task types:
+
+- ``fix``: run the tests (baseline), fix the findings in
+  ``task.input_data["findings"]`` with ``shared.tools.fixes`` (syntax-tree
+  rewrites and ruff), re-running the tests after each change and refusing any
+  change that breaks a test that passed before; dispute findings it judges
+  mistaken; store the new workspace as ``artifacts["workspace"]``.
+- ``test``: run the tests under coverage and report.
+- ``performance_check``: measure the test suite and complexity hot spots.
+- ``implementation`` / ``write_tests`` (or any other prose-to-code step):
+  ``unsupported``, since writing new code from a description needs a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+
+from shared.brains import BrainResult, StepContext
+from shared.protocol import Change, DevelopmentOutput, Issue, TestReport, WorkItem, encode, now
+from shared.settings import Settings
+from shared.tools.fixes import FixOutcome, apply_fixes
+from shared.tools.testing import performance_profile, run_suite, run_tests
+
+__all__ = ["BuiltinDeveloper", "NEEDS_LLM"]
+
+logger = logging.getLogger(__name__)
+
+NEEDS_LLM = (
+    "Writing new code from a prose description needs an LLM brain: set CADRE_BRAIN=llm and "
+    "CADRE_LLM_BASE_URL for the developer"
+)
+
+
+def _tests_text(report: TestReport | None) -> str:
+    if report is None:
+        return "no tests in the workspace"
+    parts = [f"{report.passed} passed"]
+    if report.failed:
+        parts.append(f"{report.failed} failed")
+    if report.errors:
+        parts.append(f"{report.errors} errors")
+    text = "tests " + ", ".join(parts)
+    return text + (f", coverage {report.coverage:.0f}%" if report.coverage is not None else "")
+
+
+class BuiltinDeveloper:
+    """Developer brain that works on the step's code workspace with real tools."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
+        if item.task_type == "fix":
+            return await self._fix(item, ctx)
+        if item.task_type == "test":
+            return await self._test(item, ctx)
+        if item.task_type == "performance_check":
+            return await self._performance(item, ctx)
+        logger.info("unsupported task type=%s step=%s", item.task_type, item.step_id)
+        return BrainResult("unsupported", NEEDS_LLM, error=NEEDS_LLM)
+
+    # --- fix ---------------------------------------------------------------------------
+    async def _fix(self, item: WorkItem, ctx: StepContext) -> BrainResult:
+        if item.workspace is None:
+            reason = "a fix step needs the code workspace to change, and this work item carries none"
+            return BrainResult("failed", reason, error=reason)
+        data = item.task.input_data
+        try:
+            findings = msgspec.convert(data.get("findings", []), list[Issue])
+            must_fix = set(msgspec.convert(data.get("must_fix", []), list[str]))
+            waived = set(msgspec.convert(data.get("waived", []), list[str]))
+        except msgspec.ValidationError as exc:
+            reason = f"invalid fix input: {exc}"
+            return BrainResult("failed", reason, error=reason)
+        ws = await ctx.workspace()
+        timeout = self._test_timeout(item)
+        baseline = await asyncio.to_thread(run_suite, ws, timeout, coverage=False)
+        test_runs = 0
+
+        def verify() -> str | None:
+            """Reject a change that breaks a test that passed in the baseline."""
+            nonlocal test_runs
+            assert baseline is not None
+            test_runs += 1
+            run = run_suite(ws, timeout, coverage=False)
+            broken = sorted(baseline.passed_ids - (run.passed_ids if run is not None else frozenset()))
+            if not broken:
+                return None
+            names = ", ".join(t.rsplit("::", 1)[-1] for t in broken[:3])
+            more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+            last = run.report.output_tail.strip().splitlines()[-1:] if run is not None else []
+            return f"{len(broken)} test(s) that passed before fail: {names}{more}" + (
+                f" ({last[0]})" if last else ""
+            )
+
+        outcome = await asyncio.to_thread(
+            apply_fixes,
+            ws,
+            findings,
+            must_fix=must_fix,
+            waived=waived,
+            verify=verify if baseline is not None else None,
+            should_stop=ctx.cancelled.is_set,
+        )
+        if ctx.cancelled.is_set():
+            return BrainResult("failed", "cancelled while fixing", error="cancelled")
+        final = await asyncio.to_thread(run_tests, ws, timeout)
+        ref = await ctx.save_workspace(ws, "workspace after fixes")
+        summary = self._fix_summary(findings, waived, outcome, final)
+        if baseline is None:
+            summary += " (no tests: fixes were not test-gated)"
+        logger.info("fix done step=%s test_runs=%d %s", item.step_id, test_runs, summary)
+        output = DevelopmentOutput(
+            summary=summary,
+            files=outcome.files,
+            changes=outcome.changes,
+            refused=[*outcome.refused, *self._unfixable(outcome)],
+            tests=final,
+            disputes=outcome.disputes,
+        )
+        return BrainResult("completed", summary, output=output, artifacts={"workspace": ref})
+
+    @staticmethod
+    def _unfixable(outcome: FixOutcome) -> list[Change]:
+        return [
+            Change(
+                file=issue.file or "",
+                kind="unfixable",
+                description=f"{issue.rule}: {reason}",
+                diff="",
+                addresses=issue.id,
+            )
+            for issue, reason in outcome.unfixable
+        ]
+
+    @staticmethod
+    def _fix_summary(
+        findings: list[Issue], waived: set[str], outcome: FixOutcome, final: TestReport | None
+    ) -> str:
+        total = len({i.id for i in findings if i.id not in waived})
+        notes = []
+        for count, label in (
+            (len(outcome.disputes), "disputed"),
+            (len({c.addresses for c in outcome.refused if c.addresses}), "refused as test-breaking"),
+            (len(outcome.unfixable), "not fixable automatically"),
+            (len(outcome.waived), "waived"),
+        ):
+            if count:
+                notes.append(f"{count} {label}")
+        head = f"Fixed {len(outcome.fixed_ids)} of {total} findings"
+        return head + (f" ({', '.join(notes)})" if notes else "") + f"; {_tests_text(final)}"
+
+    # --- test / performance -----------------------------------------------------------------
+    async def _test(self, item: WorkItem, ctx: StepContext) -> BrainResult:
+        if item.workspace is None:
+            reason = "a test step needs a code workspace, and this work item carries none"
+            return BrainResult("failed", reason, error=reason)
+        ws = await ctx.workspace()
+        report = await asyncio.to_thread(run_tests, ws, self._test_timeout(item))
+        summary = _tests_text(report).capitalize()
+        if report is not None and report.output_tail:
+            summary += f" ({report.output_tail.strip().splitlines()[-1]})"
+        output = DevelopmentOutput(summary=summary, tests=report)
+        return BrainResult("completed", summary, output=output, artifacts={"workspace": item.workspace})
+
+    async def _performance(self, item: WorkItem, ctx: StepContext) -> BrainResult:
+        if item.workspace is None:
+            reason = "a performance check needs a code workspace, and this work item carries none"
+            return BrainResult("failed", reason, error=reason)
+        ws = await ctx.workspace()
+        profile = await asyncio.to_thread(performance_profile, ws, self._test_timeout(item))
+        parts = []
+        if profile.tests is None:
+            parts.append("no tests to time")
+        else:
+            parts.append(
+                f"test suite {profile.wall_seconds:.2f}s wall, {profile.test_seconds:.2f}s in tests "
+                f"({_tests_text(profile.tests)})"
+            )
+            if profile.slowest:
+                parts.append(
+                    "slowest: "
+                    + ", ".join(f"{t.test.rsplit('::', 1)[-1]} {t.seconds:.3f}s" for t in profile.slowest[:3])
+                )
+        if profile.hot_spots:
+            parts.append(
+                f"complexity over {profile.functions} functions (mean {profile.mean_complexity}); highest: "
+                + ", ".join(f"{h.file}:{h.name} {h.complexity} ({h.rank})" for h in profile.hot_spots[:3])
+            )
+        summary = "Measured " + "; ".join(parts)
+        ref = await ctx.put_artifact(encode(profile), "application/json", "performance profile")
+        output = DevelopmentOutput(summary=summary, tests=profile.tests)
+        return BrainResult(
+            "completed", summary, output=output, artifacts={"workspace": item.workspace, "performance": ref}
+        )
+
+    def _test_timeout(self, item: WorkItem) -> float:
+        """Leave the step room to report: tests get at most the time left before the deadline."""
+        left = item.deadline - now() - 5.0
+        return max(30.0, min(600.0, left))

@@ -1,0 +1,157 @@
+"""The builtin developer as a real service process on a real nats-server, fixing a real workspace."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+import msgspec
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+
+from services.developer.builtin import NEEDS_LLM
+from shared.bus import Bus
+from shared.launcher import Stack
+from shared.protocol import (
+    ArtifactRef,
+    DevelopmentOutput,
+    StepResult,
+    StepStarted,
+    TaskBody,
+    WorkItem,
+    new_id,
+    now,
+    step_decoder,
+)
+from shared.tools.analysis import analyze
+from shared.tools.testing import PerformanceProfile, run_tests
+from shared.workspace import pack_dir, unpack_to
+from tests.helpers import wait_for_value
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "auth-api"
+
+
+def dev_item(step: str, task_type: str, workspace: ArtifactRef | None, **input_data: object) -> WorkItem:
+    return WorkItem(
+        message_id=new_id("msg"),
+        to_agent="developer",
+        task_type=task_type,
+        task=TaskBody(description=f"{task_type} for the auth API", input_data=dict(input_data)),
+        task_id="task_dev",
+        step_id=step,
+        attempt=1,
+        deadline=now() + 180,
+        created_at=now(),
+        workspace=workspace,
+    )
+
+
+class StepFeed:
+    """Reads step messages through the orchestrator's durable consumer (as the orchestrator would)."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.messages: list[StepStarted | StepResult] = []
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def _pull(self) -> None:
+        if self._sub is None:
+            s = self.bus.subjects
+            self._sub = await self.bus.js.pull_subscribe_bind(
+                durable=s.results_consumer, stream=s.stream_results
+            )
+        with contextlib.suppress(NatsTimeout, TimeoutError):
+            for msg in await self._sub.fetch(10, timeout=0.2):
+                self.messages.append(step_decoder.decode(msg.data))
+                await msg.ack()
+
+    async def result(self, step: str, timeout: float = 60.0) -> StepResult:
+        async def probe() -> StepResult | None:
+            await self._pull()
+            done = [m for m in self.messages if isinstance(m, StepResult) and m.step_id == step]
+            return done[0] if done else None
+
+        return await wait_for_value(probe, timeout, what=f"the result of step {step}")
+
+
+async def test_developer_service_fixes_the_example_and_keeps_its_tests_green(
+    bus: Bus, stack: Stack, tmp_path: Path
+) -> None:
+    stack.add("developer")
+    source = tmp_path / "source"
+    shutil.copytree(EXAMPLE, source)
+    findings = analyze(source)
+    baseline = run_tests(source)
+    assert baseline is not None and baseline.ok
+    etag = next(i for i in findings if i.rule == "bandit:B324" and i.file == "auth_api/app.py")
+    ref = await bus.put_artifact(pack_dir(source), description="auth-api workspace")
+    item = dev_item("fix-1", "fix", ref, findings=msgspec.to_builtins(findings), must_fix=[], waived=[])
+    await bus.publish(bus.subjects.work("developer", "normal"), item)
+
+    result = await StepFeed(bus).result("fix-1", timeout=180)
+    assert result.status == "completed", result.error
+    out = result.output
+    assert isinstance(out, DevelopmentOutput)
+    assert out.summary.startswith(f"Fixed {len(findings) - 1} of {len(findings)} findings (1 disputed)")
+    # the disputed ETag: a performance argument for the policy to weigh
+    assert [(d.issue_id, d.concern) for d in out.disputes] == [(etag.id, "performance")]
+    assert {c.addresses for c in out.changes} == {i.id for i in findings} - {etag.id}
+    assert all(
+        c.diff.startswith(f"--- a/{c.file}\n+++ b/{c.file}\n") for c in out.changes if c.kind != "format"
+    )
+    assert out.tests is not None and out.tests.ok and out.tests.passed == baseline.passed
+    assert out.tests.coverage is not None and out.refused == []
+
+    # the stored workspace really holds the fixes, and its tests really pass
+    fixed = tmp_path / "fixed"
+    unpack_to(await bus.get_artifact(result.artifacts["workspace"]), fixed)
+    config = (fixed / "auth_api/config.py").read_text()
+    assert "yaml.safe_load(fh)" in config and 'os.environ.get("AUTH_API_SECRET_KEY")' in config
+    passwords = (fixed / "auth_api/passwords.py").read_text()
+    assert "hashlib.scrypt(" in passwords and "secrets.choice(_ALPHABET)" in passwords
+    assert "hashlib.md5(body)" in (fixed / "auth_api/app.py").read_text()
+    assert (
+        'subprocess.run(["cp", str(self.path), str(dest)], shell=False'
+        in (fixed / "auth_api/store.py").read_text()
+    )
+    rerun = run_tests(fixed)
+    assert rerun is not None and rerun.ok and rerun.passed == baseline.passed
+    left = {i.id for i in analyze(fixed)}
+    assert etag.id in left and not left & {c.addresses for c in out.changes}
+
+
+async def test_developer_service_answers_prose_test_and_performance_steps_honestly(
+    bus: Bus, stack: Stack, tmp_path: Path
+) -> None:
+    stack.add("developer")
+    source = tmp_path / "source"
+    shutil.copytree(EXAMPLE, source)
+    ref = await bus.put_artifact(pack_dir(source), description="auth-api workspace")
+    subject = bus.subjects.work("developer", "normal")
+    await bus.publish(subject, dev_item("impl", "implementation", None))
+    await bus.publish(subject, dev_item("fix-nows", "fix", None, findings=[]))
+    await bus.publish(subject, dev_item("test", "test", ref))
+    await bus.publish(subject, dev_item("perf", "performance_check", ref))
+    feed = StepFeed(bus)
+
+    impl = await feed.result("impl")
+    assert impl.status == "unsupported" and impl.summary == NEEDS_LLM and impl.error == NEEDS_LLM
+    assert "CADRE_BRAIN=llm" in impl.error and "CADRE_LLM_BASE_URL" in impl.error
+
+    no_ws = await feed.result("fix-nows")
+    assert no_ws.status == "failed" and "workspace" in (no_ws.error or "")
+
+    test = await feed.result("test")
+    assert test.status == "completed" and test.artifacts["workspace"] == ref
+    assert isinstance(test.output, DevelopmentOutput) and test.output.tests is not None
+    assert test.output.tests.ok and test.output.tests.passed > 0 and test.output.tests.coverage is not None
+
+    perf = await feed.result("perf")
+    assert perf.status == "completed" and perf.artifacts["workspace"] == ref
+    profile = msgspec.json.decode(
+        await bus.get_artifact(perf.artifacts["performance"]), type=PerformanceProfile
+    )
+    assert profile.tests is not None and profile.tests.passed == test.output.tests.passed
+    assert profile.slowest and profile.hot_spots and profile.wall_seconds
+    assert f"{profile.wall_seconds:.2f}s wall" in perf.summary
