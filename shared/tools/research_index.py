@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.protocol import Library, Passage
+from shared.tools.text_sections import RELEASE_NOTES, pack_passages, package_text, sentences, split_sections
 
 __all__ = ["ResearchIndex", "DOC_SUFFIXES", "query_terms", "fts_query", "split_sections"]
 
@@ -259,19 +260,19 @@ class ResearchIndex:
             if topics:
                 card += "\n\nTopics: " + "; ".join(topics)
             yield (d.name, "Package metadata", card, source)
-            text = _package_text(d.description)
+            text = package_text(d.description)
             for path, body in split_sections(text, "md" if d.markdown else "rst"):
-                if any(_RELEASE_NOTES.search(title) for title in path):
+                if any(RELEASE_NOTES.search(title) for title in path):
                     continue  # a changelog answers "what changed in x.y", not the user's question
                 section = " > ".join(path) or "Description"
-                for chunk in _pack_passages(body):
+                for chunk in pack_passages(body):
                     yield (d.name, section, chunk, source)
         for file in files:
             text = file.read_text(encoding="utf-8", errors="replace")
             style = "rst" if file.suffix.lower() == ".rst" else "md"
             for path, body in split_sections(text, style):
                 section = " > ".join(path) or file.stem
-                for chunk in _pack_passages(body):
+                for chunk in pack_passages(body):
                     yield (file.stem.replace("_", " ").replace("-", " "), section, chunk, str(file))
 
     # --- reading -----------------------------------------------------------------------
@@ -365,7 +366,7 @@ class ResearchIndex:
         units = [
             (n, pos, s, p.section)
             for n, p in enumerate(passages, 1)
-            for pos, s in enumerate(_sentences(p.text))
+            for pos, s in enumerate(sentences(p.text))
         ]
         if not terms or not units or max_sentences <= 0:
             return ""
@@ -411,173 +412,3 @@ def _context_words(context: dict[str, Any]) -> list[str]:
         elif isinstance(value, list | tuple):
             words.extend(str(v) for v in value if isinstance(v, str | int | float))
     return words
-
-
-# --- text: sections, passages, sentences -------------------------------------------------
-
-_TARGET, _HARD = 1500, 2000  # passage size aimed at / never exceeded
-_ATX = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
-_FENCE = re.compile(r"^\s*(```|~~~)")
-_ADORN = re.compile(r"^([=\-~^*+#\"'`:.])\1{2,}\s*$")
-_LIST = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
-_SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[`*])")
-_RELEASE_NOTES = re.compile(r"(?i)change ?log|release notes|history|what's (new|changed)|^v?\d+\.\d+")
-_NOT_PROSE = (
-    ">>>",
-    "$ ",
-    "import ",
-    "from ",
-    "def ",
-    "class ",
-    "@",
-    "pip install",
-    "{",
-    "}",
-    "Keywords:",
-    "Topics:",
-    "http",
-)
-
-
-def _clean_inline(text: str) -> str:
-    """Markdown / reST inline markup down to plain words (links keep their text)."""
-    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", text)
-    text = re.sub(r"`([^`<]+?)\s*<[^>]+>`_+", r"\1", text)
-    text = re.sub(r":[a-z:]+:`([^`]+)`", r"\1", text)
-    text = text.replace("**", "").replace("__", "").replace("``", "`").replace("`", "")
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def split_sections(text: str, style: str = "md") -> list[tuple[tuple[str, ...], str]]:
-    """Split a document at its headings into ``(heading path, body)`` pairs.
-
-    ``style="md"``: ATX (``## Title``) and setext (``===`` / ``---``) headings, fenced
-    code ignored. ``style="rst"``: underlined (optionally overlined) titles, levels
-    in order of first appearance, as docutils assigns them.
-    """
-    lines = text.splitlines()
-    out: list[tuple[tuple[str, ...], str]] = []
-    path: list[tuple[int, str]] = []
-    body: list[str] = []
-    rst_levels: dict[str, int] = {}
-    fence = False
-
-    def flush() -> None:
-        content = "\n".join(body).strip()
-        if content:
-            out.append((tuple(title for _, title in path), content))
-        body.clear()
-
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if style == "md" and _FENCE.match(line):
-            fence = not fence
-        heading: tuple[int, str, int] | None = None
-        atx = _ATX.match(line) if style == "md" and not fence else None
-        nxt = lines[i + 1] if i + 1 < len(lines) else ""
-        if atx:
-            heading = (len(atx.group(1)), atx.group(2), 1)
-        elif (
-            not fence
-            and line.strip()
-            and not line[0].isspace()
-            and len(line.strip()) <= 120
-            and not _ADORN.match(line)
-            and _ADORN.match(nxt)
-        ):
-            ch = nxt[0]
-            if style == "md" and ch in "=-":
-                heading = (1 if ch == "=" else 2, line, 2)
-            elif style == "rst" and len(nxt.rstrip()) >= len(line.rstrip()):
-                over = bool(body) and body[-1].strip() == nxt.strip()
-                if over:
-                    body.pop()
-                heading = (rst_levels.setdefault(ch + "/" + str(over), len(rst_levels) + 1), line, 2)
-        if heading is None:
-            body.append(line)
-            i += 1
-            continue
-        level, title, consumed = heading
-        flush()
-        while path and path[-1][0] >= level:
-            path.pop()
-        path.append((level, _clean_inline(title.strip())))
-        i += consumed
-    flush()
-    return out
-
-
-def _pack_passages(body: str) -> Iterator[str]:
-    """Paragraphs gathered into passages of about ``_TARGET`` characters (never above ``_HARD``)."""
-    buf: list[str] = []
-    size = 0
-    for para in re.split(r"\n\s*\n", body):
-        para = para.strip("\n")
-        while len(para) > _HARD:
-            cut = para.rfind(" ", 0, _TARGET)
-            cut = cut if cut > 0 else _TARGET
-            if buf:
-                yield "\n\n".join(buf)
-                buf, size = [], 0
-            yield para[:cut].strip()
-            para = para[cut:].strip()
-        if not para.strip():
-            continue
-        if buf and size + len(para) > _TARGET:
-            yield "\n\n".join(buf)
-            buf, size = [], 0
-        buf.append(para)
-        size += len(para) + 2
-    if buf:
-        yield "\n\n".join(buf)
-
-
-def _package_text(description: str) -> str:
-    """A package's long description without badges, images and raw HTML."""
-    text = re.sub(r"<!--.*?-->", "", description, flags=re.S)
-    text = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", text)
-    text = re.sub(r"\[\s*\]\([^)]*\)", "", text)  # links left empty by a removed badge
-    text = re.sub(r"</?[a-zA-Z][^>\n]*>", "", text)
-    keep = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith((".. image::", ".. |", ":target:", ":alt:")) or re.fullmatch(
-            r"(\|\w[^|]*\|\s*)+", stripped
-        ):
-            continue
-        keep.append(line)
-    return "\n".join(keep)
-
-
-def _sentences(text: str) -> Iterator[str]:
-    """Prose sentences of a passage: code, headings and tables skipped, list items kept apart."""
-    units: list[str] = []
-    cur: list[str] = []
-
-    def flush() -> None:
-        if cur:
-            units.append(" ".join(cur))
-            cur.clear()
-
-    fence = False
-    for line in text.splitlines():
-        if _FENCE.match(line):
-            fence = not fence
-            flush()
-            continue
-        stripped = line.strip().lstrip("> ").strip()
-        if fence or not stripped or stripped.startswith(("#", "|", "..")) or _ADORN.match(stripped):
-            flush()
-            continue
-        if _LIST.match(line):
-            flush()
-            stripped = _LIST.sub("", stripped)
-        cur.append(stripped)
-    flush()
-    for unit in units:
-        if unit.startswith(_NOT_PROSE) or len(unit.split()) < 4:
-            continue
-        for sentence in _SENT.split(_clean_inline(unit)):
-            if 25 <= len(sentence) <= 400:
-                yield sentence
