@@ -67,6 +67,7 @@ async def connect(settings: Settings, name: str, *, retry_forever: bool = True) 
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 1,
         "connect_timeout": settings.connect_timeout,
+        "inbox_prefix": settings.inbox_prefix,
         "allow_reconnect": True,
         "disconnected_cb": on_disconnect,
         "reconnected_cb": on_reconnect,
@@ -84,7 +85,8 @@ async def connect(settings: Settings, name: str, *, retry_forever: bool = True) 
         ctx = ssl.create_default_context(cafile=str(settings.nats_tls_ca))
         options["tls"] = ctx
     if not retry_forever:
-        options["max_reconnect_attempts"] = 0
+        # nats-py only enforces a positive limit; 0 would mean "forever" on a refused server
+        options["max_reconnect_attempts"] = 1
         options["allow_reconnect"] = False
     try:
         nc = await nats.connect(**options)

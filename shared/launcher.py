@@ -94,7 +94,12 @@ class ServiceProcess:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
             out = self._log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.name}"], env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", f"services.{self.name}"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            # own session: a terminal's Ctrl-C goes to the supervisor, which stops services in order
+            start_new_session=True,
         )
         return self
 

@@ -70,7 +70,12 @@ class NatsServer:
             args += ["-c", str(self.config)]
         args += self.extra_args
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,  # outlives a terminal Ctrl-C until the supervisor stops it last
         )
         ready = threading.Event()
 

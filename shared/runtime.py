@@ -430,14 +430,20 @@ class AgentService:
 
 
 async def run_service(service: Any, settings: Settings) -> None:
-    """Run a started/stoppable service until SIGINT or SIGTERM, then stop it (drain)."""
+    """Run a started/stoppable service until SIGINT or SIGTERM, then stop it (drain, bounded)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with service:
+    await service.start()
+    try:
         await stop.wait()
         logger.info("signal received, draining")
+    finally:
+        try:
+            await asyncio.wait_for(service.stop(), settings.drain_timeout + 5)
+        except TimeoutError:
+            logger.error("stop did not finish within %.0fs; exiting anyway", settings.drain_timeout + 5)
 
 
 def run_agent(role: str, brains: dict[str, str]) -> None:

@@ -1,0 +1,351 @@
+"""The async client SDK: submit a task, follow its events, read its result, cancel it.
+
+``CadreClient`` is what the ``cadre`` CLI uses and what a Python program
+embedding Cadre should use. It speaks only the documented wire contract
+(``docs/wire-protocol.md``): tasks go to the task stream with the message id
+as dedup key; events and the final result are read back from the events
+stream, so a late reader replays a task from its first event.
+
+    async with CadreClient.connect(settings) as client:
+        task_id = await client.submit(TaskSubmission(...), workspace_dir=Path("src"))
+        async for event in client.events(task_id):
+            print(event.text)
+        result = await client.result(task_id, timeout=60)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import DeliverPolicy
+from nats.js.errors import NoStreamResponseError, NotFoundError
+from nats.micro.service import DEFAULT_PREFIX as SRV_PREFIX
+
+from shared.bus import Bus
+from shared.errors import CadreError, NotConnected, TaskNotFound
+from shared.protocol import (
+    CancelReply,
+    CancelRequest,
+    FinalResult,
+    TaskEvent,
+    TaskSubmission,
+    encode,
+    event_decoder,
+    new_id,
+    now,
+    result_decoder,
+)
+from shared.settings import Settings
+from shared.subjects import Subjects
+from shared.workspace import pack_dir
+
+__all__ = ["CadreClient", "ServiceInfo", "FINAL_KINDS", "NoService", "NoDeployment"]
+
+logger = logging.getLogger(__name__)
+
+# Event kinds after which the orchestrator publishes nothing more for a task.
+FINAL_KINDS = frozenset({"completed", "failed", "rejected", "cancelled"})
+
+_POLL = 0.5  # how long one wait on a subscription blocks before re-checking deadlines
+
+
+class NoService(CadreError):
+    """Nobody answers a request subject (the service is not running)."""
+
+    def __init__(self, service: str, subject: str) -> None:
+        self.service = service
+        self.subject = subject
+        super().__init__(f"no {service} is answering on {subject} (is it running?)")
+
+
+class NoDeployment(CadreError):
+    """The server is reachable but holds no Cadre streams for this prefix."""
+
+    def __init__(self, settings: Settings, stream: str) -> None:
+        self.stream = stream
+        super().__init__(
+            f"no Cadre deployment with prefix {settings.prefix!r} at {settings.nats_url} "
+            f"(stream {stream} does not exist): start one with `cadre up`"
+        )
+
+
+class ServiceInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One nats micro service instance's answer to ``$SRV.PING``."""
+
+    name: str
+    id: str
+    version: str = ""
+    metadata: dict[str, str] = {}
+
+
+_ping_decoder = msgspec.json.Decoder(ServiceInfo)
+_cancel_reply_decoder = msgspec.json.Decoder(CancelReply)
+
+
+async def _probe(settings: Settings) -> None:
+    """Fail fast with the socket's own reason when no server accepts a connection.
+
+    (nats-py keeps retrying a refused server even with reconnects off, so the
+    client checks reachability itself before connecting.)
+    """
+    last: Exception | None = None
+    for url in settings.servers:
+        parsed = urlsplit(url if "://" in url else f"nats://{url}")
+        if parsed.scheme not in ("nats", "tls") or not parsed.hostname:
+            return  # websocket and friends: let nats-py deal with them
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parsed.hostname, parsed.port or 4222), settings.connect_timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            last = exc
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+    reason = (str(last) or type(last).__name__) if last else "no server URL"
+    raise NotConnected(settings.nats_url, reason)
+
+
+class CadreClient:
+    """A connection to one Cadre deployment (one NATS server set and one prefix)."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.settings = bus.settings
+        self._submitted: set[str] = set()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, settings: Settings, name: str = "cadre-client") -> AsyncIterator[CadreClient]:
+        """Connect (failing at once with ``NotConnected`` when no server answers) and close on exit.
+
+        The client never creates streams: that is the services' job, and a
+        least-privilege client account may not be allowed to.
+        """
+        await _probe(settings)
+        opening = Bus.open(settings.model_copy(update={"bootstrap": False}), name, retry_forever=False)
+        try:
+            # bounded: a server that accepts TCP but never speaks NATS must not hang a CLI command
+            bus = await asyncio.wait_for(opening, settings.connect_timeout * 2)
+        except TimeoutError as exc:
+            raise NotConnected(settings.nats_url, "no NATS handshake (timed out)") from exc
+        try:
+            yield cls(bus)
+        finally:
+            await bus.close()
+
+    @property
+    def subjects(self) -> Subjects:
+        return self.bus.subjects
+
+    # --- submit ------------------------------------------------------------------------------
+    async def submit(self, task: TaskSubmission, *, workspace_dir: Path | None = None) -> str:
+        """Publish a task and return its id once the task stream stored it.
+
+        Fills what the caller left empty: ``task_id`` (``task_<hex>``),
+        ``message_id`` and ``created_at``. ``workspace_dir`` is packed and
+        uploaded to the object store as the task's code workspace.
+        """
+        task_id = task.task_id or new_id("task")
+        fields: dict[str, Any] = {
+            "task_id": task_id,
+            "message_id": task.message_id or new_id("msg"),
+            "created_at": task.created_at or now(),
+        }
+        if workspace_dir is not None:
+            data = await asyncio.to_thread(pack_dir, Path(workspace_dir))
+            try:
+                fields["workspace"] = await self.bus.put_artifact(
+                    data, description=f"workspace ({Path(workspace_dir).name})"
+                )
+            except NotFoundError as exc:
+                raise NoDeployment(self.settings, self.subjects.object_store) from exc
+        chosen_id = bool(task.task_id)
+        task = msgspec.structs.replace(task, **fields)
+        try:
+            ack = await self.bus.js.publish(
+                self.subjects.task_submit, encode(task), headers={"Nats-Msg-Id": task.message_id}
+            )
+        except NoStreamResponseError as exc:
+            raise NoDeployment(self.settings, self.subjects.stream_tasks) from exc
+        if ack.duplicate and not chosen_id:
+            # the stream dropped it as a re-send of an earlier message: its task id is not ours
+            raise CadreError(
+                f"message_id {task.message_id!r} was already submitted (dedup window): "
+                "use a new message_id, or resubmit with the original task_id"
+            )
+        self._submitted.add(task_id)
+        logger.info("task submitted task=%s message_id=%s", task_id, task.message_id)
+        return task_id
+
+    # --- read back ---------------------------------------------------------------------------
+    async def exists(self, task_id: str) -> bool:
+        """True when the events stream holds any event or a result of this task."""
+        s = self.subjects
+        for subject in (s.events_all(task_id), s.result(task_id)):
+            try:
+                info = await self.bus.js.stream_info(s.stream_events, subjects_filter=subject)
+            except NotFoundError as exc:
+                raise NoDeployment(self.settings, s.stream_events) from exc
+            if info.state.subjects:
+                return True
+        return False
+
+    async def events(
+        self,
+        task_id: str,
+        *,
+        replay: bool = True,
+        timeout: float | None = None,  # noqa: ASYNC109 - SDK API
+    ) -> AsyncIterator[TaskEvent]:
+        """The task's events in order, ending after its final event.
+
+        ``replay`` starts from the first stored event (a late reader sees the
+        whole trace); otherwise only new events arrive. ``timeout`` bounds the
+        whole wait (``TimeoutError``); undecodable events are logged and skipped.
+        """
+        s = self.subjects
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            sub = await self.bus.js.subscribe(
+                s.events_all(task_id),
+                stream=s.stream_events,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.ALL if replay else DeliverPolicy.NEW,
+            )
+        except NotFoundError as exc:
+            raise NoDeployment(self.settings, s.stream_events) from exc
+        try:
+            while True:
+                wait = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
+                if wait <= 0:
+                    raise TimeoutError(f"task {task_id}: no final event within {timeout}s")
+                try:
+                    msg = await sub.next_msg(timeout=wait)
+                except (NatsTimeoutError, TimeoutError):
+                    continue
+                try:
+                    event = event_decoder.decode(msg.data)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    logger.warning("skipping undecodable event subject=%s err=%s", msg.subject, exc)
+                    continue
+                yield event
+                if event.kind in FINAL_KINDS:
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def last_result(self, task_id: str) -> FinalResult | None:
+        """The stored final result, or None when there is none (yet)."""
+        s = self.subjects
+        try:
+            raw = await self.bus.js.get_last_msg(s.stream_events, s.result(task_id))
+        except NotFoundError:
+            return None
+        return result_decoder.decode(raw.data or b"")
+
+    async def result(self, task_id: str, timeout: float | None = None) -> FinalResult:  # noqa: ASYNC109
+        """The task's final result, waiting up to ``timeout`` seconds (None: no bound).
+
+        Raises ``TaskNotFound`` when the bus holds nothing about the task (and
+        this client did not submit it), ``TimeoutError`` when it is still
+        running past ``timeout``.
+        """
+        found = await self.last_result(task_id)
+        if found is not None:
+            return found
+        if task_id not in self._submitted and not await self.exists(task_id):
+            raise TaskNotFound(task_id)
+        if timeout is not None and timeout <= 0:
+            raise TimeoutError(f"task {task_id} has no result yet")
+        s = self.subjects
+        sub = await self.bus.js.subscribe(
+            s.result(task_id),
+            stream=s.stream_events,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        try:
+            msg = await sub.next_msg(timeout=timeout)
+        except (NatsTimeoutError, TimeoutError) as exc:
+            raise TimeoutError(f"task {task_id}: no result within {timeout}s") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return result_decoder.decode(msg.data)
+
+    # --- control and queries ---------------------------------------------------------------------
+    async def cancel(
+        self,
+        task_id: str,
+        reason: str = "cancelled by user",
+        timeout: float = 5.0,  # noqa: ASYNC109
+    ) -> CancelReply:
+        """Ask the orchestrator to cancel a task (request/reply)."""
+        subject = self.subjects.task_cancel
+        request = CancelRequest(task_id=task_id, reason=reason)
+        try:
+            msg = await self.bus.nc.request(subject, encode(request), timeout=timeout)
+        except NoRespondersError as exc:
+            raise NoService("orchestrator", subject) from exc
+        except (NatsTimeoutError, TimeoutError) as exc:
+            raise CadreError(f"the orchestrator did not answer the cancel within {timeout}s") from exc
+        headers = msg.headers or {}
+        if "Nats-Service-Error" in headers:
+            raise CadreError(f"cancel refused: {headers['Nats-Service-Error']}")
+        return _cancel_reply_decoder.decode(msg.data)
+
+    async def snapshot(self, timeout: float = 5.0) -> dict[str, Any]:  # noqa: ASYNC109
+        """The monitor's snapshot (agents, health, the spec's metrics) as a JSON object."""
+        subject = self.subjects.monitor_snapshot
+        try:
+            msg = await self.bus.nc.request(subject, b"", timeout=timeout)
+        except NoRespondersError as exc:
+            raise NoService("monitor", subject) from exc
+        except (NatsTimeoutError, TimeoutError) as exc:
+            raise CadreError(f"the monitor did not answer within {timeout}s") from exc
+        data = msgspec.json.decode(msg.data)
+        if not isinstance(data, dict):
+            raise CadreError(f"the monitor answered a {type(data).__name__}, not a JSON object")
+        return data
+
+    async def services(self, wait: float = 0.5, names: Iterable[str] | None = None) -> list[ServiceInfo]:
+        """Every Cadre service instance of this prefix answering nats micro ``$SRV.PING``.
+
+        Collects replies for ``wait`` seconds (PING is a broadcast: there is
+        no reply count to wait for). ``names`` narrows the ping to those names.
+        """
+        nc = self.bus.nc
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        found: list[ServiceInfo] = []
+        try:
+            for subject in [f"{SRV_PREFIX}.PING.{n}" for n in names or ()] or [f"{SRV_PREFIX}.PING"]:
+                await nc.publish(subject, b"", reply=inbox)
+            await nc.flush()
+            deadline = time.monotonic() + wait
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    msg = await sub.next_msg(timeout=left)
+                except (NatsTimeoutError, TimeoutError):
+                    break
+                with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                    info = _ping_decoder.decode(msg.data)
+                    if info.metadata.get("prefix") == self.subjects.prefix:
+                        found.append(info)
+        finally:
+            await sub.unsubscribe()
+        return found

@@ -1,0 +1,267 @@
+"""How the ``cadre`` CLI shows things: the live trace, a per-step progress board, results, tables.
+
+Rendering only (rich); the CLI commands in ``shared.cli`` decide what to show.
+Trace lines come from the orchestrator already in the spec's style
+(``[Orchestrator] → [Developer]: Task: ...``); here they only get colour.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.markdown import Markdown
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from shared.protocol import FinalResult, Plan, TaskEvent
+
+__all__ = [
+    "trace_text",
+    "StepBoard",
+    "result_summary",
+    "print_result",
+    "snapshot_view",
+    "services_table",
+    "STATUS_STYLE",
+]
+
+_ACTORS = {
+    "Orchestrator": "bold magenta",
+    "Researcher": "bold cyan",
+    "Developer": "bold green",
+    "Reviewer": "bold yellow",
+}
+_ACTOR_RE = re.compile(r"\[(" + "|".join(_ACTORS) + r")\]")
+_SEVERITY = {"(HIGH)": "bold red", "(MEDIUM)": "yellow", "(LOW)": "dim"}
+
+STATUS_STYLE = {
+    "completed": "bold green",
+    "failed": "bold red",
+    "rejected": "bold red",
+    "cancelled": "bold yellow",
+}
+
+
+def trace_text(event: TaskEvent) -> Text:
+    """One event's trace text with the actors and severities coloured (no markup parsing)."""
+    text = Text(event.text)
+    for m in _ACTOR_RE.finditer(event.text):
+        text.stylize(_ACTORS[m.group(1)], m.start(), m.end())
+    for word, style in _SEVERITY.items():
+        text.highlight_words([word], style)
+    if event.kind in STATUS_STYLE:
+        text.stylize(STATUS_STYLE[event.kind])
+    return text
+
+
+# event kind -> the state it puts its step in
+_STEP_STATE = {
+    "delegated": "queued",
+    "step_started": "running",
+    "step_completed": "done",
+    "review": "done",
+    "approved": "done",
+    "step_failed": "failed",
+    "fix_requested": "fixing",
+    "delayed": "retrying",
+    "conflict_resolved": "fixing",
+}
+_STATE_STYLE = {
+    "pending": "dim",
+    "queued": "cyan",
+    "running": "bold cyan",
+    "fixing": "yellow",
+    "retrying": "yellow",
+    "done": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+}
+
+
+@dataclass
+class _Row:
+    step_id: str
+    role: str
+    description: str
+    state: str = "pending"
+    attempt: int = 0
+    instance: str = ""
+    score: int | None = None
+    started: float | None = None
+    finished: float | None = None
+
+
+@dataclass
+class StepBoard:
+    """The progress display: one row per plan step, updated from the task's events."""
+
+    rows: dict[str, _Row] = field(default_factory=dict)
+    status: str = "running"
+
+    def set_plan(self, plan: Plan) -> None:
+        for step in plan.steps:
+            self.rows.setdefault(step.id, _Row(step.id, step.role, step.description))
+
+    def update(self, event: TaskEvent) -> None:
+        if event.plan is not None:
+            self.set_plan(event.plan)
+        if event.kind in STATUS_STYLE:
+            self.status = event.kind
+            for open_row in self.rows.values():
+                if open_row.state not in ("done", "failed", "pending"):
+                    open_row.state = "cancelled"
+            return
+        if not event.step_id:
+            return
+        if event.step_id not in self.rows:  # a step the plan did not list: a fix round or a re-review
+            if event.kind != "delegated":
+                return
+            task_line = next((ln for ln in event.text.splitlines() if ln.strip().startswith("Task:")), "")
+            self.rows[event.step_id] = _Row(
+                event.step_id, event.role or "", task_line.strip().removeprefix("Task:").strip()
+            )
+        row = self.rows[event.step_id]
+        state = _STEP_STATE.get(event.kind)
+        if state is not None:
+            row.state = state
+        if event.attempt:
+            row.attempt = event.attempt
+        if event.score is not None:
+            row.score = event.score
+        if event.kind == "step_started":
+            row.instance = event.text.split()[1] if len(event.text.split()) > 1 else ""
+            row.started = row.started or event.at
+        if state in ("done", "failed"):
+            row.finished = event.at
+
+    def __rich__(self) -> RenderableType:
+        table = Table(title=f"Task progress — {self.status}", expand=False, title_justify="left")
+        for col in ("#", "step", "role", "state", "attempt", "instance", "score", "time"):
+            table.add_column(col)
+        for n, row in enumerate(self.rows.values(), 1):
+            state: RenderableType = Text(row.state, style=_STATE_STYLE.get(row.state, ""))
+            if row.state in ("queued", "running", "fixing", "retrying"):
+                state = Spinner("dots", text=Text(row.state, style=_STATE_STYLE[row.state]))
+            end = row.finished or (time.time() if row.started else None)
+            took = f"{end - row.started:.1f}s" if row.started and end else ""
+            table.add_row(
+                str(n),
+                row.step_id,
+                row.role,
+                state,
+                str(row.attempt or ""),
+                row.instance,
+                "" if row.score is None else str(row.score),
+                took,
+            )
+        return table
+
+
+def result_summary(result: FinalResult, *, report: bool = True) -> RenderableType:
+    """The final result: status, scores, steps, conflicts, recoveries, then the Markdown report."""
+    style = STATUS_STYLE.get(result.status, "")
+    head = Text.assemble(
+        ("Task ", "bold"),
+        (result.task_id, "bold"),
+        (": ", "bold"),
+        (result.status.upper(), style),
+    )
+    if result.score_history:
+        head.append(" (approved)" if result.approved else " (not approved)", style)
+    parts: list[RenderableType] = [head]
+    if result.reason:
+        parts.append(Text(f"Reason: {result.reason}"))
+    facts = [f"type {result.task_type or '-'}"]
+    if result.finished_at and result.started_at:
+        facts.append(f"took {result.finished_at - result.started_at:.1f}s")
+    if result.score_history:
+        facts.append("scores " + " → ".join(str(s) for s in result.score_history))
+    facts.append(f"{len(result.conflicts)} conflict(s) resolved, {len(result.recoveries)} recovery(ies)")
+    if result.usage.requests:
+        facts.append(
+            f"LLM {result.usage.model}: {result.usage.prompt_tokens}+{result.usage.completion_tokens} tokens"
+            f", ${result.usage.cost_usd:.4f}"
+        )
+    parts.append(Text(" · ".join(facts), style="dim"))
+    if result.steps and not (report and result.report_markdown):  # the report has its own steps table
+        table = Table(title="Steps", title_justify="left")
+        for col in ("step", "role", "status", "attempts", "instance", "score", "secs", "summary"):
+            table.add_column(col, overflow="fold")
+        for s in result.steps:
+            table.add_row(
+                s.step_id,
+                s.role,
+                Text(s.status, style=STATUS_STYLE.get(s.status, "")),
+                str(s.attempts),
+                s.instance_id or "",
+                "" if s.score is None else str(s.score),
+                f"{s.duration_s:.1f}",
+                (s.error or s.summary).splitlines()[0] if (s.error or s.summary) else "",
+            )
+        parts.append(table)
+    if result.artifacts:
+        parts.append(Text("Artifacts: " + ", ".join(sorted(result.artifacts)), style="dim"))
+    if report and result.report_markdown:
+        parts.append(Markdown(result.report_markdown))
+    return Group(*parts)
+
+
+def _table(rows: list[dict[str, Any]], title: str, first: str | None = None) -> Table:
+    columns: list[str] = [first] if first else []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, list | dict):
+        return (
+            ", ".join(map(str, value))
+            if isinstance(value, list)
+            else ", ".join(f"{k}={v}" for k, v in value.items())
+        )
+    return str(value)
+
+
+def snapshot_view(snapshot: dict[str, Any]) -> RenderableType:
+    """Any monitor snapshot as tables: lists of objects and objects of objects become tables."""
+    parts: list[RenderableType] = []
+    scalars: dict[str, Any] = {}
+    for key, value in snapshot.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            parts.append(_table(value, key))
+        elif isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            parts.append(_table([{"name": k, **v} for k, v in value.items()], key, "name"))
+        else:
+            scalars[key] = value
+    if scalars:
+        parts.insert(0, Text("\n".join(f"{k}: {_cell(v)}" for k, v in scalars.items())))
+    return Group(*parts)
+
+
+def services_table(services: list[Any], title: str = "Services") -> Table:
+    """Service instances found by nats micro discovery (``ServiceInfo``) as a table."""
+    table = Table(title=title, title_justify="left")
+    for col in ("service", "instance", "version", "micro id"):
+        table.add_column(col, no_wrap=True)
+    for s in sorted(services, key=lambda s: (s.name, s.metadata.get("instance_id", ""))):
+        table.add_row(s.name, s.metadata.get("instance_id", ""), s.version, s.id, style="green")
+    return table
+
+
+def print_result(console: Console, result: FinalResult, *, report: bool = True) -> None:
+    console.print(result_summary(result, report=report))
