@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import msgspec
 
 from shared.brains import BrainResult, StepContext
 from shared.protocol import Change, DevelopmentOutput, Issue, TestReport, WorkItem, encode, now
 from shared.settings import Settings
+from shared.tools.analysis import analyze
 from shared.tools.fixes import FixOutcome, apply_fixes
 from shared.tools.testing import performance_profile, run_suite, run_tests
 
@@ -34,6 +36,18 @@ NEEDS_LLM = (
     "Writing new code from a prose description needs an LLM brain: set CADRE_BRAIN=llm and "
     "CADRE_LLM_BASE_URL for the developer"
 )
+
+
+def _relocate(workspace: Path, findings: list[Issue]) -> list[Issue]:
+    """Findings as they stand in *this* workspace.
+
+    A finding may come from a review of an earlier version (a must-fix decided
+    after other fixes moved lines). Issue ids are stable fingerprints, so the
+    current analysis gives each one its current line; a finding the analysis
+    does not know (e.g. from an LLM reviewer) is kept as it came.
+    """
+    current = {issue.id: issue for issue in analyze(workspace)}
+    return [current.get(f.id, f) for f in findings]
 
 
 def _tests_text(report: TestReport | None) -> str:
@@ -78,6 +92,7 @@ class BuiltinDeveloper:
             reason = f"invalid fix input: {exc}"
             return BrainResult("failed", reason, error=reason)
         ws = await ctx.workspace()
+        findings = await asyncio.to_thread(_relocate, ws, findings)
         timeout = self._test_timeout(item)
         baseline = await asyncio.to_thread(run_suite, ws, timeout, coverage=False)
         test_runs = 0

@@ -90,7 +90,7 @@ def returned(result: StepResult) -> str:
         lines.append(f"  - Status: {result.status}")
         lines.append(f"  - {result.error or result.summary}")
     else:
-        lines += [f"  - {b}" for b in _bullets(result)]
+        lines += [f"  {b}" if b.startswith("  ") else f"  - {b}" for b in _bullets(result)]
     return "\n".join(lines)
 
 

@@ -273,7 +273,15 @@ class ResearchIndex:
             for path, body in split_sections(text, style):
                 section = " > ".join(path) or file.stem
                 for chunk in pack_passages(body):
-                    yield (file.stem.replace("_", " ").replace("-", " "), section, chunk, str(file))
+                    yield (file.stem.replace("_", " ").replace("-", " "), section, chunk, self._display(file))
+
+    def _display(self, file: Path) -> str:
+        """A citation-friendly source name: ``<corpus folder>/<path inside it>``, not a machine path."""
+        for root in self.corpus_dirs:
+            root = root.resolve()
+            if root.is_dir() and file.is_relative_to(root):
+                return f"{root.name}/{file.relative_to(root).as_posix()}"
+        return file.name
 
     # --- reading -----------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:

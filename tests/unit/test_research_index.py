@@ -85,9 +85,9 @@ def test_building_indexes_every_doc_file_by_heading_and_skips_hidden_and_binary_
         rows = con.execute("SELECT source, section FROM passages").fetchall()
     sources = {s for s, _ in rows}
     assert sources == {
-        str((corpus / "auth.md").resolve()),
-        str((corpus / "sub" / "hashing.rst").resolve()),
-        str((corpus / "notes.txt").resolve()),
+        "corpus/auth.md",
+        "corpus/sub/hashing.rst",
+        "corpus/notes.txt",
     }
     sections = {sec for _, sec in rows}
     assert {"Auth guide", "Auth guide > Refresh tokens", "Auth guide > Access tokens"} <= sections
@@ -102,7 +102,7 @@ def test_search_ranks_the_section_about_the_question_first_with_source_and_secti
     hits = index.search("How should refresh token reuse be handled?")
     assert hits, "the refresh-token section matches"
     top = hits[0]
-    assert top.source == str((corpus / "auth.md").resolve())
+    assert top.source == "corpus/auth.md"
     assert top.section == "Auth guide > Refresh tokens"
     assert "Reuse of an old refresh token" in top.text
     assert all(h.score > 0 for h in hits)
@@ -132,7 +132,7 @@ def test_a_changed_added_or_removed_doc_triggers_a_rebuild(index: ResearchIndex,
     os.utime(notes, ns=(time.time_ns(), notes.stat().st_mtime_ns + 1_000_000_000))
     assert index.ensure() is True
     assert index.search("balancer replicas") == []
-    assert index.search("blue green switching")[0].source == str(notes.resolve())
+    assert index.search("blue green switching")[0].source == f"{notes.parent.name}/{notes.name}"
 
     (corpus / "extra.md").write_text("# Extra\n\nQuokka habitats are small islands.\n")
     assert index.ensure() is True

@@ -1,0 +1,29 @@
+"""Wiring only: `python -m services.monitor` runs one monitor instance."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.monitor.service import MonitorService
+from shared.bus import Bus
+from shared.logs import setup_logging
+from shared.runtime import run_service
+from shared.settings import Settings
+
+
+def main() -> None:
+    settings = Settings(role="monitor")
+    setup_logging(f"monitor:{settings.instance_id}", settings.log_level)
+
+    async def run() -> None:
+        bus = await Bus.open(settings, f"cadre-monitor-{settings.instance_id}")
+        try:
+            await run_service(MonitorService(bus, settings), settings)
+        finally:
+            await bus.close()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
