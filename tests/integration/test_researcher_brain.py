@@ -9,7 +9,6 @@ from pathlib import Path
 
 from nats.errors import TimeoutError as NatsTimeout
 
-from services.researcher.builtin import KNOWLEDGE_DIR
 from shared.bus import Bus
 from shared.launcher import Stack
 from shared.protocol import ResearchOutput, StepResult, TaskBody, WorkItem, new_id, now, step_decoder
