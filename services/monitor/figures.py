@@ -59,6 +59,8 @@ def human_duration(seconds: float | None) -> str | None:
     """The spec's duration style: ``"2.3s"``, ``"5m 30s"``, ``"15m"``, ``"1h 5m"``."""
     if seconds is None:
         return None
+    if seconds < 0.001:
+        return f"{seconds * 1000:.2f}ms"
     if seconds < 0.1:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 60:
@@ -207,7 +209,7 @@ class _Mean:
         return self.total / self.count if self.count else None
 
 
-def _round(v: float | None, digits: int = 3) -> float | None:
+def _round(v: float | None, digits: int = 6) -> float | None:
     return None if v is None else round(v, digits)
 
 
@@ -372,7 +374,7 @@ class Figures:
         return ResearcherFigures(
             tasks_completed=r.completed,
             avg_research_time=human_duration(avg),
-            accuracy_score=_round(accuracy),
+            accuracy_score=_round(accuracy, 3),
             avg_research_time_s=_round(avg),
             accuracy_note=(
                 ACCURACY_UNAVAILABLE
@@ -390,7 +392,7 @@ class Figures:
         return DeveloperFigures(
             tasks_completed=r.completed,
             avg_coding_time=human_duration(avg),
-            first_approval_rate=_round(rate),
+            first_approval_rate=_round(rate, 3),
             avg_coding_time_s=_round(avg),
             first_round_reviews=self._first_round,
             failures=r.failed,
@@ -404,7 +406,7 @@ class Figures:
         return ReviewerFigures(
             tasks_completed=r.completed,
             avg_review_time=human_duration(avg),
-            issues_found_per_task=_round(self._issues / n) if n else None,
+            issues_found_per_task=_round(self._issues / n, 3) if n else None,
             avg_review_time_s=_round(avg),
             issues_found=self._issues,
             avg_review_score=_round(self._review_score.value, 1),

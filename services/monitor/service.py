@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any
 
 import msgspec
@@ -38,6 +39,7 @@ __all__ = ["MonitorService", "discover"]
 logger = logging.getLogger(__name__)
 
 _DISCOVERY_WINDOW = 0.5
+_STOP_STEP_BOUND = 5.0
 
 
 class _SrvInfo(msgspec.Struct):
@@ -57,19 +59,17 @@ class _SrvStats(msgspec.Struct):
 
 async def _gather(bus: Bus, subject: str, window: float) -> list[bytes]:
     """Every reply to one request within ``window`` seconds (micro discovery is scatter-gather)."""
-    inbox = bus.nc.new_inbox()
-    sub = await bus.nc.subscribe(inbox)
     out: list[bytes] = []
+
+    async def collect(msg: Msg) -> None:
+        if msg.data:  # a no-responders status has no body
+            out.append(msg.data)
+
+    inbox = bus.nc.new_inbox()
+    sub = await bus.nc.subscribe(inbox, cb=collect)
     try:
         await bus.nc.publish(subject, b"", reply=inbox)
-        deadline = time.monotonic() + window
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                msg = await sub.next_msg(timeout=left)
-            except Exception:  # nats raises its own TimeoutError here
-                break
-            if msg.data:  # a no-responders status has no body
-                out.append(msg.data)
+        await asyncio.sleep(window)  # the collection window itself, not a wait for something
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
@@ -188,14 +188,22 @@ class MonitorService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # each step is bounded: a stuck drain must not keep the process from exiting
         if self._micro is not None:
-            with contextlib.suppress(Exception):
-                await self._micro.stop()
+            await self._bounded(self._micro.stop(), "micro stop")
         for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        await self.http.stop()
+            await self._bounded(sub.unsubscribe(), "unsubscribe")
+        await self._bounded(self.http.stop(), "http stop")
         logger.info("monitor stopped instance=%s", self.instance_id)
+
+    @staticmethod
+    async def _bounded(step: Awaitable[object], what: str) -> None:
+        try:
+            await asyncio.wait_for(step, _STOP_STEP_BOUND)
+        except TimeoutError:
+            logger.warning("%s did not finish within %.0fs; going on", what, _STOP_STEP_BOUND)
+        except Exception as exc:  # closing anyway: log and go on
+            logger.warning("%s failed err=%s", what, exc)
 
     async def __aenter__(self) -> MonitorService:
         await self.start()
