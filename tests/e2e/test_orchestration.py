@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import msgspec
@@ -11,7 +10,7 @@ import pytest
 from shared.bus import Bus
 from shared.launcher import Stack
 from shared.protocol import ExpectedOutput, TaskBody, TaskSubmission, new_id, now
-from tests.helpers import await_result, task_events
+from tests.helpers import await_result, task_events, wait_for_value
 
 SCRIPTED = "tests.brains:ScriptedBrain"
 
@@ -187,11 +186,10 @@ async def test_orchestrator_killed_mid_workflow_resumes_and_applies_each_step_on
     task = feature_task({"scores": [85, 98]})
     await submit(bus, task)
 
-    async def delegated_count() -> int:
-        return sum(1 for e in await task_events(bus, task.task_id) if e.kind == "delegated")
+    async def three_delegated() -> bool:
+        return sum(1 for e in await task_events(bus, task.task_id) if e.kind == "delegated") >= 3
 
-    while await delegated_count() < 3:
-        await asyncio.sleep(0.05)
+    await wait_for_value(three_delegated, what="three delegations before the kill")
     orch.kill()
     stack.add("orchestrator", instance="orchestrator-2")
     result = await await_result(bus, task.task_id, timeout=90)
