@@ -1,8 +1,8 @@
 """The orchestrator's own step: "Design architecture" (spec step 2).
 
 Derived, not invented: the components come from the task's requirements and
-expected files, the decisions from the researcher's recommended libraries and
-cited findings. With no research input it says so.
+expected files, the decisions from the task's own ``api_spec`` (if any), the
+researcher's recommended libraries and cited findings. With no research input it says so.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ def design(submission: TaskSubmission, research: ResearchOutput | None) -> Desig
     decisions: list[str] = []
     if submission.context:
         decisions.append("Stack: " + ", ".join(f"{k}={v}" for k, v in submission.context.items()))
+    spec = submission.task.input_data.get("api_spec")
+    if isinstance(spec, str) and spec.strip():  # the design replaces it as the next steps' api_spec: keep it
+        decisions.append(f"API (from the task): {spec.strip()}")
     if research is not None:
         for lib in research.libraries:
             version = f" {lib.version}" if lib.version else ""

@@ -397,11 +397,17 @@ class Engine:
             round=n,
         )
         self._insert_after(st, step, [fix, rereview], rewire_to=rereview.id)
+        why = (
+            [f"score {out.score} < {self.config.review_threshold}"]
+            if out.score < self.config.review_threshold
+            else []
+        )
+        why += [f"{len(blocking)} HIGH finding(s) open"] if blocking else []
         self._emit(
             st,
             "fix_requested",
-            f"[Orchestrator] Review of {origin} below threshold ({out.score} < {self.config.review_threshold} "
-            f"or HIGH findings): fix round {n} of {self.config.review_max_rounds}",
+            f"[Orchestrator] Review of {origin} not approved ({'; '.join(why)}): "
+            f"fix round {n} of {self.config.review_max_rounds}",
             now,
             step_id=fix.id,
             score=out.score,
