@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -78,6 +79,16 @@ StateDir = Annotated[
 ]
 Timeout = Annotated[
     float | None, typer.Option("--timeout", help="give up after this many seconds (default: no bound)")
+]
+
+
+# what every command that talks to a deployment takes last (see ``_connected``)
+_CONNECTION_OPTIONS = [
+    inspect.Parameter("nats_url", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=NatsUrl),
+    inspect.Parameter("prefix", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Prefix),
+    inspect.Parameter(
+        "state_dir", inspect.Parameter.KEYWORD_ONLY, default=Path(".cadre"), annotation=StateDir
+    ),
 ]
 
 
@@ -165,6 +176,31 @@ def _signals() -> asyncio.Event:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     return stop
+
+
+def _connected(body: Callable[..., Awaitable[int]]) -> Callable[..., None]:
+    """A command from ``async def body(client, settings, **options) -> exit code``.
+
+    The command takes ``body``'s own options plus ``--nats-url``, ``--prefix``
+    and ``--state-dir``; it connects, runs ``body`` and exits with the code it
+    returns (known failures become one-line errors, see ``_run``).
+    """
+    own = list(inspect.signature(body, eval_str=True).parameters.values())[2:]
+
+    def command(*, nats_url: str | None, prefix: str | None, state_dir: Path, **options: Any) -> None:
+        settings = _settings(nats_url, prefix, state_dir)
+
+        async def main() -> int:
+            async with CadreClient.connect(settings) as client:
+                return await body(client, settings, **options)
+
+        raise typer.Exit(_run(main()))
+
+    params = [*own, *_CONNECTION_OPTIONS]
+    command.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__name__, command.__qualname__, command.__doc__ = body.__name__, body.__qualname__, body.__doc__
+    return command
 
 
 async def _follow(client: CadreClient, task_id: str, *, replay: bool, bound: float | None) -> TaskEvent:
@@ -280,140 +316,110 @@ def submit(
 
 
 @app.command()
-def watch(
+@_connected
+async def watch(
+    client: CadreClient,
+    settings: Settings,
     task_id: str,
     replay: Annotated[bool, typer.Option(help="start from the task's first event")] = True,
-    timeout: Timeout = None,
-    nats_url: NatsUrl = None,
-    prefix: Prefix = None,
-    state_dir: StateDir = Path(".cadre"),
-) -> None:
+    timeout: Timeout = None,  # noqa: ASYNC109 - the --timeout option, passed on as a bound
+) -> int:
     """Print a task's live trace (replayed from the start); exit 1 unless it completed."""
-    settings = _settings(nats_url, prefix, state_dir)
-
-    async def main() -> int:
-        async with CadreClient.connect(settings) as client:
-            if not await client.exists(task_id):
-                raise TaskNotFound(task_id)
-            done = None if replay else await client.last_result(task_id)
-            if done is not None:  # nothing new will come: say how it ended
-                out.print(f"task {task_id} already finished: {done.status}", markup=False)
-                return EXIT_OK if done.status == "completed" else EXIT_TASK
-            final = await _unless_stopped(_follow(client, task_id, replay=replay, bound=timeout), _signals())
-            return EXIT_OK if final.kind == "completed" else EXIT_TASK
-
-    raise typer.Exit(_run(main()))
+    if not await client.exists(task_id):
+        raise TaskNotFound(task_id)
+    done = None if replay else await client.last_result(task_id)
+    if done is not None:  # nothing new will come: say how it ended
+        out.print(f"task {task_id} already finished: {done.status}", markup=False)
+        return EXIT_OK if done.status == "completed" else EXIT_TASK
+    final = await _unless_stopped(_follow(client, task_id, replay=replay, bound=timeout), _signals())
+    return EXIT_OK if final.kind == "completed" else EXIT_TASK
 
 
 @app.command()
-def result(
+@_connected
+async def result(
+    client: CadreClient,
+    settings: Settings,
     task_id: str,
     fmt: Annotated[ResultFormat, typer.Option("--format", "-f")] = ResultFormat.markdown,
     wait: Annotated[bool, typer.Option("--wait", help="wait for a running task's result")] = False,
-    timeout: Timeout = None,
-    nats_url: NatsUrl = None,
-    prefix: Prefix = None,
-    state_dir: StateDir = Path(".cadre"),
-) -> None:
+    timeout: Timeout = None,  # noqa: ASYNC109 - the --timeout option, passed on as a bound
+) -> int:
     """Print a task's final result: the Markdown report, the JSON, or a summary."""
-    settings = _settings(nats_url, prefix, state_dir)
-
-    async def main() -> int:
-        async with CadreClient.connect(settings) as client:
-            try:
-                res = await client.result(task_id, timeout=timeout if wait else 0)
-            except TimeoutError as exc:
-                raise TimeoutError(f"task {task_id} has no result yet: it is still running") from exc
-        if fmt is ResultFormat.json:
-            sys.stdout.write(msgspec.json.format(encode(res)).decode() + "\n")
-        elif fmt is ResultFormat.summary:
-            print_result(out, res)
-        else:
-            text = res.report_markdown or f"# Task {res.task_id}: {res.status}\n\n{res.reason}\n"
-            sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        return EXIT_OK if res.status == "completed" else EXIT_TASK
-
-    raise typer.Exit(_run(main()))
+    try:
+        res = await client.result(task_id, timeout=timeout if wait else 0)
+    except TimeoutError as exc:
+        raise TimeoutError(f"task {task_id} has no result yet: it is still running") from exc
+    if fmt is ResultFormat.json:
+        sys.stdout.write(msgspec.json.format(encode(res)).decode() + "\n")
+    elif fmt is ResultFormat.summary:
+        print_result(out, res)
+    else:
+        text = res.report_markdown or f"# Task {res.task_id}: {res.status}\n\n{res.reason}\n"
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return EXIT_OK if res.status == "completed" else EXIT_TASK
 
 
 @app.command()
-def cancel(
+@_connected
+async def cancel(
+    client: CadreClient,
+    settings: Settings,
     task_id: str,
     reason: Annotated[str, typer.Option(help="recorded in the task's trace")] = "cancelled by user",
-    nats_url: NatsUrl = None,
-    prefix: Prefix = None,
-    state_dir: StateDir = Path(".cadre"),
-) -> None:
+) -> int:
     """Cancel a running task."""
-    settings = _settings(nats_url, prefix, state_dir)
-
-    async def main() -> int:
-        async with CadreClient.connect(settings) as client:
-            if not await client.exists(task_id):
-                raise TaskNotFound(task_id)
-            reply = await client.cancel(task_id, reason)
-        if not reply.accepted:
-            _fail(f"cannot cancel {task_id}: {reply.reason}", EXIT_TASK)
-        out.print(f"cancelled {task_id}: {reply.reason}", markup=False)
-        return EXIT_OK
-
-    raise typer.Exit(_run(main()))
+    if not await client.exists(task_id):
+        raise TaskNotFound(task_id)
+    reply = await client.cancel(task_id, reason)
+    if not reply.accepted:
+        _fail(f"cannot cancel {task_id}: {reply.reason}", EXIT_TASK)
+    out.print(f"cancelled {task_id}: {reply.reason}", markup=False)
+    return EXIT_OK
 
 
 @app.command()
-def status(
+@_connected
+async def status(
+    client: CadreClient,
+    settings: Settings,
     as_json: Annotated[bool, typer.Option("--json", help="print raw JSON")] = False,
-    nats_url: NatsUrl = None,
-    prefix: Prefix = None,
-    state_dir: StateDir = Path(".cadre"),
-) -> None:
+) -> int:
     """Agents and their health (from the monitor), plus the services answering nats micro."""
-    settings = _settings(nats_url, prefix, state_dir)
-
-    async def main() -> int:
-        async with CadreClient.connect(settings) as client:
-            snap: dict[str, Any] | None
-            try:
-                snap = await client.snapshot()
-            except NoService:
-                snap = None
-            found = await client.services(wait=0.5)
-        if snap is None and not found:
-            raise NoService("Cadre service", f"prefix {settings.prefix!r} at {settings.nats_url}")
-        if as_json:
-            data = {"monitor": snap, "services": msgspec.to_builtins(found)}
-            sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-            return EXIT_OK
-        if snap is None:
-            err.print(f"warning: no monitor answering on {settings.subjects.monitor_snapshot}", markup=False)
-        else:
-            shown = {k: snap[k] for k in _STATUS_KEYS if k in snap}
-            out.print(snapshot_view(shown or snap))
-        out.print(services_table(found, "Services (nats micro discovery)"))
+    snap: dict[str, Any] | None
+    try:
+        snap = await client.snapshot()
+    except NoService:
+        snap = None
+    found = await client.services(wait=0.5)
+    if snap is None and not found:
+        raise NoService("Cadre service", f"prefix {settings.prefix!r} at {settings.nats_url}")
+    if as_json:
+        data = {"monitor": snap, "services": msgspec.to_builtins(found)}
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
         return EXIT_OK
-
-    raise typer.Exit(_run(main()))
+    if snap is None:
+        err.print(f"warning: no monitor answering on {settings.subjects.monitor_snapshot}", markup=False)
+    else:
+        shown = {k: snap[k] for k in _STATUS_KEYS if k in snap}
+        out.print(snapshot_view(shown or snap))
+    out.print(services_table(found, "Services (nats micro discovery)"))
+    return EXIT_OK
 
 
 @app.command()
-def metrics(
+@_connected
+async def metrics(
+    client: CadreClient,
+    settings: Settings,
     everything: Annotated[bool, typer.Option("--all", help="the whole monitor snapshot")] = False,
-    nats_url: NatsUrl = None,
-    prefix: Prefix = None,
-    state_dir: StateDir = Path(".cadre"),
-) -> None:
+) -> int:
     """The per-role performance figures as the spec's JSON object (from the monitor)."""
-    settings = _settings(nats_url, prefix, state_dir)
-
-    async def main() -> int:
-        async with CadreClient.connect(settings) as client:
-            snap = await client.snapshot()
-        spec = {role: snap[role] for role in ROLES if role in snap}
-        data = snap if everything or not spec else spec
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
-        return EXIT_OK
-
-    raise typer.Exit(_run(main()))
+    snap = await client.snapshot()
+    spec = {role: snap[role] for role in ROLES if role in snap}
+    data = snap if everything or not spec else spec
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    return EXIT_OK
 
 
 @app.command()

@@ -15,34 +15,30 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import FetchTimeoutError
-from nats.micro import add_service
 from nats.micro.request import Request
-from nats.micro.service import Service
 
-from shared import __version__
 from shared.brains import Brain, BrainResult, StepContext, load_brain
 from shared.bus import Bus
 from shared.errors import CadreError
 from shared.protocol import (
     PRIORITIES,
-    Heartbeat,
     MetricEvent,
     StepResult,
     StepStarted,
     Timings,
     WorkItem,
     cancel_decoder,
-    encode,
     new_id,
     now,
     work_decoder,
 )
+from shared.service import Lifecycle, Pulse, ServiceShell
 from shared.settings import Settings
 
 __all__ = ["AgentService", "run_agent", "run_service"]
@@ -77,7 +73,7 @@ class _InFlight:
 
 
 @dataclass
-class AgentService:
+class AgentService(Lifecycle):
     """Consumes one role's work queue and runs a brain on each item."""
 
     bus: Bus
@@ -85,86 +81,56 @@ class AgentService:
     settings: Settings
     role: str = field(init=False)
     instance_id: str = field(init=False)
+    _shell: ServiceShell = field(init=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _doorbell: asyncio.Event = field(default_factory=asyncio.Event, init=False)
-    _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False)
     _inflight: dict[str, _InFlight] = field(default_factory=dict, init=False)
     _cancelled_tasks: set[str] = field(default_factory=set, init=False)
     _cancelled_steps: set[tuple[str, str, int]] = field(default_factory=set, init=False)
-    _subs: list[Any] = field(default_factory=list, init=False)
-    _micro: Service | None = field(default=None, init=False)
-    _started_at: float = field(default_factory=now, init=False)
-    _stopped: bool = field(default=False, init=False)
     completed: int = field(default=0, init=False)
     failed: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.role = self.settings.role
         self.instance_id = self.settings.instance_id
+        self._shell = ServiceShell(self.bus, self.role, self.instance_id, self.settings.heartbeat_interval)
 
-    # --- lifecycle ---------------------------------------------------------------
+    # --- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.bus.subjects
-        nc = self.bus.nc
         self._pulls = {}
         for priority in PRIORITIES:
             self._pulls[priority] = await self.bus.js.pull_subscribe_bind(
                 durable=s.work_consumer(self.role, priority), stream=s.stream_work
             )
-        self._subs.append(await nc.subscribe(s.work_all(self.role), cb=self._ring))
-        self._subs.append(await nc.subscribe(s.cancel_all, cb=self._on_cancel))
-        self._micro = await add_service(
-            nc,
-            name=f"cadre-{self.role}",
-            version=__version__,
-            description=f"Cadre {self.role} agent",
-            metadata={"role": self.role, "instance_id": self.instance_id, "prefix": s.prefix},
-        )
-        await self._micro.add_endpoint(
-            name="status",
-            subject=f"{s.prefix}.svc.{self.role}.{self.instance_id}.status",
-            handler=self._status,
-        )
-        self._tasks.append(asyncio.create_task(self._pull_loop(), name="pull-loop"))
-        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
+        await self._shell.subscribe(s.work_all(self.role), self._ring)
+        await self._shell.subscribe(s.cancel_all, self._on_cancel)
+        status = f"{s.prefix}.svc.{self.role}.{self.instance_id}.status"
+        await self._shell.add_micro(f"Cadre {self.role} agent", {"status": (status, self._status)})
+        self._shell.spawn(self._pull_loop(), "pull-loop")
+        self._shell.heartbeat_loop(self._pulse)
         logger.info("agent started role=%s instance=%s", self.role, self.instance_id)
 
     async def stop(self) -> None:
         """Drain: stop pulling, let in-flight work finish within the bound, hand back the rest."""
-        if self._stopped:
+        if self._stopping.is_set():
             return
-        self._stopped = True
         self._stopping.set()
         self._doorbell.set()
         if self._inflight:
             logger.info(
                 "draining in_flight=%d timeout=%.1fs", len(self._inflight), self.settings.drain_timeout
             )
-            await self._send_heartbeat("draining")
+            await self._shell.beat(self._pulse())
             pending = [f.task for f in self._inflight.values()]
             _, still = await asyncio.wait(pending, timeout=self.settings.drain_timeout)
             for task in still:
                 task.cancel()
             # the step tasks publish results or hand items back themselves
-            waiters = [t for t in self._tasks if t.get_name().startswith("step-")]
+            waiters = [t for t in self._shell.tasks if t.get_name().startswith("step-")]
             await asyncio.gather(*waiters, return_exceptions=True)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        if self._micro is not None:
-            with contextlib.suppress(Exception):
-                await self._micro.stop()
+        await self._shell.close()
         logger.info("agent stopped role=%s instance=%s", self.role, self.instance_id)
-
-    async def __aenter__(self) -> AgentService:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # --- pulling -------------------------------------------------------------------
     async def _ring(self, _msg: Msg) -> None:
@@ -241,7 +207,7 @@ class AgentService:
         brain_task = asyncio.create_task(self._run_brain(item, ctx), name=f"brain-{item.step_id}")
         key = f"{item.task_id}/{item.step_id}/{item.attempt}"
         self._inflight[key] = _InFlight(item, msg, ctx, brain_task, started)
-        self._tasks.append(asyncio.create_task(self._supervise(key), name=f"step-{key}"))
+        self._shell.spawn(self._supervise(key), f"step-{key}")
 
     async def _reject(self, msg: Msg, reason: str) -> None:
         await self.bus.dead_letter(
@@ -402,31 +368,15 @@ class AgentService:
             "in_flight": sorted(self._inflight),
             "completed": self.completed,
             "failed": self.failed,
-            "started_at": self._started_at,
+            "started_at": self._shell.started_at,
         }
 
     async def _status(self, req: Request) -> None:
         await req.respond(msgspec.json.encode(self.status()))
 
-    async def _send_heartbeat(self, status: Literal["idle", "busy", "draining"] | None = None) -> None:
+    def _pulse(self) -> Pulse:
         st = self.status()
-        hb = Heartbeat(
-            role=self.role,  # type: ignore[arg-type]
-            instance_id=self.instance_id,
-            at=now(),
-            started_at=self._started_at,
-            status=status or st["status"],
-            in_flight=len(self._inflight),
-            current=st["in_flight"],
-            interval=self.settings.heartbeat_interval,
-        )
-        with contextlib.suppress(Exception):
-            await self.bus.nc.publish(self.bus.subjects.heartbeat(self.role, self.instance_id), encode(hb))
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await self._send_heartbeat()
-            await asyncio.sleep(self.settings.heartbeat_interval)
+        return Pulse(st["status"], len(self._inflight), st["in_flight"])
 
 
 async def run_service(service: Any, settings: Settings) -> None:

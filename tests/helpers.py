@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
+
+from shared.bus import Bus
+from shared.protocol import (
+    ArtifactRef,
+    StepResult,
+    StepStarted,
+    TaskBody,
+    WorkItem,
+    new_id,
+    now,
+    step_decoder,
+)
 
 T = TypeVar("T")
 
-__all__ = ["assert_eventually", "wait_for_value", "stream_messages"]
+__all__ = ["StepFeed", "assert_eventually", "make_item", "step_result", "stream_messages", "wait_for_value"]
 
 
 async def wait_for_value(
@@ -84,4 +98,88 @@ async def task_events(bus, task_id: str) -> list:
 
     return await stream_messages(
         bus.js, bus.subjects.stream_events, bus.subjects.events_all(task_id), event_decoder
+    )
+
+
+class StepFeed:
+    """Reads step messages through the orchestrator's durable consumer (as the orchestrator would).
+
+    Every message fetched is acked and kept in ``messages``, so one feed serves several waits.
+    """
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.messages: list[StepStarted | StepResult] = []
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def _pull(self) -> None:
+        if self._sub is None:
+            s = self.bus.subjects
+            self._sub = await self.bus.js.pull_subscribe_bind(
+                durable=s.results_consumer, stream=s.stream_results
+            )
+        with contextlib.suppress(NatsTimeout, TimeoutError):
+            for msg in await self._sub.fetch(10, timeout=0.2):
+                self.messages.append(step_decoder.decode(msg.data))
+                await msg.ack()
+
+    async def wait(
+        self, pred: Callable[[StepStarted | StepResult], bool], what: str, timeout: float = 30.0
+    ) -> list[StepStarted | StepResult]:
+        """The messages so far that satisfy ``pred``, once there is at least one."""
+
+        async def probe() -> list[StepStarted | StepResult] | None:
+            await self._pull()
+            return [m for m in self.messages if pred(m)] or None
+
+        return await wait_for_value(probe, timeout, what=what)
+
+    async def result(self, step: str, timeout: float = 60.0) -> StepResult:
+        """The first result of ``step``."""
+        found = await self.wait(
+            lambda m: isinstance(m, StepResult) and m.step_id == step, f"the result of step {step}", timeout
+        )
+        assert isinstance(found[0], StepResult)
+        return found[0]
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+
+async def step_result(bus: Bus, step: str, timeout: float = 60.0) -> StepResult:
+    """One step's result through a fresh ``StepFeed`` (closed afterwards)."""
+    feed = StepFeed(bus)
+    try:
+        return await feed.result(step, timeout)
+    finally:
+        await feed.close()
+
+
+def make_item(
+    role: str,
+    task_type: str,
+    step: str,
+    *,
+    task_id: str,
+    description: str,
+    deadline_in: float = 60.0,
+    input_data: dict[str, Any] | None = None,
+    context: dict[str, Any] | None = None,
+    workspace: ArtifactRef | None = None,
+) -> WorkItem:
+    """A first-attempt work item for ``role``, as the orchestrator would send it."""
+    return WorkItem(
+        message_id=new_id("msg"),
+        to_agent=role,  # type: ignore[arg-type]
+        task_type=task_type,
+        task=TaskBody(description=description, input_data=dict(input_data or {})),
+        context=dict(context or {}),
+        task_id=task_id,
+        step_id=step,
+        attempt=1,
+        deadline=now() + deadline_in,
+        created_at=now(),
+        workspace=workspace,
     )

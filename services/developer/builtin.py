@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -28,7 +29,7 @@ from shared.tools.analysis import analyze
 from shared.tools.fixes import FixOutcome, apply_fixes
 from shared.tools.testing import performance_profile, run_suite, run_tests
 
-__all__ = ["BuiltinDeveloper", "NEEDS_LLM"]
+__all__ = ["BuiltinDeveloper", "FixInput", "NEEDS_LLM", "fix_input", "needs_workspace", "suite_timeout"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,36 @@ NEEDS_LLM = (
     "Writing new code from a prose description needs an LLM brain: set CADRE_BRAIN=llm and "
     "CADRE_LLM_BASE_URL for the developer"
 )
+
+
+class FixInput(NamedTuple):
+    """What a fix step is asked to do: the findings, the ids it must fix and the ids it must leave."""
+
+    findings: list[Issue]
+    must_fix: set[str]
+    waived: set[str]
+
+
+def fix_input(item: WorkItem) -> FixInput:
+    """The fix inputs of ``task.input_data`` (each may be absent); ``msgspec.ValidationError`` if malformed."""
+    data = item.task.input_data
+    return FixInput(
+        msgspec.convert(data.get("findings", []), list[Issue]),
+        set(msgspec.convert(data.get("must_fix", []), list[str])),
+        set(msgspec.convert(data.get("waived", []), list[str])),
+    )
+
+
+def needs_workspace(what: str) -> BrainResult:
+    """The failed result of a step that needs code to work on and carries none."""
+    reason = f"{what}, and this work item carries none"
+    return BrainResult("failed", reason, error=reason)
+
+
+def suite_timeout(item: WorkItem) -> float:
+    """Leave the step room to report: tests get at most the time left before the deadline."""
+    left = item.deadline - now() - 5.0
+    return max(30.0, min(600.0, left))
 
 
 def _relocate(workspace: Path, findings: list[Issue]) -> list[Issue]:
@@ -81,19 +112,15 @@ class BuiltinDeveloper:
     # --- fix ---------------------------------------------------------------------------
     async def _fix(self, item: WorkItem, ctx: StepContext) -> BrainResult:
         if item.workspace is None:
-            reason = "a fix step needs the code workspace to change, and this work item carries none"
-            return BrainResult("failed", reason, error=reason)
-        data = item.task.input_data
+            return needs_workspace("a fix step needs the code workspace to change")
         try:
-            findings = msgspec.convert(data.get("findings", []), list[Issue])
-            must_fix = set(msgspec.convert(data.get("must_fix", []), list[str]))
-            waived = set(msgspec.convert(data.get("waived", []), list[str]))
+            findings, must_fix, waived = fix_input(item)
         except msgspec.ValidationError as exc:
             reason = f"invalid fix input: {exc}"
             return BrainResult("failed", reason, error=reason)
         ws = await ctx.workspace()
         findings = await asyncio.to_thread(_relocate, ws, findings)
-        timeout = self._test_timeout(item)
+        timeout = suite_timeout(item)
         baseline = await asyncio.to_thread(run_suite, ws, timeout, coverage=False)
         test_runs = 0
 
@@ -173,10 +200,9 @@ class BuiltinDeveloper:
     # --- test / performance -----------------------------------------------------------------
     async def _test(self, item: WorkItem, ctx: StepContext) -> BrainResult:
         if item.workspace is None:
-            reason = "a test step needs a code workspace, and this work item carries none"
-            return BrainResult("failed", reason, error=reason)
+            return needs_workspace("a test step needs a code workspace")
         ws = await ctx.workspace()
-        report = await asyncio.to_thread(run_tests, ws, self._test_timeout(item))
+        report = await asyncio.to_thread(run_tests, ws, suite_timeout(item))
         summary = _tests_text(report).capitalize()
         if report is not None and report.output_tail:
             summary += f" ({report.output_tail.strip().splitlines()[-1]})"
@@ -185,10 +211,9 @@ class BuiltinDeveloper:
 
     async def _performance(self, item: WorkItem, ctx: StepContext) -> BrainResult:
         if item.workspace is None:
-            reason = "a performance check needs a code workspace, and this work item carries none"
-            return BrainResult("failed", reason, error=reason)
+            return needs_workspace("a performance check needs a code workspace")
         ws = await ctx.workspace()
-        profile = await asyncio.to_thread(performance_profile, ws, self._test_timeout(item))
+        profile = await asyncio.to_thread(performance_profile, ws, suite_timeout(item))
         parts = []
         if profile.tests is None:
             parts.append("no tests to time")
@@ -213,8 +238,3 @@ class BuiltinDeveloper:
         return BrainResult(
             "completed", summary, output=output, artifacts={"workspace": item.workspace, "performance": ref}
         )
-
-    def _test_timeout(self, item: WorkItem) -> float:
-        """Leave the step room to report: tests get at most the time left before the deadline."""
-        left = item.deadline - now() - 5.0
-        return max(30.0, min(600.0, left))

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import msgspec
 
+from services.developer.builtin import BuiltinDeveloper, fix_input, needs_workspace, suite_timeout
 from shared.brains import BrainResult, StepContext
 from shared.errors import LLMError
 from shared.llm import LLMClient, Meter, failed, workspace_digest
-from shared.protocol import Change, DevelopmentOutput, Dispute, Issue, TestReport, WorkItem, now
+from shared.protocol import Change, DevelopmentOutput, Dispute, Issue, TestReport, WorkItem
 from shared.settings import Settings
 from shared.tools.testing import TestRun, run_suite
 from shared.workspace import SKIP_DIRS
@@ -80,37 +81,24 @@ class LLMDeveloper:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.client = LLMClient(settings)
-        try:
-            from services.developer.builtin import BuiltinDeveloper
-        except ImportError:  # pragma: no cover - the builtin developer ships with Cadre
-            self.builtin = None
-        else:
-            self.builtin = BuiltinDeveloper(settings)
+        self.builtin = BuiltinDeveloper(settings)
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
         if item.task_type not in MODEL_TASKS:
-            if self.builtin is not None:
-                return await self.builtin.run(item, ctx)
-            text = f"task_type {item.task_type!r} needs the builtin developer, which is not installed"
-            return BrainResult("unsupported", text, error=text)
+            return await self.builtin.run(item, ctx)
         if item.task_type == "fix" and item.workspace is None:
-            reason = "a fix step needs the code workspace to change, and this work item carries none"
-            return BrainResult("failed", reason, error=reason)
-        data = item.task.input_data
+            return needs_workspace("a fix step needs the code workspace to change")
         try:
-            findings = msgspec.convert(data.get("findings", []), list[Issue])
-            must_fix = set(msgspec.convert(data.get("must_fix", []), list[str]))
-            waived = set(msgspec.convert(data.get("waived", []), list[str]))
+            findings, must_fix, waived = fix_input(item)
         except msgspec.ValidationError as exc:
             return BrainResult("failed", f"bad fix input: {exc}", error=f"bad fix input: {exc}")
         findings = [f for f in findings if f.id not in waived]
 
         root = await ctx.workspace()
-        # tests get at most the time left before the step's deadline (room kept to report)
-        timeout = max(30.0, min(600.0, item.deadline - now() - 5.0))
+        timeout = suite_timeout(item)
         before = None
         if item.task_type == "fix":
             before = await asyncio.to_thread(run_suite, root, timeout, coverage=False)

@@ -16,22 +16,19 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable
 from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
-from nats.micro import add_service
 from nats.micro.request import Request
-from nats.micro.service import Service
 
 from services.monitor.figures import Figures, MonitorInfo, ServiceView, Snapshot
 from services.monitor.health import Alert, Clock, HealthBoard, SystemClock, Transition
 from services.monitor.http import MonitorHTTP
-from shared import __version__
 from shared.bus import Bus
-from shared.protocol import ErrorReply, Heartbeat, encode, heartbeat_decoder, metric_decoder, new_id, now
+from shared.protocol import ErrorReply, encode, heartbeat_decoder, metric_decoder, new_id, now
+from shared.service import Lifecycle, ServiceShell
 from shared.settings import Settings
 
 __all__ = ["MonitorService", "discover"]
@@ -39,7 +36,6 @@ __all__ = ["MonitorService", "discover"]
 logger = logging.getLogger(__name__)
 
 _DISCOVERY_WINDOW = 0.5
-_STOP_STEP_BOUND = 5.0
 
 
 class _SrvInfo(msgspec.Struct):
@@ -120,7 +116,7 @@ async def discover(bus: Bus, window: float = _DISCOVERY_WINDOW) -> list[ServiceV
     return sorted(views, key=lambda v: (v.name, v.metadata.get("instance_id", v.id)))
 
 
-class MonitorService:
+class MonitorService(Lifecycle):
     """Health board + figures fed from the bus, served over NATS and HTTP."""
 
     def __init__(self, bus: Bus, settings: Settings, *, clock: Clock | None = None) -> None:
@@ -143,11 +139,7 @@ class MonitorService:
         self.replayed_events = 0
         self._replay_target = 0
         self._last_seq = 0
-        self._started_at = now()
-        self._subs: list[Any] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._micro: Service | None = None
-        self._stopped = False
+        self._shell = ServiceShell(bus, "monitor", self.instance_id, settings.heartbeat_interval)
 
     @property
     def url(self) -> str | None:
@@ -157,60 +149,27 @@ class MonitorService:
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         s = self.bus.subjects
-        self._subs.append(await self.bus.nc.subscribe(s.heartbeat_all, cb=self._on_heartbeat))
-        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="monitor-heartbeat"))
-        self._tasks.append(asyncio.create_task(self._check_loop(), name="monitor-check"))
+        await self._shell.subscribe(s.heartbeat_all, self._on_heartbeat)
+        self._shell.heartbeat_loop()
+        self._shell.spawn(self._check_loop(), "monitor-check")
         await self._replay()
         await self.http.start()
-        self._micro = await add_service(
-            self.bus.nc,
-            name="cadre-monitor",
-            version=__version__,
-            description="Cadre monitor: health, figures, alerts",
-            metadata={
-                "role": "monitor",
-                "instance_id": self.instance_id,
-                "prefix": s.prefix,
-                "http_url": self.url or "",
-            },
+        await self._shell.add_micro(
+            "Cadre monitor: health, figures, alerts",
+            {"snapshot": (s.monitor_snapshot, self._on_snapshot)},
+            metadata={"http_url": self.url or ""},
         )
-        await self._micro.add_endpoint(name="snapshot", subject=s.monitor_snapshot, handler=self._on_snapshot)
-        self._tasks.append(asyncio.create_task(self._discovery_loop(), name="monitor-discovery"))
+        self._shell.spawn(self._discovery_loop(), "monitor-discovery")
         self.ready.set()
         logger.info(
             "monitor started instance=%s replayed=%d url=%s", self.instance_id, self.replayed_events, self.url
         )
 
     async def stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         # each step is bounded: a stuck drain must not keep the process from exiting
-        if self._micro is not None:
-            await self._bounded(self._micro.stop(), "micro stop")
-        for sub in self._subs:
-            await self._bounded(sub.unsubscribe(), "unsubscribe")
-        await self._bounded(self.http.stop(), "http stop")
-        logger.info("monitor stopped instance=%s", self.instance_id)
-
-    @staticmethod
-    async def _bounded(step: Awaitable[object], what: str) -> None:
-        try:
-            await asyncio.wait_for(step, _STOP_STEP_BOUND)
-        except TimeoutError:
-            logger.warning("%s did not finish within %.0fs; going on", what, _STOP_STEP_BOUND)
-        except Exception as exc:  # closing anyway: log and go on
-            logger.warning("%s failed err=%s", what, exc)
-
-    async def __aenter__(self) -> MonitorService:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        if await self._shell.close():
+            await self._shell.bounded(self.http.stop(), "http stop")
+            logger.info("monitor stopped instance=%s", self.instance_id)
 
     # --- metric stream -----------------------------------------------------------------
     async def _replay(self) -> None:
@@ -226,7 +185,7 @@ class MonitorService:
             deliver_policy=DeliverPolicy.ALL,
             cb=self._on_metric,
         )
-        self._subs.append(sub)
+        self._shell.track(sub)
         deadline = time.monotonic() + self.settings.monitor_replay_timeout
         while self._last_seq < self._replay_target:
             if time.monotonic() > deadline:
@@ -323,20 +282,6 @@ class MonitorService:
             monitor=self.instance_id,
         )
 
-    async def _heartbeat_loop(self) -> None:
-        subject = self.bus.subjects.heartbeat("monitor", self.instance_id)
-        while True:
-            hb = Heartbeat(
-                role="monitor",
-                instance_id=self.instance_id,
-                at=now(),
-                started_at=self._started_at,
-                interval=self.settings.heartbeat_interval,
-            )
-            with contextlib.suppress(Exception):
-                await self.bus.nc.publish(subject, encode(hb))
-            await asyncio.sleep(self.settings.heartbeat_interval)
-
     async def _discovery_loop(self) -> None:
         while True:
             try:
@@ -367,7 +312,7 @@ class MonitorService:
             services=list(self.services),
             monitor=MonitorInfo(
                 instance_id=self.instance_id,
-                started_at=self._started_at,
+                started_at=self._shell.started_at,
                 ready=self.ready.is_set(),
                 replayed_events=self.replayed_events,
                 http_url=self.url,

@@ -21,15 +21,12 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import FetchTimeoutError, KeyNotFoundError, KeyWrongLastSequenceError
-from nats.micro import add_service
 from nats.micro.request import Request
-from nats.micro.service import Service
 
 from services.orchestrator.plan import plan_from_template, templates, validate_plan
 from services.orchestrator.policy import ConflictPolicy
 from services.orchestrator.state import Outgoing, WorkflowState, encode_state, state_decoder
 from services.orchestrator.workflow import Engine, EngineConfig
-from shared import __version__
 from shared.bus import Bus
 from shared.errors import CadreError, PlanError
 from shared.protocol import (
@@ -47,6 +44,7 @@ from shared.protocol import (
     task_decoder,
     work_decoder,
 )
+from shared.service import Lifecycle, Pulse, ServiceShell
 from shared.settings import Settings
 from shared.workspace import pack_files
 
@@ -83,18 +81,15 @@ def task_id_for(sub_task_id: str, message_id: str) -> str:
 
 
 @dataclass
-class OrchestratorService:
+class OrchestratorService(Lifecycle):
     bus: Bus
     settings: Settings
     planner: Callable[[TaskSubmission], Awaitable[Plan]] | None = None
     engine: Engine = field(init=False)
-    _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False)
+    _shell: ServiceShell = field(init=False)
     _heartbeats: dict[str, Heartbeat] = field(default_factory=dict, init=False)
     _hb_seen: dict[str, float] = field(default_factory=dict, init=False)
     _open: set[str] = field(default_factory=set, init=False)
-    _micro: Service | None = field(default=None, init=False)
-    _subs: list[Any] = field(default_factory=list, init=False)
-    _stopped: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -106,60 +101,36 @@ class OrchestratorService:
             policy=ConflictPolicy(tuple(s.conflict_policy)),
         )
         self.engine = Engine(s.subjects, config, s.instance_id)
+        self._shell = ServiceShell(self.bus, "orchestrator", s.instance_id, s.heartbeat_interval)
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.bus.subjects
-        nc = self.bus.nc
         templates()  # fail fast on a broken template file
         self.kv = await self.bus.workflows()
         self._intake = await self.bus.js.pull_subscribe_bind(durable=s.intake_consumer, stream=s.stream_tasks)
         self._results = await self.bus.js.pull_subscribe_bind(
             durable=s.results_consumer, stream=s.stream_results
         )
-        self._subs.append(await nc.subscribe(s.heartbeat_all, cb=self._on_heartbeat))
+        await self._shell.subscribe(s.heartbeat_all, self._on_heartbeat)
         advisory = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s.stream_work}.*"
-        self._subs.append(await nc.subscribe(advisory, queue="orchestrator", cb=self._on_max_deliveries))
-        self._micro = await add_service(
-            nc,
-            name="cadre-orchestrator",
-            version=__version__,
-            description="Cadre orchestrator: decompose, delegate, review loop, conflicts, recovery",
-            metadata={"role": "orchestrator", "instance_id": self.settings.instance_id, "prefix": s.prefix},
+        await self._shell.subscribe(advisory, self._on_max_deliveries, queue="orchestrator")
+        await self._shell.add_micro(
+            "Cadre orchestrator: decompose, delegate, review loop, conflicts, recovery",
+            {"cancel": (s.task_cancel, self._on_cancel)},
         )
-        await self._micro.add_endpoint(name="cancel", subject=s.task_cancel, handler=self._on_cancel)
         await self.resume()
-        self._tasks += [
-            asyncio.create_task(self._loop(self._intake, self._on_submission), name="intake"),
-            asyncio.create_task(self._loop(self._results, self._on_step_message), name="results"),
-            asyncio.create_task(self._tick_loop(), name="ticks"),
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-        ]
+        self._shell.spawn(self._loop(self._intake, self._on_submission), "intake")
+        self._shell.spawn(self._loop(self._results, self._on_step_message), "results")
+        self._shell.spawn(self._tick_loop(), "ticks")
+        self._shell.heartbeat_loop(self._pulse)
         logger.info(
             "orchestrator started instance=%s open_workflows=%d", self.settings.instance_id, len(self._open)
         )
 
     async def stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        if self._micro is not None:
-            with contextlib.suppress(Exception):
-                await self._micro.stop()
-        logger.info("orchestrator stopped")
-
-    async def __aenter__(self) -> OrchestratorService:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        if await self._shell.close():
+            logger.info("orchestrator stopped")
 
     async def resume(self) -> None:
         """Pick up every open workflow in KV: flush what a crash left unpublished."""
@@ -412,23 +383,8 @@ class OrchestratorService:
             except Exception:
                 logger.exception("tick failed")
 
-    async def _heartbeat_loop(self) -> None:
-        s = self.bus.subjects
-        started = now()
-        while True:
-            hb = Heartbeat(
-                role="orchestrator",
-                instance_id=self.settings.instance_id,
-                at=now(),
-                started_at=started,
-                status="busy" if self._open else "idle",
-                in_flight=len(self._open),
-                current=sorted(self._open)[:20],
-                interval=self.settings.heartbeat_interval,
-            )
-            with contextlib.suppress(Exception):
-                await self.bus.nc.publish(s.heartbeat("orchestrator", self.settings.instance_id), encode(hb))
-            await asyncio.sleep(self.settings.heartbeat_interval)
+    def _pulse(self) -> Pulse:
+        return Pulse("busy" if self._open else "idle", len(self._open), sorted(self._open)[:20])
 
     # --- cancel ------------------------------------------------------------------------------------------
     async def _on_cancel(self, req: Request) -> None:

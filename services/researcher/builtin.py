@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from shared.protocol import Library, Passage, ResearchOutput, WorkItem
 from shared.settings import Settings
 from shared.tools.research_index import ResearchIndex
 
-__all__ = ["BuiltinResearcher", "KNOWLEDGE_DIR"]
+__all__ = ["BuiltinResearcher", "KNOWLEDGE_DIR", "Retrieval", "no_match", "report"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,16 @@ _PASSAGES = 8
 _LIBRARIES = 5
 _SENTENCES = 6
 _HEADLINE_LINES = 2
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """What the local index found for one step: the question, the query run, passages, libraries."""
+
+    question: str
+    query: str
+    passages: list[Passage]
+    libraries: list[Library]
 
 
 class BuiltinResearcher:
@@ -48,7 +60,8 @@ class BuiltinResearcher:
             exclude_packages=_SELF,
         )
 
-    async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
+    async def retrieve(self, item: WorkItem) -> Retrieval:
+        """The passages and installed libraries that match the step's question (index built if stale)."""
         question = item.task.description.strip()
         query = " ".join([question, *item.task.requirements, *_context_text(item.context)])
         rebuilt = await asyncio.to_thread(self.index.ensure)
@@ -56,22 +69,32 @@ class BuiltinResearcher:
             logger.info("research index rebuilt for step=%s", item.step_id)
         passages = await asyncio.to_thread(self.index.search, query, _PASSAGES)
         libraries = await asyncio.to_thread(self.index.recommend_libraries, query, item.context, _LIBRARIES)
+        return Retrieval(question, query, passages, libraries)
+
+    async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
+        found = await self.retrieve(item)
+        passages, libraries = found.passages, found.libraries
         if not passages:
-            text = (
-                f"No passages in the local corpus match {question!r}; add docs with CADRE_CORPUS_DIRS "
-                "(folders of Markdown, reST or text files)."
-            )
+            text = no_match(found.question)
             return BrainResult("completed", text, output=ResearchOutput(summary=text, libraries=libraries))
-        summary = await asyncio.to_thread(self.index.summarize, query, passages, _SENTENCES)
+        summary = await asyncio.to_thread(self.index.summarize, found.query, passages, _SENTENCES)
         if not summary:
-            summary = f"{len(passages)} passages match {question!r}, but none has a sentence to quote; see them below."
-        report = _report(summary, passages, libraries)
+            summary = f"{len(passages)} passages match {found.question!r}, but none has a sentence to quote; see them below."
+        text = report(summary, passages, libraries)
         headline = "\n".join(summary.splitlines()[:_HEADLINE_LINES])
         return BrainResult(
             "completed",
             headline,
-            output=ResearchOutput(summary=report, passages=passages, libraries=libraries),
+            output=ResearchOutput(summary=text, passages=passages, libraries=libraries),
         )
+
+
+def no_match(question: str) -> str:
+    """What the researcher says when the corpus has nothing on the question."""
+    return (
+        f"No passages in the local corpus match {question!r}; add docs with CADRE_CORPUS_DIRS "
+        "(folders of Markdown, reST or text files)."
+    )
 
 
 def _context_text(context: dict[str, Any]) -> list[str]:
@@ -84,9 +107,9 @@ def _context_text(context: dict[str, Any]) -> list[str]:
     return out
 
 
-def _report(summary: str, passages: list[Passage], libraries: list[Library]) -> str:
-    """The summary with its numbered sources and the recommended libraries, as plain text."""
-    lines = [summary, "", "Sources:"]
+def report(summary: str, passages: list[Passage], libraries: list[Library], notes: Sequence[str] = ()) -> str:
+    """The summary (and any notes) with its numbered sources and the recommended libraries, as plain text."""
+    lines = [summary, *(f"Note: {n}" for n in notes), "", "Sources:"]
     lines += [f"[{n}] {p.source} — {p.section}" for n, p in enumerate(passages, 1)]
     if libraries:
         lines += ["", "Installed libraries that match:"]

@@ -10,14 +10,12 @@ real, returned passage. With nothing retrieved the model is not asked at all.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-from typing import Any
 
 import msgspec
 
-from services.researcher.builtin import BuiltinResearcher
+from services.researcher.builtin import BuiltinResearcher, no_match, report
 from shared.brains import BrainResult, StepContext
 from shared.errors import LLMError
 from shared.llm import LLMClient, Meter, failed
@@ -28,8 +26,6 @@ __all__ = ["LLMResearcher", "ResearchReply", "check_citations"]
 
 logger = logging.getLogger(__name__)
 
-_PASSAGES = 8
-_LIBRARIES = 5
 _PASSAGE_CHARS = 1800
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
@@ -69,24 +65,17 @@ class LLMResearcher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.client = LLMClient(settings)
-        # the very index the builtin researcher uses (same corpus folders, same exclusions)
-        self.index = BuiltinResearcher(settings).index
+        # retrieval is the builtin researcher's (same index, corpus folders, exclusions and query)
+        self.retriever = BuiltinResearcher(settings)
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
-        question = item.task.description.strip()
-        query = " ".join([question, *item.task.requirements, *_context_text(item.context)])
-        await asyncio.to_thread(self.index.ensure)
-        passages = await asyncio.to_thread(self.index.search, query, _PASSAGES)
-        libraries = await asyncio.to_thread(self.index.recommend_libraries, query, item.context, _LIBRARIES)
+        found = await self.retriever.retrieve(item)
+        passages, libraries = found.passages, found.libraries
         if not passages:
-            text = (
-                f"No passages in the local corpus match {question!r}; add docs with CADRE_CORPUS_DIRS "
-                "(folders of Markdown, reST or text files). The model was not asked: it would have "
-                "nothing to cite."
-            )
+            text = no_match(found.question) + " The model was not asked: it would have nothing to cite."
             return BrainResult("completed", text, output=ResearchOutput(summary=text, libraries=libraries))
         meter = Meter()
         try:
@@ -101,7 +90,7 @@ class LLMResearcher:
             )
         if not cited:
             notes.append("The model's summary cites none of the passages: check it against the sources.")
-        report = _report(summary, notes, passages, libraries)
+        text = report(summary, passages, libraries, notes)
         logger.info(
             "research done step=%s passages=%d cited=%s invalid=%s",
             item.step_id,
@@ -113,19 +102,9 @@ class LLMResearcher:
         return BrainResult(
             "completed",
             headline,
-            output=ResearchOutput(summary=report, passages=passages, libraries=libraries),
+            output=ResearchOutput(summary=text, passages=passages, libraries=libraries),
             usage=meter.usage,
         )
-
-
-def _context_text(context: dict[str, Any]) -> list[str]:
-    out: list[str] = []
-    for value in context.values():
-        if isinstance(value, str):
-            out.append(value)
-        elif isinstance(value, list | tuple):
-            out.extend(v for v in value if isinstance(v, str))
-    return out
 
 
 def _prompt(item: WorkItem, passages: list[Passage], libraries: list[Library]) -> str:
@@ -142,13 +121,4 @@ def _prompt(item: WorkItem, passages: list[Passage], libraries: list[Library]) -
         lines.append("Installed libraries that match (you may mention them, they are not citable):")
         lines += [f"- {lib.name} {lib.version}: {lib.summary}" for lib in libraries]
     lines.append(f"\nCite only passage numbers 1 to {len(passages)}.")
-    return "\n".join(lines)
-
-
-def _report(summary: str, notes: list[str], passages: list[Passage], libraries: list[Library]) -> str:
-    lines = [summary, *(f"Note: {n}" for n in notes), "", "Sources:"]
-    lines += [f"[{n}] {p.source} — {p.section}" for n, p in enumerate(passages, 1)]
-    if libraries:
-        lines += ["", "Installed libraries that match:"]
-        lines += [f"- {lib.name} {lib.version}: {lib.summary}" for lib in libraries]
     return "\n".join(lines)

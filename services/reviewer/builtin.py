@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -20,12 +22,45 @@ from shared.protocol import ReviewOutput, TestReport, WorkItem
 from shared.settings import Settings
 from shared.tools.analysis import analyze, python_files, score, verdict
 
-__all__ = ["BuiltinReviewer", "NO_WORKSPACE", "NO_PYTHON"]
+__all__ = ["BuiltinReviewer", "NO_WORKSPACE", "NO_PYTHON", "OpenReview", "bad_input", "open_review"]
 
 logger = logging.getLogger(__name__)
 
 NO_WORKSPACE = "nothing to review: the step carries no code workspace"
 NO_PYTHON = "nothing to review: the workspace holds no Python files"
+
+
+class OpenReview(NamedTuple):
+    """A review's inputs: the developer's latest tests, the approval threshold, the code,
+    and the finding ids the orchestrator's conflict policy waived (they no longer count)."""
+
+    tests: TestReport | None
+    threshold: int
+    workspace: Path
+    waived: frozenset[str]
+
+
+def bad_input(exc: Exception) -> BrainResult:
+    """The failed result for review inputs that do not parse."""
+    error = f"bad review input: {exc}"
+    return BrainResult("failed", error, error=error)
+
+
+async def open_review(item: WorkItem, ctx: StepContext, default_threshold: int) -> OpenReview | BrainResult:
+    """The review's tests, threshold and workspace, or the failed result saying why there is nothing to review."""
+    data = item.task.input_data
+    try:
+        raw_tests = data.get("tests")
+        tests = msgspec.convert(raw_tests, TestReport) if raw_tests is not None else None
+        threshold = int(data.get("threshold", default_threshold))
+        waived = frozenset(msgspec.convert(data.get("waived", []), list[str]))
+    except (msgspec.ValidationError, TypeError, ValueError) as exc:
+        return bad_input(exc)
+    workspace = await ctx.workspace()
+    if not await asyncio.to_thread(python_files, workspace):
+        error = NO_WORKSPACE if item.workspace is None else NO_PYTHON
+        return BrainResult("failed", error, error=error)
+    return OpenReview(tests, threshold, workspace, waived)
 
 
 class BuiltinReviewer:
@@ -34,25 +69,11 @@ class BuiltinReviewer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def _inputs(self, item: WorkItem) -> tuple[TestReport | None, int, set[str]]:
-        data = item.task.input_data
-        raw_tests = data.get("tests")
-        tests = msgspec.convert(raw_tests, TestReport) if raw_tests is not None else None
-        threshold = int(data.get("threshold", self.settings.review_threshold))
-        # findings the orchestrator's conflict policy waived no longer count
-        waived = set(msgspec.convert(data.get("waived", []), list[str]))
-        return tests, threshold, waived
-
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
-        try:
-            tests, threshold, waived = self._inputs(item)
-        except (msgspec.ValidationError, TypeError, ValueError) as exc:
-            error = f"bad review input: {exc}"
-            return BrainResult("failed", error, error=error)
-        workspace = await ctx.workspace()
-        if not await asyncio.to_thread(python_files, workspace):
-            error = NO_WORKSPACE if item.workspace is None else NO_PYTHON
-            return BrainResult("failed", error, error=error)
+        opened = await open_review(item, ctx, self.settings.review_threshold)
+        if isinstance(opened, BrainResult):
+            return opened
+        tests, threshold, workspace, waived = opened
 
         found = await asyncio.to_thread(analyze, workspace)
         issues = [i for i in found if i.id not in waived]

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import msgspec
 
-from services.reviewer.builtin import NO_PYTHON, NO_WORKSPACE
+from services.reviewer.builtin import open_review
 from shared.brains import BrainResult, StepContext
 from shared.errors import LLMError
 from shared.llm import LLMClient, Meter, failed, workspace_digest
 from shared.protocol import Issue, ReviewOutput, TestReport, WorkItem
 from shared.settings import Settings
-from shared.tools.analysis import analyze, python_files, score, verdict
+from shared.tools.analysis import analyze, score, verdict
 
 __all__ = ["LLMReviewer", "ReviewReply", "ReviewFinding", "semantic_issues"]
 
@@ -128,20 +128,12 @@ class LLMReviewer:
         await self.client.aclose()
 
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
-        data = item.task.input_data
-        try:
-            raw_tests = data.get("tests")
-            tests = msgspec.convert(raw_tests, TestReport) if raw_tests is not None else None
-            threshold = int(data.get("threshold", self.settings.review_threshold))
-        except (msgspec.ValidationError, TypeError, ValueError) as exc:
-            error = f"bad review input: {exc}"
-            return BrainResult("failed", error, error=error)
-        workspace = await ctx.workspace()
-        if not await asyncio.to_thread(python_files, workspace):
-            error = NO_WORKSPACE if item.workspace is None else NO_PYTHON
-            return BrainResult("failed", error, error=error)
+        opened = await open_review(item, ctx, self.settings.review_threshold)
+        if isinstance(opened, BrainResult):
+            return opened
+        tests, threshold, workspace, waived = opened
 
-        static = await asyncio.to_thread(analyze, workspace)
+        static = [i for i in await asyncio.to_thread(analyze, workspace) if i.id not in waived]
         meter = Meter()
         prompt = await asyncio.to_thread(self._prompt, item, workspace, static, tests)
         try:
@@ -150,7 +142,7 @@ class LLMReviewer:
             return failed(exc, meter.usage, "semantic review")
         semantic, dropped = semantic_issues(reply.issues, workspace)
         known = {i.id for i in static}
-        issues = static + [i for i in semantic if i.id not in known]
+        issues = static + [i for i in semantic if i.id not in known and i.id not in waived]
         total, breakdown = score(issues, tests)
         decision = verdict(total, issues, threshold)
         counts: Counter[str] = Counter(i.severity for i in issues)

@@ -12,62 +12,21 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from shared.bus import Bus
 from shared.launcher import Stack
-from shared.protocol import (
-    DeadLetter,
-    StepResult,
-    StepStarted,
-    TaskBody,
-    WorkItem,
-    dead_letter_decoder,
-    new_id,
-    now,
-    step_decoder,
-)
-from tests.helpers import stream_messages, wait_for_value
+from shared.protocol import DeadLetter, StepResult, StepStarted, WorkItem, dead_letter_decoder
+from tests.helpers import StepFeed, make_item, stream_messages, wait_for_value
 
 ECHO = "tests.brains:EchoBrain"
 
 
 def work_item(step: str = "s1", **input_data: object) -> WorkItem:
-    return WorkItem(
-        message_id=new_id("msg"),
-        to_agent="developer",
-        task_type="implementation",
-        task=TaskBody(description=f"do {step}", input_data=dict(input_data)),
+    return make_item(
+        "developer",
+        "implementation",
+        step,
         task_id="task_rt",
-        step_id=step,
-        attempt=1,
-        deadline=now() + 60,
-        created_at=now(),
+        description=f"do {step}",
+        input_data=input_data,
     )
-
-
-class StepFeed:
-    """Reads step messages through the orchestrator's durable consumer (as the orchestrator would)."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self.messages: list[StepStarted | StepResult] = []
-        self._sub = None
-
-    async def _pull(self) -> None:
-        if self._sub is None:
-            s = self.bus.subjects
-            self._sub = await self.bus.js.pull_subscribe_bind(
-                durable=s.results_consumer, stream=s.stream_results
-            )
-        with contextlib.suppress(NatsTimeout, TimeoutError):
-            for msg in await self._sub.fetch(10, timeout=0.2):
-                self.messages.append(step_decoder.decode(msg.data))
-                await msg.ack()
-
-    async def wait(self, pred, what: str, timeout: float = 30.0):
-        async def probe():
-            await self._pull()
-            found = [m for m in self.messages if pred(m)]
-            return found or None
-
-        return await wait_for_value(probe, timeout, what=what)
 
 
 def results(msgs):

@@ -2,77 +2,34 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from pathlib import Path
 
 import msgspec
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js import JetStreamContext
 
 from services.developer.builtin import NEEDS_LLM
 from shared.bus import Bus
 from shared.launcher import Stack
-from shared.protocol import (
-    ArtifactRef,
-    DevelopmentOutput,
-    StepResult,
-    StepStarted,
-    TaskBody,
-    WorkItem,
-    new_id,
-    now,
-    step_decoder,
-)
+from shared.protocol import ArtifactRef, DevelopmentOutput, WorkItem
 from shared.tools.analysis import analyze
 from shared.tools.testing import PerformanceProfile, run_tests
 from shared.workspace import pack_dir, unpack_to
-from tests.helpers import wait_for_value
+from tests.helpers import StepFeed, make_item
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "auth-api"
 
 
 def dev_item(step: str, task_type: str, workspace: ArtifactRef | None, **input_data: object) -> WorkItem:
-    return WorkItem(
-        message_id=new_id("msg"),
-        to_agent="developer",
-        task_type=task_type,
-        task=TaskBody(description=f"{task_type} for the auth API", input_data=dict(input_data)),
+    return make_item(
+        "developer",
+        task_type,
+        step,
         task_id="task_dev",
-        step_id=step,
-        attempt=1,
-        deadline=now() + 180,
-        created_at=now(),
+        description=f"{task_type} for the auth API",
+        deadline_in=180,
+        input_data=input_data,
         workspace=workspace,
     )
-
-
-class StepFeed:
-    """Reads step messages through the orchestrator's durable consumer (as the orchestrator would)."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self.messages: list[StepStarted | StepResult] = []
-        self._sub: JetStreamContext.PullSubscription | None = None
-
-    async def _pull(self) -> None:
-        if self._sub is None:
-            s = self.bus.subjects
-            self._sub = await self.bus.js.pull_subscribe_bind(
-                durable=s.results_consumer, stream=s.stream_results
-            )
-        with contextlib.suppress(NatsTimeout, TimeoutError):
-            for msg in await self._sub.fetch(10, timeout=0.2):
-                self.messages.append(step_decoder.decode(msg.data))
-                await msg.ack()
-
-    async def result(self, step: str, timeout: float = 60.0) -> StepResult:
-        async def probe() -> StepResult | None:
-            await self._pull()
-            done = [m for m in self.messages if isinstance(m, StepResult) and m.step_id == step]
-            return done[0] if done else None
-
-        return await wait_for_value(probe, timeout, what=f"the result of step {step}")
 
 
 async def test_developer_service_fixes_the_example_and_keeps_its_tests_green(

@@ -8,7 +8,6 @@ paths are all exercised; the scripted replies stand in for the model only.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import tarfile
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from nats.errors import TimeoutError as NatsTimeout
 
 from shared.bus import Bus
 from shared.launcher import Stack
@@ -33,12 +31,11 @@ from shared.protocol import (
     metric_decoder,
     new_id,
     now,
-    step_decoder,
 )
 from shared.tools.analysis import analyze, score
 from shared.workspace import pack_files
 from tests.fakes import ChatServer, Fail, Reply
-from tests.helpers import stream_messages, wait_for_value
+from tests.helpers import step_result, stream_messages, wait_for_value
 
 PRICES = {"llm_price_input_per_1k": 0.25, "llm_price_output_per_1k": 2.0}
 
@@ -82,28 +79,6 @@ async def send(bus: Bus, role: str, task_type: str, description: str, *, step: s
     await bus.publish(bus.subjects.work(role, "normal"), item)
 
 
-async def result_of(bus: Bus, step: str, timeout: float = 90.0) -> StepResult:
-    """The step's result, read through the orchestrator's durable consumer (a work-queue stream)."""
-    s = bus.subjects
-    sub = await bus.js.pull_subscribe_bind(durable=s.results_consumer, stream=s.stream_results)
-    seen: list[StepResult] = []
-
-    async def probe() -> StepResult | None:
-        with contextlib.suppress(NatsTimeout, TimeoutError):
-            for msg in await sub.fetch(10, timeout=0.2):
-                decoded = step_decoder.decode(msg.data)
-                if isinstance(decoded, StepResult):
-                    seen.append(decoded)
-                await msg.ack()
-        done = [m for m in seen if m.step_id == step]
-        return done[0] if done else None
-
-    try:
-        return await wait_for_value(probe, timeout, interval=0.05, what=f"the result of step {step}")
-    finally:
-        await sub.unsubscribe()
-
-
 async def workspace_files(bus: Bus, result: StepResult) -> dict[str, str]:
     data = await bus.get_artifact(result.artifacts["workspace"])
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
@@ -143,7 +118,7 @@ async def test_llm_researcher_summarises_retrieved_passages_with_checked_citatio
         step="research",
         context={"language": "python"},
     )
-    res = await result_of(bus, "research")
+    res = await step_result(bus, "research", timeout=90.0)
     assert res.status == "completed", res.error
     out = res.output
     assert isinstance(out, ResearchOutput)
@@ -184,13 +159,13 @@ async def test_a_malformed_model_reply_fails_the_step_clearly_and_the_agent_serv
     )
     llm_agent(stack, "researcher", fake, include_installed_packages=False)
     await send(bus, "researcher", "research", "JWT access token lifetime", step="bad")
-    bad = await result_of(bus, "bad")
+    bad = await step_result(bus, "bad", timeout=90.0)
     assert bad.status == "failed"
     assert bad.error and "not valid JSON" in bad.error and "Sure! Tokens" in bad.error
     assert bad.summary.startswith("research summary failed")
     assert bad.usage.prompt_tokens == 50 and bad.usage.requests == 1  # spent tokens still counted
     await send(bus, "researcher", "research", "JWT access token lifetime", step="good")
-    good = await result_of(bus, "good")
+    good = await step_result(bus, "good", timeout=90.0)
     assert good.status == "completed" and good.instance_id == bad.instance_id
     assert isinstance(good.output, ResearchOutput) and "[1]" in good.output.summary
 
@@ -227,7 +202,7 @@ async def test_llm_developer_writes_code_runs_the_tests_and_repairs_a_failure(
         workspace=ref,
         input_data={"research_results": {"type": "research", "summary": "Keep functions pure [1]."}},
     )
-    res = await result_of(bus, "implement")
+    res = await step_result(bus, "implement", timeout=90.0)
     assert res.status == "completed", res.error
     out = res.output
     assert isinstance(out, DevelopmentOutput)
@@ -274,7 +249,7 @@ async def test_llm_developer_reverts_a_fix_that_breaks_passing_tests(
         workspace=ref,
         input_data={"findings": [msgspec.to_builtins(finding)], "must_fix": [finding.id]},
     )
-    res = await result_of(bus, "fix")
+    res = await step_result(bus, "fix", timeout=90.0)
     assert res.status == "completed", res.error
     out = res.output
     assert isinstance(out, DevelopmentOutput)
@@ -287,7 +262,7 @@ async def test_llm_developer_reverts_a_fix_that_breaks_passing_tests(
     assert "id=a1b2c3d4e5f6 MUST FIX" in fake.chat_requests()[0].user
     # a model-free step goes to the builtin developer: tests run, the model is not asked
     await send(bus, "developer", "test", "Run the tests", step="test", workspace=ref)
-    tested = await result_of(bus, "test")
+    tested = await step_result(bus, "test", timeout=90.0)
     assert tested.status == "completed", tested.error
     assert isinstance(tested.output, DevelopmentOutput) and tested.output.tests is not None
     assert tested.output.tests.passed == 2 and tested.usage.requests == 0
@@ -328,7 +303,7 @@ async def test_llm_reviewer_merges_semantic_findings_into_the_static_score(
     llm_agent(stack, "reviewer", fake)
     ref = await bus.put_artifact(pack_files({"auth.py": AUTH}))
     await send(bus, "reviewer", "security_review", "Security review of login", step="review", workspace=ref)
-    res = await result_of(bus, "review")
+    res = await step_result(bus, "review", timeout=90.0)
     assert res.status == "completed", res.error
     out = res.output
     assert isinstance(out, ReviewOutput)

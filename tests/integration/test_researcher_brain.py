@@ -2,49 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata as md
 import re
 from pathlib import Path
 
-from nats.errors import TimeoutError as NatsTimeout
-
 from shared.bus import Bus
 from shared.launcher import Stack
-from shared.protocol import ResearchOutput, StepResult, TaskBody, WorkItem, new_id, now, step_decoder
-from tests.helpers import wait_for_value
+from shared.protocol import ResearchOutput, WorkItem
+from tests.helpers import make_item, step_result
 
 
 def research_item(question: str, step: str, **context: object) -> WorkItem:
-    return WorkItem(
-        message_id=new_id("msg"),
-        to_agent="researcher",
-        task_type="research",
-        context=dict(context),
-        task=TaskBody(description=question),
-        task_id="task_research",
-        step_id=step,
-        deadline=now() + 60,
-        created_at=now(),
+    return make_item(
+        "researcher", "research", step, task_id="task_research", description=question, context=context
     )
-
-
-async def result_of(bus: Bus, step: str, timeout: float = 40.0) -> StepResult:
-    """Read step results through the orchestrator's durable consumer until ``step``'s arrives."""
-    s = bus.subjects
-    sub = await bus.js.pull_subscribe_bind(durable=s.results_consumer, stream=s.stream_results)
-    seen: list[StepResult] = []
-
-    async def probe() -> StepResult | None:
-        with contextlib.suppress(NatsTimeout, TimeoutError):
-            for msg in await sub.fetch(10, timeout=0.2):
-                decoded = step_decoder.decode(msg.data)
-                await msg.ack()
-                if isinstance(decoded, StepResult):
-                    seen.append(decoded)
-        return next((r for r in seen if r.step_id == step), None)
-
-    return await wait_for_value(probe, timeout, what=f"the result of step {step}")
 
 
 def plain(text: str) -> str:
@@ -70,7 +41,7 @@ async def test_researcher_answers_the_spec_jwt_question_with_cited_passages_and_
             question, "analyze", language="Python", framework="FastAPI", standards="2024 standards"
         ),
     )
-    result = await result_of(bus, "analyze")
+    result = await step_result(bus, "analyze", timeout=40.0)
     assert result.status == "completed", result.error
     output = result.output
     assert isinstance(output, ResearchOutput)
@@ -103,7 +74,7 @@ async def test_researcher_answers_the_spec_jwt_question_with_cited_passages_and_
         bus.subjects.work("researcher", "normal"),
         research_item("Which client library speaks NATS JetStream, and how do I serialize msgpack?", "libs"),
     )
-    libs = await result_of(bus, "libs")
+    libs = await step_result(bus, "libs", timeout=40.0)
     assert isinstance(libs.output, ResearchOutput)
     versions = {lib.name: lib.version for lib in libs.output.libraries}
     assert versions.get("nats-py") == md.version("nats-py")
@@ -123,7 +94,7 @@ async def test_researcher_searches_user_corpus_dirs_and_says_plainly_when_nothin
     await bus.publish(
         bus.subjects.work("researcher", "normal"), research_item("When are zebrafish tanks rotated?", "team")
     )
-    team = await result_of(bus, "team")
+    team = await step_result(bus, "team", timeout=40.0)
     assert team.status == "completed" and isinstance(team.output, ResearchOutput)
     assert team.output.passages[0].source == f"{notes.name}/runbook.md"
     assert team.output.passages[0].section == "Runbook > Zebrafish tank rotation"
@@ -133,7 +104,7 @@ async def test_researcher_searches_user_corpus_dirs_and_says_plainly_when_nothin
         bus.subjects.work("researcher", "normal"),
         research_item("Quasar spectroscopy with heliographic lattices", "nothing"),
     )
-    nothing = await result_of(bus, "nothing")
+    nothing = await step_result(bus, "nothing", timeout=40.0)
     assert nothing.status == "completed" and isinstance(nothing.output, ResearchOutput)
     assert nothing.output.passages == []
     assert nothing.summary.startswith("No passages in the local corpus match")

@@ -2,73 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import msgspec
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js import JetStreamContext
 
 from shared.bus import Bus
 from shared.launcher import Stack
-from shared.protocol import (
-    ArtifactRef,
-    ReviewOutput,
-    StepResult,
-    StepStarted,
-    TaskBody,
-    WorkItem,
-    new_id,
-    now,
-    step_decoder,
-)
+from shared.protocol import ArtifactRef, ReviewOutput, WorkItem
 from shared.workspace import pack_dir
-from tests.helpers import wait_for_value
+from tests.helpers import StepFeed, make_item
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "auth-api"
 
 
 def review_item(step: str, workspace: ArtifactRef | None, **input_data: object) -> WorkItem:
-    return WorkItem(
-        message_id=new_id("msg"),
-        to_agent="reviewer",
-        task_type="security_review",
-        task=TaskBody(description="Security review of authentication API", input_data=dict(input_data)),
+    return make_item(
+        "reviewer",
+        "security_review",
+        step,
         task_id="task_review",
-        step_id=step,
-        attempt=1,
-        deadline=now() + 60,
-        created_at=now(),
+        description="Security review of authentication API",
+        input_data=input_data,
         workspace=workspace,
     )
-
-
-class StepFeed:
-    """Reads step messages through the orchestrator's durable consumer (as the orchestrator would)."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self.messages: list[StepStarted | StepResult] = []
-        self._sub: JetStreamContext.PullSubscription | None = None
-
-    async def _pull(self) -> None:
-        if self._sub is None:
-            s = self.bus.subjects
-            self._sub = await self.bus.js.pull_subscribe_bind(
-                durable=s.results_consumer, stream=s.stream_results
-            )
-        with contextlib.suppress(NatsTimeout, TimeoutError):
-            for msg in await self._sub.fetch(10, timeout=0.2):
-                self.messages.append(step_decoder.decode(msg.data))
-                await msg.ack()
-
-    async def result(self, step: str, timeout: float = 60.0) -> StepResult:
-        async def probe() -> StepResult | None:
-            await self._pull()
-            done = [m for m in self.messages if isinstance(m, StepResult) and m.step_id == step]
-            return done[0] if done else None
-
-        return await wait_for_value(probe, timeout, what=f"the result of step {step}")
 
 
 async def test_reviewer_service_reviews_the_example_workspace_deterministically(
@@ -81,6 +37,13 @@ async def test_reviewer_service_reviews_the_example_workspace_deterministically(
     await bus.publish(subject, review_item("review-2", ref))
     feed = StepFeed(bus)
     first, second = await feed.result("review-1"), await feed.result("review-2")
+
+    # a finding the conflict policy waived no longer counts
+    etag = next(i for i in first.issues if i.rule == "bandit:B324" and i.file == "auth_api/app.py")
+    await bus.publish(subject, review_item("review-3", ref, waived=[etag.id]))
+    third = await feed.result("review-3")
+    assert etag.id not in {i.id for i in third.issues}
+    assert third.score == 86 and "1 finding(s) waived by the conflict policy" in third.summary
 
     assert first.status == "completed" and first.role == "reviewer", first.error
     assert isinstance(first.output, ReviewOutput)

@@ -1,0 +1,182 @@
+"""The lifecycle plumbing every Cadre service process shares.
+
+The orchestrator, the monitor and the agent runtime each own background
+tasks, core subscriptions, a nats micro service and a heartbeat on
+``<prefix>.heartbeat.<role>.<instance>``. ``ServiceShell`` holds those so a
+service only says what is its own; ``close()`` takes them down once (tasks
+cancelled and awaited, then the micro service and the subscriptions, each
+step bounded so a stuck one cannot keep the process from exiting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self
+
+from nats.aio.msg import Msg
+from nats.micro import add_service
+from nats.micro.request import Handler
+from nats.micro.service import Service
+
+from shared import __version__
+from shared.bus import Bus
+from shared.protocol import Heartbeat, encode, now
+
+__all__ = ["Lifecycle", "Pulse", "ServiceShell", "STOP_STEP_BOUND"]
+
+logger = logging.getLogger(__name__)
+
+# How long one shutdown step (micro stop, one unsubscribe...) may take before we go on without it.
+STOP_STEP_BOUND = 5.0
+
+
+@dataclass(frozen=True)
+class Pulse:
+    """What a heartbeat says about the service's work right now."""
+
+    status: Literal["idle", "busy", "draining"] = "idle"
+    in_flight: int = 0
+    current: list[str] = field(default_factory=list)
+
+
+class Lifecycle:
+    """``async with service:`` starts it and stops it, for any class with ``start()`` and ``stop()``."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class ServiceShell:
+    """Background tasks, subscriptions, the micro service and the heartbeat of one service instance."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        role: str,
+        instance_id: str,
+        heartbeat_interval: float,
+        *,
+        stop_bound: float = STOP_STEP_BOUND,
+    ) -> None:
+        self.bus = bus
+        self.role = role
+        self.instance_id = instance_id
+        self.heartbeat_interval = heartbeat_interval
+        self.stop_bound = stop_bound
+        self.started_at = now()
+        self.micro: Service | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()  # the live ones; a finished task drops out
+        self._subs: list[Any] = []
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # --- what the service starts -------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` in the background until it ends or ``close()`` cancels it."""
+        task = asyncio.create_task(coro, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]], *, queue: str = "") -> Any:
+        """A core NATS subscription that ``close()`` unsubscribes."""
+        return self.track(await self.bus.nc.subscribe(subject, queue=queue, cb=cb))
+
+    def track(self, sub: Any) -> Any:
+        """Unsubscribe ``sub`` (any subscription, e.g. a JetStream one) on ``close()``."""
+        self._subs.append(sub)
+        return sub
+
+    async def add_micro(
+        self,
+        description: str,
+        endpoints: Mapping[str, tuple[str, Handler]],
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Service:
+        """Register nats micro ``cadre-<role>`` (found by ``$SRV.*`` and the monitor by its ``prefix``)."""
+        self.micro = await add_service(
+            self.bus.nc,
+            name=f"cadre-{self.role}",
+            version=__version__,
+            description=description,
+            metadata={
+                "role": self.role,
+                "instance_id": self.instance_id,
+                "prefix": self.bus.subjects.prefix,
+                **(metadata or {}),
+            },
+        )
+        for name, (subject, handler) in endpoints.items():
+            await self.micro.add_endpoint(name=name, subject=subject, handler=handler)
+        return self.micro
+
+    # --- heartbeat -------------------------------------------------------------------------------
+    async def beat(self, pulse: Pulse | None = None) -> None:
+        """Publish one heartbeat now (best effort: a lost one is what the health check is for)."""
+        p = pulse or Pulse()
+        hb = Heartbeat(
+            role=self.role,  # type: ignore[arg-type]  # a Role or "monitor", as the service says
+            instance_id=self.instance_id,
+            at=now(),
+            started_at=self.started_at,
+            status=p.status,
+            in_flight=p.in_flight,
+            current=p.current,
+            interval=self.heartbeat_interval,
+        )
+        try:
+            await self.bus.nc.publish(self.bus.subjects.heartbeat(self.role, self.instance_id), encode(hb))
+        except Exception as exc:  # noqa: BLE001 - best effort
+            logger.debug("heartbeat not sent role=%s err=%s", self.role, exc)
+
+    def heartbeat_loop(self, pulse: Callable[[], Pulse] | None = None) -> asyncio.Task[Any]:
+        """Heartbeat every ``heartbeat_interval`` seconds, saying what ``pulse()`` says, until closed."""
+
+        async def loop() -> None:
+            while True:
+                await self.beat(pulse() if pulse is not None else None)
+                await asyncio.sleep(self.heartbeat_interval)
+
+        return self.spawn(loop(), f"{self.role}-heartbeat")
+
+    # --- shutdown --------------------------------------------------------------------------------
+    async def close(self) -> bool:
+        """Cancel and await the tasks, stop the micro service, unsubscribe; False if already closed."""
+        if self._closed:
+            return False
+        self._closed = True
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.micro is not None:
+            await self.bounded(self.micro.stop(), "micro stop")
+        for sub in self._subs:
+            await self.bounded(sub.unsubscribe(), "unsubscribe")
+        return True
+
+    async def bounded(self, step: Awaitable[object], what: str) -> None:
+        """Await one shutdown step for at most ``stop_bound`` seconds; log and go on if it fails."""
+        try:
+            await asyncio.wait_for(step, self.stop_bound)
+        except TimeoutError:
+            logger.warning("%s %s did not finish within %.0fs; going on", self.role, what, self.stop_bound)
+        except Exception as exc:  # closing anyway: log and go on
+            logger.warning("%s %s failed err=%s", self.role, what, exc)
