@@ -90,6 +90,8 @@ class OrchestratorService(Lifecycle):
     _heartbeats: dict[str, Heartbeat] = field(default_factory=dict, init=False)
     _hb_seen: dict[str, float] = field(default_factory=dict, init=False)
     _open: set[str] = field(default_factory=set, init=False)
+    # finished and fully flushed: nothing left to resume, so periodic resumes skip them
+    _settled: set[str] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -139,8 +141,9 @@ class OrchestratorService(Lifecycle):
         except Exception:  # nats raises NoKeysError on an empty bucket
             keys = []
         for key in keys:
-            await self._mutate(key, lambda st, t: False)
-        logger.info("resumed workflows=%d open=%d", len(keys), len(self._open))
+            if key not in self._settled:
+                await self._mutate(key, lambda st, t: False)
+        logger.debug("resumed workflows=%d open=%d", len(keys), len(self._open))
 
     # --- the one way to change a workflow --------------------------------------------------------
     async def _mutate(
@@ -165,6 +168,8 @@ class OrchestratorService(Lifecycle):
                 self._open.discard(task_id)
             if st.outbox:
                 await self._flush(task_id, st.outbox)
+            elif st.status != "running":
+                self._settled.add(task_id)
             return st
         raise CadreError(f"workflow {task_id}: too many concurrent updates")
 
