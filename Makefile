@@ -43,3 +43,8 @@ schema: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+## The container deployment for real on podman (installs podman/podman-compose if missing):
+## images, compose stack + example task + a killed agent, cluster/TLS configs, testcontainers.
+test-deploy: $(STAMP)
+	PYTHON=$(abspath $(BIN))/python deploy/scripts/test-deploy.sh

@@ -56,4 +56,14 @@ def unpack_to(data: bytes, dest: Path) -> None:
     """Unpack tar.gz bytes into ``dest``, refusing paths that escape it."""
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(dest, filter="data")
+        if hasattr(tarfile, "data_filter"):  # 3.11.4+ (PEP 706)
+            tar.extractall(dest, filter="data")
+            return
+        # Debian bookworm's python3 is 3.11.2: no extraction filters. Regular files and
+        # folders only, every path checked to stay inside dest.
+        root = dest.resolve()
+        for member in tar.getmembers():
+            target = (root / member.name).resolve()
+            if not target.is_relative_to(root) or not (member.isfile() or member.isdir()):
+                raise ValueError(f"unsafe workspace member {member.name!r}")
+        tar.extractall(dest)  # noqa: S202 - every member checked above

@@ -1,0 +1,347 @@
+"""Least privilege, proven against a real nats-server running deploy/nats/nats.conf.
+
+Every refusal is checked twice: the client gets the server's
+"permissions violation" error, and the server logs the violation for that
+user. Each case is its own test, so ``pytest -v`` lists the whole matrix.
+The last test runs every service under its own user (bootstrap off) through
+a whole task and asserts the server logged not one violation: the allow
+lists are not only tight but sufficient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import StreamConfig
+
+from shared.bootstrap import bootstrap
+from shared.client import CadreClient
+from shared.launcher import Stack
+from shared.natsserver import NatsServer
+from shared.protocol import (
+    AGENT_ROLES,
+    ExpectedOutput,
+    Heartbeat,
+    StepResult,
+    TaskBody,
+    TaskSubmission,
+    Timings,
+    encode,
+    heartbeat_decoder,
+    new_id,
+    now,
+)
+from shared.settings import Settings
+from tests.helpers import wait_for_value
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "deploy" / "nats" / "nats.conf"
+USERS = ("bootstrap", "orchestrator", "researcher", "developer", "reviewer", "monitor", "client")
+SERVICES = ("orchestrator", *AGENT_ROLES, "monitor")
+CONSUMERS = [
+    ("researcher", "CADRE_WORK", "researcher-high"),
+    ("developer", "CADRE_WORK", "developer-normal"),
+    ("reviewer", "CADRE_WORK", "reviewer-low"),
+    ("orchestrator", "CADRE_TASKS", "orchestrator-intake"),
+]
+
+
+@dataclass
+class Deployment:
+    server: NatsServer
+    passwords: dict[str, str]
+
+    def settings(self, user: str, **overrides: object) -> Settings:
+        """Settings for one user: its password, its own inbox prefix, bootstrap off."""
+        return Settings(
+            nats_url=self.server.url,
+            nats_user=user,
+            nats_password=self.passwords[user],
+            inbox_prefix=f"_INBOX_{user}",
+            bootstrap=False,
+            **overrides,  # type: ignore[arg-type]
+        )
+
+    def violation_logged(self, user: str, kind: str, subject: str) -> str | None:
+        what = "Publish Violation" if kind == "publish" else "Subscription Violation"
+        needle = f'"CADRE/user:{user}" - {what} - Subject "{subject}"'
+        return next((line for line in self.server.log if needle in line), None)
+
+
+@dataclass
+class Conn:
+    user: str
+    nc: NATS
+    errors: list[Exception] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+async def deployment() -> AsyncIterator[Deployment]:
+    passwords = {u: "pw" + secrets.token_hex(16) for u in USERS}
+    with pytest.MonkeyPatch.context() as mp:
+        for user, password in passwords.items():
+            mp.setenv(f"CADRE_PW_{user.upper()}", password)
+        # -m -1: the config's monitoring port, moved to a free one (tests never use fixed ports)
+        server = NatsServer(config=CONF, extra_args=["-m", "-1"]).start()
+    dep = Deployment(server, passwords)
+    try:
+        await bootstrap(dep.settings("bootstrap"), deadline=10)
+        yield dep
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+async def conns(deployment: Deployment) -> AsyncIterator[dict[str, Conn]]:
+    out: dict[str, Conn] = {}
+    for user in USERS:
+        conn = Conn(user, None)  # type: ignore[arg-type]
+
+        async def on_error(err: Exception, conn: Conn = conn) -> None:
+            conn.errors.append(err)
+
+        conn.nc = await nats.connect(
+            [deployment.server.url],
+            user=user,
+            password=deployment.passwords[user],
+            inbox_prefix=f"_INBOX_{user}",
+            error_cb=on_error,
+            allow_reconnect=False,
+        )
+        out[user] = conn
+    try:
+        yield out
+    finally:
+        for conn in out.values():
+            await conn.nc.close()
+
+
+async def refusal(dep: Deployment, conn: Conn, kind: str, subject: str) -> str:
+    """Try one publish or subscribe; return the error the client got (fails if none came)."""
+    seen = len(conn.errors)
+    if kind == "publish":
+        await conn.nc.publish(subject, b"{}")
+    else:
+        await conn.nc.subscribe(subject)
+    await conn.nc.flush()
+    verb = "publish to" if kind == "publish" else "subscription to"
+    expected = f'permissions violation for {verb} "{subject}"'.lower()
+
+    async def client_error() -> str | None:
+        return next((str(e) for e in conn.errors[seen:] if expected in str(e).lower()), None)
+
+    error = await wait_for_value(client_error, timeout=5, what=f"{conn.user}: refusal of {kind} {subject}")
+
+    async def server_line() -> str | None:
+        return dep.violation_logged(conn.user, kind, subject)
+
+    line = await wait_for_value(server_line, timeout=5, what="the server's violation log line")
+    print(
+        f"REFUSED {conn.user:12} {kind:9} {subject}\n  client: {error}\n  server: {line.split('] ', 1)[-1]}"
+    )
+    return error
+
+
+def _cases() -> list[tuple[str, str, str]]:
+    cases: list[tuple[str, str, str]] = []
+    others = {r: [o for o in AGENT_ROLES if o != r] for r in AGENT_ROLES}
+    for role in AGENT_ROLES:
+        for other in others[role]:
+            cases += [
+                (role, "publish", f"$JS.API.CONSUMER.MSG.NEXT.CADRE_WORK.{other}-high"),
+                (role, "publish", f"$JS.ACK.CADRE_WORK.{other}-normal.1.1.1.1.0"),
+                (role, "publish", f"cadre.heartbeat.{other}.{other}-1"),
+                (role, "publish", f"cadre.metrics.{other}"),
+                (role, "subscribe", f"cadre.work.{other}.high"),
+                (role, "subscribe", f"_INBOX_{other}.>"),
+            ]
+        cases += [
+            (role, "publish", "cadre.work.developer.high"),  # agents cannot inject work
+            (role, "publish", "cadre.result.task_x"),
+            (role, "publish", "cadre.events.task_x.completed"),
+            (role, "publish", "$KV.CADRE_workflows.task_x"),  # only the orchestrator holds workflow state
+        ]
+    for user in SERVICES + ("client",):
+        cases += [
+            (user, "subscribe", "_INBOX.>"),
+            (user, "publish", "_INBOX.x"),
+            (user, "publish", "$JS.API.STREAM.DELETE.CADRE_WORK"),
+            (user, "publish", "$JS.API.STREAM.CREATE.CADRE_ROGUE"),
+            (user, "publish", "$JS.API.STREAM.UPDATE.CADRE_TASKS"),
+            (user, "publish", "$JS.API.STREAM.PURGE.CADRE_EVENTS"),
+            (user, "publish", "$JS.API.CONSUMER.DELETE.CADRE_WORK.developer-high"),
+        ]
+    cases += [
+        # the client cannot act as an agent or as the orchestrator
+        ("client", "publish", "cadre.step.result.task_x"),
+        ("client", "publish", "cadre.heartbeat.developer.developer-1"),
+        ("client", "publish", "cadre.metrics.reviewer"),
+        ("client", "publish", "$JS.API.CONSUMER.MSG.NEXT.CADRE_WORK.developer-high"),
+        ("client", "publish", "$JS.API.CONSUMER.CREATE.CADRE_WORK.spy.cadre.work.developer.high"),
+        ("client", "publish", "cadre.work.developer.high"),
+        ("client", "publish", "cadre.result.task_x"),
+        ("client", "publish", "cadre.events.task_x.completed"),
+        ("client", "publish", "$KV.CADRE_workflows.task_x"),
+        ("client", "subscribe", "cadre.work.>"),
+        ("client", "subscribe", "cadre.control.cancel.task_x"),
+        ("client", "subscribe", "_INBOX_developer.>"),
+        # the orchestrator cannot fake agents, the monitor cannot drive tasks
+        ("orchestrator", "publish", "cadre.step.result.task_x"),
+        ("orchestrator", "publish", "cadre.heartbeat.developer.developer-1"),
+        ("orchestrator", "publish", "$JS.API.CONSUMER.MSG.NEXT.CADRE_WORK.developer-high"),
+        ("monitor", "publish", "cadre.task.submit"),
+        ("monitor", "publish", "cadre.work.developer.high"),
+        ("monitor", "publish", "cadre.step.result.task_x"),
+        ("monitor", "publish", "$KV.CADRE_workflows.task_x"),
+    ]
+    return cases
+
+
+@pytest.mark.parametrize(("user", "kind", "subject"), _cases(), ids=lambda v: str(v))
+async def test_refused(
+    deployment: Deployment, conns: dict[str, Conn], user: str, kind: str, subject: str
+) -> None:
+    error = await refusal(deployment, conns[user], kind, subject)
+    assert "permissions violation" in error
+
+
+@pytest.mark.parametrize("user", SERVICES + ("client",))
+async def test_no_service_may_delete_a_stream_and_the_stream_survives(
+    deployment: Deployment, conns: dict[str, Conn], user: str
+) -> None:
+    js = conns[user].nc.jetstream(timeout=1.0)
+    seen = len(conns[user].errors)
+    with pytest.raises(Exception):  # noqa: B017 - no reply ever comes: nats-py times out
+        await js.delete_stream("CADRE_WORK")
+    assert any("$js.api.stream.delete.cadre_work" in str(e).lower() for e in conns[user].errors[seen:])
+    info = await conns["bootstrap"].nc.jetstream().stream_info("CADRE_WORK")
+    assert info.config.name == "CADRE_WORK"
+
+
+async def test_bootstrap_alone_may_create_and_delete_streams(conns: dict[str, Conn]) -> None:
+    jsm = conns["bootstrap"].nc.jetstream()
+    await jsm.add_stream(StreamConfig(name="CADRE_SCRATCH", subjects=["cadre.scratch.>"]))
+    assert await jsm.delete_stream("CADRE_SCRATCH")
+
+
+@pytest.mark.parametrize(("owner", "stream", "durable"), CONSUMERS)
+async def test_only_the_owner_role_can_pull_its_work_consumer(
+    conns: dict[str, Conn], owner: str, stream: str, durable: str
+) -> None:
+    for user in ("researcher", "developer", "reviewer", "orchestrator", "monitor", "client"):
+        if user == owner:
+            continue
+        js = conns[user].nc.jetstream(timeout=0.5)
+        sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+        seen = len(conns[user].errors)
+        with pytest.raises(Exception):  # noqa: B017 - the pull request is dropped: fetch times out
+            await sub.fetch(1, timeout=0.3)
+        needle = f"$js.api.consumer.msg.next.{stream}.{durable}".lower()
+        assert any(needle in str(e).lower() for e in conns[user].errors[seen:]), (user, durable)
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def test_the_client_cannot_impersonate_an_agent(deployment: Deployment, conns: dict[str, Conn]) -> None:
+    client, developer, orchestrator = conns["client"], conns["developer"], conns["orchestrator"]
+    boot = conns["bootstrap"].nc.jetstream()
+    before = (await boot.stream_info("CADRE_STEP_RESULTS")).state.messages
+    fake = StepResult(
+        message_id=new_id("res"),
+        task_id="task_forged",
+        step_id="final_review",
+        attempt=1,
+        role="reviewer",
+        instance_id="reviewer-1",
+        status="completed",
+        summary="approved (forged)",
+        timings=Timings(queued_at=now(), started_at=now(), finished_at=now()),
+    )
+    # a forged step result never reaches the results stream (the refused publish gets no ack)
+    with pytest.raises(NatsTimeoutError):
+        await client.nc.jetstream(timeout=1.0).publish("cadre.step.result.task_forged", encode(fake))
+    assert (await boot.stream_info("CADRE_STEP_RESULTS")).state.messages == before
+    # a forged heartbeat never reaches the orchestrator; the real one right after does
+    heard: asyncio.Queue[Heartbeat] = asyncio.Queue()
+
+    async def on_heartbeat(msg: Msg) -> None:
+        heard.put_nowait(heartbeat_decoder.decode(msg.data))
+
+    sub = await orchestrator.nc.subscribe("cadre.heartbeat.>", cb=on_heartbeat)
+    await orchestrator.nc.flush()
+
+    def beat(instance: str) -> bytes:
+        return encode(
+            Heartbeat(role="developer", instance_id=instance, at=now(), started_at=now(), interval=1.0)
+        )
+
+    await client.nc.publish("cadre.heartbeat.developer.developer-forged", beat("developer-forged"))
+    await client.nc.flush()
+    await developer.nc.publish("cadre.heartbeat.developer.developer-1", beat("developer-1"))
+    await developer.nc.flush()
+    first = await asyncio.wait_for(heard.get(), timeout=5)
+    assert first.instance_id == "developer-1"
+    await sub.unsubscribe()
+    assert deployment.violation_logged("client", "publish", "cadre.heartbeat.developer.developer-forged")
+
+
+@pytest.mark.timeout(120)
+async def test_every_service_runs_a_task_under_its_own_user_without_a_violation(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    stack = Stack(deployment.settings("orchestrator"), log_dir=tmp_path)
+    for name in SERVICES:
+        extra: dict[str, Any] = {"brain": "tests.brains:ScriptedBrain"} if name in AGENT_ROLES else {}
+        if name == "monitor":
+            extra["monitor_http_port"] = 0
+        stack.add(
+            name,
+            nats_user=name,
+            nats_password=deployment.passwords[name],
+            inbox_prefix=f"_INBOX_{name}",
+            bootstrap=False,
+            heartbeat_interval=0.5,
+            **extra,
+        )
+    try:
+        async with CadreClient.connect(deployment.settings("client")) as client:
+            task = TaskSubmission(
+                message_id=new_id("msg"),
+                task_id=new_id("task"),
+                task_type="feature",
+                priority="high",
+                context={"project": "auth-api", "language": "python", "framework": "fastapi"},
+                task=TaskBody(
+                    description="Build user authentication API",
+                    requirements=["Access token (15min)", "Refresh token (7 days)", "Rate limiting"],
+                    input_data={"script": {"scores": [85, 98]}},
+                ),
+                expected_output=ExpectedOutput(files=["auth.py", "test_auth.py"], tests="all passing"),
+            )
+            task_id = await client.submit(task, workspace_dir=ROOT / "examples" / "auth-api")
+            result = await client.result(task_id, timeout=90)
+            assert result.status == "completed", result.reason
+            assert result.plan is not None and result.plan.steps[0].id == "analyze"
+            snapshot = await client.snapshot()
+            assert "orchestrator" in snapshot
+            reply = await client.cancel(task_id)
+            assert not reply.accepted  # already finished: the orchestrator answered, through its user
+    finally:
+        stack.stop(timeout=15)
+    # the deliberate refusals above come from this module's unnamed connections; the services
+    # (and CadreClient) name theirs "cadre-...": none of those may have hit a refusal
+    service_violations = [
+        line for line in deployment.server.log if "Violation" in line and "python3:cadre-" in line
+    ]
+    assert not service_violations, "a service lacks a permission it needs:\n" + "\n".join(service_violations)
