@@ -4,50 +4,56 @@ Every command takes ``--nats-url`` and ``--prefix``; without them it uses
 ``CADRE_NATS_URL`` / ``CADRE_PREFIX``, else the running ``cadre up``
 (``.cadre/up.json``), else the defaults. Errors are one line on stderr
 (``error: ...``) with a documented exit code (see ``docs/cli.md``).
+
+This module is the command table and the task commands; the shared plumbing
+(exit codes, options, settings resolution, error mapping, following a trace)
+is ``shared.cliopts`` and ``up`` / ``down`` live in ``shared.cliup``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import inspect
 import json
 import logging
-import os
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import msgspec
-import pydantic
 import typer
-from rich.console import Console
-from rich.live import Live
 
-from shared.client import CadreClient, NoDeployment, NoService
-from shared.cliview import StepBoard, print_result, services_table, snapshot_view, trace_text
-from shared.embedded import Embedded, ServiceFailed, live_state, stop_recorded
-from shared.errors import CadreError, InvalidSubjectToken, NotConnected, TaskNotFound
-from shared.launcher import SERVICES
-from shared.protocol import ROLES, TaskEvent, encode
+from shared.client import CadreClient, NoService
+from shared.cliopts import (
+    EXIT_OK,
+    EXIT_PENDING,
+    EXIT_TASK,
+    EXIT_UNKNOWN_TASK,
+    EXIT_USAGE,
+    NatsUrl,
+    Prefix,
+    StateDir,
+    Timeout,
+    connected,
+    err,
+    fail,
+    follow,
+    follow_and_report,
+    out,
+    resolve_settings,
+    run,
+    signals,
+    unless_stopped,
+)
+from shared.cliup import down, up
+from shared.cliview import print_result, services_table, snapshot_view
+from shared.errors import TaskNotFound
+from shared.protocol import ROLES, encode
 from shared.settings import Settings
 from shared.taskfile import TaskFile, TaskFileError, load_task_file, parse_task
 
 __all__ = ["app", "EXIT_OK", "EXIT_TASK", "EXIT_USAGE", "EXIT_UNKNOWN_TASK", "EXIT_PENDING"]
 
 logger = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_TASK = 1  # the task finished but not "completed" (failed/rejected/cancelled), or a refusal
-EXIT_USAGE = 2  # no server / deployment / service reachable, invalid input
-EXIT_UNKNOWN_TASK = 3
-EXIT_PENDING = 4  # no result yet / timed out waiting
-EXIT_INTERRUPTED = 130
-
-T = TypeVar("T")
 
 app = typer.Typer(
     name="cadre",
@@ -57,174 +63,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-# piped output (logs, tests, CI) gets a wider page than the 80 columns rich assumes
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-NatsUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--nats-url",
-        help="NATS URL(s); default CADRE_NATS_URL, else the running `cadre up`, else nats://127.0.0.1:4222",
-        show_default=False,
-    ),
-]
-Prefix = Annotated[
-    str | None,
-    typer.Option("--prefix", help="subject prefix; default CADRE_PREFIX, else `cadre up`'s, else cadre"),
-]
-StateDir = Annotated[
-    Path,
-    typer.Option("--state-dir", envvar="CADRE_STATE_DIR", help="where `cadre up` keeps up.json, logs, store"),
-]
-Timeout = Annotated[
-    float | None, typer.Option("--timeout", help="give up after this many seconds (default: no bound)")
-]
-
-
-# what every command that talks to a deployment takes last (see ``_connected``)
-_CONNECTION_OPTIONS = [
-    inspect.Parameter("nats_url", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=NatsUrl),
-    inspect.Parameter("prefix", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Prefix),
-    inspect.Parameter(
-        "state_dir", inspect.Parameter.KEYWORD_ONLY, default=Path(".cadre"), annotation=StateDir
-    ),
-]
-
 
 # the parts of the monitor snapshot `cadre status` shows (the figures are `cadre metrics`)
 _STATUS_KEYS = ("health", "instances", "alerts", "recent_tasks")
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM while waiting."""
 
 
 class ResultFormat(StrEnum):
     markdown = "markdown"
     json = "json"
     summary = "summary"
-
-
-# --- plumbing ----------------------------------------------------------------------------------------------
-def _fail(message: str, code: int) -> NoReturn:
-    err.print("error: " + " ".join(message.split()), markup=False)
-    raise typer.Exit(code)
-
-
-def _settings(
-    nats_url: str | None, prefix: str | None, state_dir: Path, *, use_state: bool = True
-) -> Settings:
-    """Option > environment > running ``cadre up`` > default."""
-    overrides: dict[str, Any] = {}
-    state = live_state(state_dir) if use_state else None
-    if nats_url:
-        overrides["nats_url"] = nats_url
-    elif state is not None and "CADRE_NATS_URL" not in os.environ:
-        overrides["nats_url"] = state.nats_url
-    if prefix:
-        overrides["prefix"] = prefix
-    elif state is not None and "CADRE_PREFIX" not in os.environ:
-        overrides["prefix"] = state.prefix
-    try:
-        return Settings(**overrides)
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        _fail(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", EXIT_USAGE)
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run one command's coroutine and turn the known failures into one-line errors."""
-    try:
-        return asyncio.run(coro)
-    except (NotConnected, NoDeployment, NoService, TaskFileError, InvalidSubjectToken) as exc:
-        _fail(str(exc), EXIT_USAGE)
-    except TaskNotFound as exc:
-        _fail(str(exc), EXIT_UNKNOWN_TASK)
-    except TimeoutError as exc:
-        _fail(str(exc) or "timed out", EXIT_PENDING)
-    except (Interrupted, KeyboardInterrupt):
-        _fail("interrupted", EXIT_INTERRUPTED)
-    except CadreError as exc:
-        _fail(str(exc), EXIT_TASK)
-    except typer.Exit:  # a command's own one-line error (click's Exit is a RuntimeError)
-        raise
-    except Exception as exc:  # still one line; `cadre -v` logs the traceback
-        logger.exception("unexpected failure")
-        _fail(f"{type(exc).__name__}: {exc}", EXIT_TASK)
-
-
-async def _unless_stopped(aw: Awaitable[T], stop: asyncio.Event) -> T:
-    """Await ``aw`` unless ``stop`` is set first (then cancel it and raise ``Interrupted``)."""
-    task = asyncio.ensure_future(aw)
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        raise Interrupted
-    return task.result()
-
-
-def _signals() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
-def _connected(body: Callable[..., Awaitable[int]]) -> Callable[..., None]:
-    """A command from ``async def body(client, settings, **options) -> exit code``.
-
-    The command takes ``body``'s own options plus ``--nats-url``, ``--prefix``
-    and ``--state-dir``; it connects, runs ``body`` and exits with the code it
-    returns (known failures become one-line errors, see ``_run``).
-    """
-    own = list(inspect.signature(body, eval_str=True).parameters.values())[2:]
-
-    def command(*, nats_url: str | None, prefix: str | None, state_dir: Path, **options: Any) -> None:
-        settings = _settings(nats_url, prefix, state_dir)
-
-        async def main() -> int:
-            async with CadreClient.connect(settings) as client:
-                return await body(client, settings, **options)
-
-        raise typer.Exit(_run(main()))
-
-    params = [*own, *_CONNECTION_OPTIONS]
-    command.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    command.__name__, command.__qualname__, command.__doc__ = body.__name__, body.__qualname__, body.__doc__
-    return command
-
-
-async def _follow(client: CadreClient, task_id: str, *, replay: bool, bound: float | None) -> TaskEvent:
-    """Print the trace as events arrive (with a per-step progress board on a terminal)."""
-    board = StepBoard()
-    final: TaskEvent | None = None
-    live = Live(board, console=out, refresh_per_second=8) if out.is_terminal else None
-    with live or contextlib.nullcontext():
-        async for event in client.events(task_id, replay=replay, timeout=bound):
-            board.update(event)
-            if final is not None:
-                out.print()
-            out.print(trace_text(event), soft_wrap=True)
-            final = event
-    assert final is not None  # the iterator only ends after a final event
-    return final
-
-
-async def _follow_and_report(client: CadreClient, task_id: str, bound: float | None, report: bool) -> int:
-    await _follow(client, task_id, replay=True, bound=bound)
-    result = await client.result(task_id, timeout=30)
-    out.print()
-    print_result(out, result, report=report)
-    return EXIT_OK if result.status == "completed" else EXIT_TASK
 
 
 def _overrides(
@@ -249,15 +96,6 @@ def _overrides(
         "context": ctx,
         "task_id": task_id,
     }
-
-
-def _example_file(settings: Settings) -> Path:
-    name = "build-auth-api.yaml" if settings.llm_base_url else "harden-auth-api.yaml"
-    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
-        path = root / "examples" / "tasks" / name
-        if path.is_file():
-            return path
-    _fail(f"example task examples/tasks/{name} not found (run from the Cadre checkout)", EXIT_USAGE)
 
 
 # --- commands ------------------------------------------------------------------------------------------------
@@ -291,7 +129,7 @@ def submit(
     state_dir: StateDir = Path(".cadre"),
 ) -> None:
     """Submit a task (file and/or flags) and print its id; --wait follows it to the end."""
-    settings = _settings(nats_url, prefix, state_dir)
+    settings = resolve_settings(nats_url, prefix, state_dir)
 
     async def main() -> int:
         overrides = _overrides(description, task_type, priority, requirement, context, task_id)
@@ -310,13 +148,13 @@ def submit(
             print(tid, flush=True)
             if not wait:
                 return EXIT_OK
-            return await _unless_stopped(_follow_and_report(client, tid, timeout, report), _signals())
+            return await unless_stopped(follow_and_report(client, tid, timeout, report), signals())
 
-    raise typer.Exit(_run(main()))
+    raise typer.Exit(run(main()))
 
 
 @app.command()
-@_connected
+@connected
 async def watch(
     client: CadreClient,
     settings: Settings,
@@ -331,12 +169,12 @@ async def watch(
     if done is not None:  # nothing new will come: say how it ended
         out.print(f"task {task_id} already finished: {done.status}", markup=False)
         return EXIT_OK if done.status == "completed" else EXIT_TASK
-    final = await _unless_stopped(_follow(client, task_id, replay=replay, bound=timeout), _signals())
+    final = await unless_stopped(follow(client, task_id, replay=replay, bound=timeout), signals())
     return EXIT_OK if final.kind == "completed" else EXIT_TASK
 
 
 @app.command()
-@_connected
+@connected
 async def result(
     client: CadreClient,
     settings: Settings,
@@ -361,7 +199,7 @@ async def result(
 
 
 @app.command()
-@_connected
+@connected
 async def cancel(
     client: CadreClient,
     settings: Settings,
@@ -373,13 +211,13 @@ async def cancel(
         raise TaskNotFound(task_id)
     reply = await client.cancel(task_id, reason)
     if not reply.accepted:
-        _fail(f"cannot cancel {task_id}: {reply.reason}", EXIT_TASK)
+        fail(f"cannot cancel {task_id}: {reply.reason}", EXIT_TASK)
     out.print(f"cancelled {task_id}: {reply.reason}", markup=False)
     return EXIT_OK
 
 
 @app.command()
-@_connected
+@connected
 async def status(
     client: CadreClient,
     settings: Settings,
@@ -408,7 +246,7 @@ async def status(
 
 
 @app.command()
-@_connected
+@connected
 async def metrics(
     client: CadreClient,
     settings: Settings,
@@ -422,105 +260,9 @@ async def metrics(
     return EXIT_OK
 
 
-@app.command()
-def up(
-    replicas: Annotated[int, typer.Option(min=1, help="instances per agent role")] = 1,
-    example: Annotated[bool, typer.Option("--example", help="run the example task, then stop")] = False,
-    services: Annotated[str, typer.Option(help="comma-separated services to start")] = ",".join(SERVICES),
-    brain: Annotated[str | None, typer.Option(help="builtin | llm | module:attribute")] = None,
-    start_timeout: Annotated[float, typer.Option(help="seconds to wait for health")] = 120.0,
-    timeout: Timeout = None,
-    nats_url: Annotated[
-        str | None, typer.Option("--nats-url", help="use this server instead of starting one")
-    ] = None,
-    prefix: Prefix = None,
-    state_dir: StateDir = Path(".cadre"),
-) -> None:
-    """Start nats-server and every service as local processes; stay up until Ctrl-C / `cadre down`."""
-    names = tuple(s.strip() for s in services.split(",") if s.strip())
-    unknown = [n for n in names if n not in SERVICES]
-    if unknown or not names:
-        _fail(f"unknown service(s) {unknown or names}: choose from {', '.join(SERVICES)}", EXIT_USAGE)
-    running = live_state(state_dir)
-    if running is not None:
-        _fail(f"cadre up is already running (pid {running.pid}) at {running.nats_url}: run `cadre down`", 2)
-    settings = _settings(nats_url, prefix, state_dir, use_state=False)
-    if brain:
-        settings = settings.model_copy(update={"brain": brain})
-    elif settings.llm_base_url and settings.brain == "builtin":
-        settings = settings.model_copy(update={"brain": "llm"})
-    task_file = _example_file(settings) if example else None
-    if nats_url:
-        _run(_probe(settings))
-
-    emb = Embedded(settings, state_dir, names, replicas, use_existing_server=bool(nats_url))
-    code = EXIT_TASK
-    try:
-        settings = emb.start()
-        out.print(f"nats-server: {settings.nats_url} · prefix {settings.prefix} · logs {state_dir / 'logs'}")
-        code = _run(_serve(emb, settings, task_file, start_timeout, timeout))
-    except typer.Exit as exc:  # a one-line error was printed already (click's Exit is a RuntimeError)
-        code = exc.exit_code
-    except (ServiceFailed, FileNotFoundError) as exc:
-        err.print(f"error: {exc}", markup=False)
-        code = EXIT_USAGE if isinstance(exc, FileNotFoundError) else EXIT_TASK
-    except RuntimeError as exc:  # nats-server failed to start
-        err.print("error: " + " ".join(str(exc).split()), markup=False)
-        code = EXIT_USAGE
-    except KeyboardInterrupt:
-        code = EXIT_INTERRUPTED
-    finally:
-        out.print("stopping services and nats-server…")
-        emb.stop()
-        out.print("stopped")
-    raise typer.Exit(code)
-
-
-async def _probe(settings: Settings) -> None:
-    async with CadreClient.connect(settings, "cadre-up-probe"):
-        pass
-
-
-async def _serve(
-    emb: Embedded, settings: Settings, task_file: Path | None, start_timeout: float, bound: float | None
-) -> int:
-    stop = _signals()
-    async with CadreClient.connect(settings, "cadre-up") as client:
-        found = await _unless_stopped(emb.wait_healthy(client, start_timeout), stop)
-        out.print(services_table(found, "Healthy services"))
-        if task_file is None:
-            out.print("Cadre is up. Ctrl-C or `cadre down` stops it.")
-            await _watch_processes(emb, stop)
-            return EXIT_OK
-        tf = load_task_file(task_file)
-        task_id = await client.submit(tf.submission, workspace_dir=tf.workspace_dir)
-        out.print(f"submitted {task_file.name} as {task_id}", markup=False)
-        return await _unless_stopped(_follow_and_report(client, task_id, bound, True), stop)
-
-
-async def _watch_processes(emb: Embedded, stop: asyncio.Event) -> None:
-    """Stay up until a signal; say once when a service process exits on its own."""
-    reported: set[int] = set()
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
-        assert emb.stack is not None
-        for p in emb.stack.processes:
-            if not p.alive() and p.pid not in reported:
-                reported.add(p.pid)
-                err.print(f"warning: service {p.name} exited; see {p.log_path}", markup=False)
-
-
-@app.command()
-def down(
-    timeout: Annotated[float, typer.Option(help="seconds to wait for a clean stop")] = 60.0,
-    state_dir: StateDir = Path(".cadre"),
-) -> None:
-    """Stop the deployment `cadre up` started (it drains services, then stops nats-server)."""
-    state = stop_recorded(state_dir, timeout)
-    if state is None:
-        _fail(f"nothing to stop: no {state_dir / 'up.json'} (is `cadre up` running?)", EXIT_TASK)
-    out.print(f"stopped cadre up (pid {state.pid}) at {state.nats_url}", markup=False)
+# the embedded deployment (shared/cliup.py), registered last so they list last in `cadre --help`
+app.command()(up)
+app.command()(down)
 
 
 if __name__ == "__main__":

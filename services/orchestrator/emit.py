@@ -1,0 +1,86 @@
+"""What a transition publishes, appended to the state's outbox (never sent from here).
+
+Every record gets a deterministic dedup id so a re-flush after a crash cannot
+publish twice: ``<task>.ev.<seq>`` for trace events, ``<task>.m.<seq>`` for
+metrics, ``<task>.<step>.<attempt>.work`` for work items, ``<task>.result``
+for the final result. Cancels are core-NATS requests (not streamed), so they
+get a fresh id. The service writes the state with its outbox, then flushes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from services.orchestrator.state import Outgoing, StepState, WorkflowState
+from shared.protocol import CancelRequest, FinalResult, MetricEvent, TaskEvent, WorkItem, encode, new_id
+from shared.subjects import Subjects
+
+__all__ = ["Emitter"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Emitter:
+    """Builds the outgoing messages of one orchestrator instance."""
+
+    subjects: Subjects
+    instance_id: str = "orchestrator"
+
+    def event(self, st: WorkflowState, kind: str, text: str, now: float, **fields: Any) -> None:
+        """A ``TaskEvent`` on ``events.<task>.<kind>``: one line of the task's trace."""
+        st.seq += 1
+        event = TaskEvent(task_id=st.task_id, kind=kind, text=text, at=now, seq=st.seq, **fields)
+        st.outbox.append(
+            Outgoing(
+                id=f"{st.task_id}.ev.{st.seq}",
+                subject=self.subjects.events(st.task_id, kind),
+                data=encode(event),
+            )
+        )
+
+    def metric(self, st: WorkflowState, kind: str, now: float, **fields: Any) -> None:
+        """A ``MetricEvent`` for the monitor, as role ``orchestrator``."""
+        st.seq += 1
+        metric = MetricEvent(
+            kind=kind, role="orchestrator", instance_id=self.instance_id, at=now, task_id=st.task_id, **fields
+        )
+        st.outbox.append(
+            Outgoing(
+                id=f"{st.task_id}.m.{st.seq}",
+                subject=self.subjects.metrics("orchestrator"),
+                data=encode(metric),
+            )
+        )
+
+    def cancel(self, st: WorkflowState, step: StepState | None, reason: str) -> None:
+        """Ask agents to drop ``step``'s current attempt (or, with ``None``, the whole task)."""
+        req = CancelRequest(
+            task_id=st.task_id,
+            step_id=step.id if step else None,
+            attempt=step.attempt if step else None,
+            reason=reason,
+        )
+        st.outbox.append(
+            Outgoing(
+                id=new_id("cancel"), subject=self.subjects.cancel(st.task_id), data=encode(req), stream=False
+            )
+        )
+
+    def work(self, st: WorkflowState, step: StepState, item: WorkItem) -> None:
+        """The ``WorkItem`` for ``step``'s current attempt on ``work.<role>.<priority>``."""
+        st.outbox.append(
+            Outgoing(
+                id=f"{st.task_id}.{step.id}.{step.attempt}.work",
+                subject=self.subjects.work(step.role, item.priority),
+                data=encode(item),
+            )
+        )
+
+    def result(self, st: WorkflowState, result: FinalResult) -> None:
+        """The task's ``FinalResult`` on ``result.<task>``."""
+        st.outbox.append(
+            Outgoing(id=f"{st.task_id}.result", subject=self.subjects.result(st.task_id), data=encode(result))
+        )

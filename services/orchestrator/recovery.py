@@ -1,0 +1,94 @@
+"""Failure recovery: the spec's five actions for a step that failed, timed out or was undeliverable.
+
+``Engine.on_tick`` (deadline passed), ``Engine.on_undeliverable`` (JetStream
+MaxDeliver advisory) and a ``failed`` step result all end here: 1) the
+holder's health comes from the monitor's heartbeats (``HealthProbe``), 2) the
+old attempt is cancelled and the step re-dispatched as attempt+1, asking the
+failed instance to leave it to another, 3) a ``delayed`` event reports the
+delay, 4) running siblings get the same deadline slack, 5) it is logged and
+counted (``reassigned`` for timeouts, else ``retry``). After ``max_attempts``
+the task fails with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from services.orchestrator import trace
+from services.orchestrator.dispatch import dispatch
+from services.orchestrator.state import StepState, WorkflowState
+from shared.protocol import Recovery
+
+if TYPE_CHECKING:
+    from services.orchestrator.workflow import Engine
+
+__all__ = ["HealthProbe", "recover"]
+
+logger = logging.getLogger(__name__)
+
+HealthProbe = Callable[[str | None], str]
+"""Instance id (or None) -> a health word from heartbeats, e.g. ``healthy`` / ``unresponsive``."""
+
+
+def recover(engine: Engine, st: WorkflowState, step: StepState, now: float, reason: str, health: str) -> None:
+    """Spec recovery: check health, re-assign, notify the delay, adjust the timeline, log."""
+    config = engine.config
+    failed_instance = step.instance_id
+    engine.emit.cancel(st, step, reason)
+    if step.attempt >= config.max_attempts:
+        step.status = "failed"
+        step.finished_at = now
+        engine.finish(
+            st,
+            now,
+            "failed",
+            f"step {step.id} ({step.role}) failed after {step.attempt} attempts: {reason}",
+        )
+        return
+    delay = max(0.0, now - step.dispatched_at)
+    st.delay_total += delay
+    if failed_instance and failed_instance not in step.avoid:
+        step.avoid.append(failed_instance)
+    rec = Recovery(
+        step_id=step.id,
+        reason=reason,
+        failed_attempt=step.attempt,
+        failed_instance=failed_instance,
+        instance_health=health,
+        new_attempt=step.attempt + 1,
+        delay_s=delay,
+        new_deadline=now + config.step_deadline,
+        at=now,
+    )
+    st.recoveries.append(rec)
+    # adjust the timeline: running siblings keep their work but get the same slack
+    for other in st.steps:
+        if other is not step and other.status == "running":
+            other.deadline = max(other.deadline, rec.new_deadline)
+    deadline_text = time.strftime("%H:%M:%S", time.gmtime(rec.new_deadline)) + " UTC"
+    engine.emit.event(
+        st,
+        "delayed",
+        trace.recovery(step.role, rec, reason, deadline_text),
+        now,
+        step_id=step.id,
+        role=step.role,
+        attempt=step.attempt,
+        recovery=rec,
+    )
+    engine.emit.metric(
+        st, "reassigned" if "Timeout" in reason else "retry", now, step_id=step.id, attempt=step.attempt
+    )
+    logger.warning(
+        "recovery task=%s step=%s attempt=%d reason=%s health=%s",
+        st.task_id,
+        step.id,
+        step.attempt,
+        reason,
+        health,
+    )
+    step.status = "pending"
+    dispatch(engine, st, step, now)

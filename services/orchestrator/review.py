@@ -1,0 +1,176 @@
+"""The review loop and dispute resolution: how a review verdict reshapes the plan.
+
+A reviewer result on a ``review_loop`` step is judged here. Approved (score at
+or above the threshold and no open HIGH finding) ends the loop. Otherwise a
+``<origin>.fixN`` developer step (with the findings) and a
+``<origin>.reviewN+1`` re-review are inserted after the review, and later
+steps are re-wired to wait for the re-review; after ``review_max_rounds`` fix
+rounds the task fails. A fix result may dispute findings: the conflict policy
+(``policy.py``) decides each one; a developer win waives the finding, a
+reviewer win sends it back as a ``<fix>.must`` step that may not dispute again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from services.orchestrator.state import StepState, WorkflowState
+from shared.protocol import Dispute, Issue, ReviewOutput
+
+if TYPE_CHECKING:
+    from services.orchestrator.workflow import Engine
+
+__all__ = ["review_verdict", "resolve_disputes", "insert_after"]
+
+logger = logging.getLogger(__name__)
+
+
+def review_verdict(engine: Engine, st: WorkflowState, step: StepState, out: ReviewOutput, now: float) -> None:
+    """Approve, or insert the next fix round and re-review, or fail at the round cap."""
+    config = engine.config
+    st.score_history.append(out.score)
+    blocking = [i for i in out.issues if i.severity == "HIGH" and i.id not in st.waived]
+    approved = out.score >= config.review_threshold and not blocking
+    origin = step.origin or step.id
+    engine.emit.metric(
+        st,
+        "review_verdict",
+        now,
+        step_id=step.id,
+        approved=approved,
+        first_round=step.round == 0,
+        value=float(out.score),
+    )
+    history = " → ".join(str(s) for s in st.score_history)
+    if approved:
+        st.approved = True
+        engine.emit.event(
+            st,
+            "approved",
+            f"[Orchestrator] {origin} approved (score {out.score}/100; history {history})",
+            now,
+            step_id=step.id,
+            score=out.score,
+        )
+        return
+    st.approved = False
+    if step.round >= config.review_max_rounds:
+        engine.finish(
+            st,
+            now,
+            "failed",
+            f"review cap reached: {origin} not approved after {step.round} fix rounds "
+            f"(scores {history}; threshold {config.review_threshold}; "
+            f"{len(blocking)} HIGH finding(s) open)",
+        )
+        return
+    findings = [i for i in out.issues if i.id not in st.waived]
+    n = step.round + 1
+    fix = StepState(
+        id=f"{origin}.fix{n}",
+        role="developer",
+        task_type="fix",
+        description=f"Fix security issues: address the reviewer's {len(findings)} findings from {step.id}",
+        depends_on=[step.id],
+        input_data={
+            "findings": msgspec.to_builtins(findings),
+            "must_fix": [i for i in st.must_fix if any(f.id == i for f in findings)],
+            "waived": list(st.waived),
+        },
+        origin=origin,
+        round=n,
+    )
+    plan_step = st.step(origin)
+    rereview = StepState(
+        id=f"{origin}.review{n + 1}",
+        role="reviewer",
+        task_type=plan_step.task_type if plan_step else step.task_type,
+        description=f"Re-review after fix round {n}: {plan_step.description if plan_step else step.description}",
+        depends_on=[fix.id],
+        review_loop=True,
+        origin=origin,
+        round=n,
+    )
+    insert_after(st, step, [fix, rereview], rewire_to=rereview.id)
+    why = [f"score {out.score} < {config.review_threshold}"] if out.score < config.review_threshold else []
+    why += [f"{len(blocking)} HIGH finding(s) open"] if blocking else []
+    engine.emit.event(
+        st,
+        "fix_requested",
+        f"[Orchestrator] Review of {origin} not approved ({'; '.join(why)}): "
+        f"fix round {n} of {config.review_max_rounds}",
+        now,
+        step_id=fix.id,
+        score=out.score,
+    )
+
+
+def insert_after(st: WorkflowState, step: StepState, new: list[StepState], rewire_to: str) -> None:
+    """Insert steps after ``step``; whatever depended on ``step`` now waits for ``rewire_to``."""
+    new_ids = {s.id for s in new}
+    for other in st.steps:
+        if other.id not in new_ids and step.id in other.depends_on:
+            other.depends_on = [rewire_to if d == step.id else d for d in other.depends_on]
+    idx = st.steps.index(step) + 1
+    st.steps[idx:idx] = new
+
+
+def resolve_disputes(
+    engine: Engine, st: WorkflowState, step: StepState, disputes: list[Dispute], now: float
+) -> None:
+    """Decide each disputed finding of a fix step by policy; re-send the lost ones as must-fix."""
+    policy = engine.config.policy
+    findings = msgspec.convert(step.input_data.get("findings", []), list[Issue])
+    by_id = {i.id: i for i in findings}
+    already_forced = set(step.input_data.get("must_fix", []))
+    must: list[Issue] = []
+    for dispute in disputes:
+        issue = by_id.get(dispute.issue_id)
+        if issue is None:
+            continue
+        if issue.id in already_forced:
+            engine.emit.event(
+                st,
+                "dispute_overruled",
+                f"[Orchestrator] {issue.rule} was already decided: must fix",
+                now,
+                step_id=step.id,
+            )
+            continue
+        conflict = policy.decide(step.id, issue, dispute)
+        st.conflicts.append(conflict)
+        text = "\n".join(
+            [
+                f'[Developer]: "{conflict.developer_position}" ({conflict.developer_concern})',
+                f'[Reviewer]: "{conflict.reviewer_position}" ({conflict.reviewer_concern})',
+                f"[Orchestrator] Resolution by policy {policy.text}: rule {conflict.rule}",
+                f"Final Decision: {conflict.decision}",
+            ]
+        )
+        engine.emit.event(st, "conflict_resolved", text, now, step_id=step.id, conflict=conflict)
+        engine.emit.metric(st, "conflict_resolved", now, step_id=step.id)
+        if conflict.winner == "developer":
+            st.waived.append(issue.id)
+        else:
+            st.must_fix.append(issue.id)
+            must.append(issue)
+    if must:
+        forced = StepState(
+            id=f"{step.id}.must",
+            role="developer",
+            task_type="fix",
+            description=f"Fix security issues decided by policy (must fix {len(must)}): "
+            + "; ".join(f"{i.rule} at {i.file}:{i.line}" for i in must),
+            depends_on=[step.id],
+            input_data={
+                "findings": msgspec.to_builtins(must),
+                "must_fix": [i.id for i in must],
+                "waived": list(st.waived),
+            },
+            origin=step.origin,
+            round=step.round,
+        )
+        insert_after(st, step, [forced], rewire_to=forced.id)
