@@ -162,34 +162,21 @@ class Engine:
         step.instance_id = msg.instance_id
         if msg.status == "completed":
             self._apply_completed(st, step, msg, now)
-        elif msg.status == "unsupported":
+            self.advance(st, now)
+            return True
+        self.emit.event(
+            st, "step_failed", trace.returned(msg), now, step_id=step.id, role=msg.role, attempt=msg.attempt
+        )
+        if msg.status == "unsupported":
+            # a capability the brain lacks: another attempt cannot help
             step.result = msg
             step.status = "unsupported"
             step.finished_at = now
-            self.emit.event(
-                st,
-                "step_failed",
-                trace.returned(msg),
-                now,
-                step_id=step.id,
-                role=msg.role,
-                attempt=msg.attempt,
-            )
             self.finish(
                 st, now, "failed", f"step {step.id} ({step.role}) cannot be done: {msg.error or msg.summary}"
             )
             return True
-        else:
-            self.emit.event(
-                st,
-                "step_failed",
-                trace.returned(msg),
-                now,
-                step_id=step.id,
-                role=msg.role,
-                attempt=msg.attempt,
-            )
-            recover(self, st, step, now, f"Failed: {msg.error or msg.summary}", health="reported failure")
+        recover(self, st, step, now, f"Failed: {msg.error or msg.summary}", health="reported failure")
         self.advance(st, now)
         return True
 

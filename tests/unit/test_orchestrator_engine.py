@@ -177,3 +177,12 @@ def test_review_below_threshold_inserts_fix_and_rereview_and_rewires_dependents(
     assert st.step("final_review").depends_on == ["security_review.review2"]
     assert st.step("security_review.fix1").status == "running"
     assert st.step("security_review.fix1").input_data["findings"][0]["id"] == "i1"
+
+
+def test_an_unsupported_step_fails_the_task_at_once_with_the_brains_reason() -> None:
+    e = _engine(max_attempts=3)
+    st = e.start("t1", _submission(), plan_from_template("research", "Q"), 0.01, now=0.0)
+    reason = "Writing new code from a prose description needs an LLM brain"
+    assert e.on_step_message(st, _result("research", 1, status="unsupported", error=reason), 1.0)
+    assert st.status == "failed" and st.step("research").attempt == 1, "no retry: another attempt cannot help"
+    assert reason in st.reason
