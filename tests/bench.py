@@ -25,7 +25,7 @@ from shared.launcher import Stack
 from shared.natsserver import NatsServer
 from shared.protocol import TaskBody, TaskSubmission, WorkItem, encode, new_id, now, work_decoder
 from shared.settings import Settings
-from tests.helpers import await_result
+from tests.helpers import await_result, wait_for_value
 
 
 def _codec() -> tuple[float, float]:
@@ -107,12 +107,15 @@ async def _memory(url: str, work_dir: Path) -> tuple[int, int]:
         bus = await Bus.open(settings, "bench-mem")
         # ready when its micro endpoint answers
         subject = f"{settings.prefix}.svc.researcher.{agent.env['CADRE_INSTANCE_ID']}.status"
-        for _ in range(200):
+
+        async def answers() -> bool:
             try:
                 await bus.nc.request(subject, b"", timeout=0.2)
-                break
             except Exception:
-                await asyncio.sleep(0.05)
+                return False
+            return True
+
+        await wait_for_value(answers, 30, what="the idle agent to answer")
         await bus.close()
         return _rss_kb(agent.pid), _rss_kb(bare.pid)
     finally:

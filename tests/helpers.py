@@ -183,3 +183,25 @@ def make_item(
         created_at=now(),
         workspace=workspace,
     )
+
+
+def feature_task(script: dict | None = None, task_type: str = "feature"):
+    """The spec's example task ("Build user authentication API"), steered by a scripted-brain ``script``."""
+    from shared.protocol import ExpectedOutput, TaskBody, TaskSubmission, new_id, now
+
+    return TaskSubmission(
+        message_id=new_id("msg"),
+        task_id=new_id("task"),
+        task_type=task_type,
+        priority="high",
+        context={"project": "auth-api", "language": "python", "framework": "fastapi"},
+        task=TaskBody(
+            description="Build user authentication API",
+            requirements=["Access token (15min)", "Refresh token (7 days)", "Rate limiting"],
+            input_data={"script": script or {}},
+        ),
+        expected_output=ExpectedOutput(
+            files=["auth.py", "test_auth.py"], tests="all passing", coverage=">80%"
+        ),
+        created_at=now(),
+    )

@@ -9,9 +9,9 @@ import pytest
 
 from shared.bus import Bus
 from shared.launcher import Stack
-from tests.e2e.test_orchestration import SCRIPTED, feature_task, submit
+from tests.e2e.test_orchestration import SCRIPTED, submit
 from tests.fakes import ChatServer, Reply
-from tests.helpers import await_result, task_events
+from tests.helpers import await_result, feature_task, task_events
 
 PLAN = {
     "steps": [

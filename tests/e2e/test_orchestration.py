@@ -9,8 +9,8 @@ import pytest
 
 from shared.bus import Bus
 from shared.launcher import Stack
-from shared.protocol import ExpectedOutput, TaskBody, TaskSubmission, new_id, now
-from tests.helpers import await_result, task_events, wait_for_value
+from shared.protocol import TaskSubmission
+from tests.helpers import await_result, feature_task, task_events, wait_for_value
 
 SCRIPTED = "tests.brains:ScriptedBrain"
 
@@ -19,25 +19,6 @@ def start_stack(stack: Stack, **overrides: Any) -> None:
     stack.add("orchestrator", **overrides)
     for role in ("researcher", "developer", "reviewer"):
         stack.add(role, brain=SCRIPTED)
-
-
-def feature_task(script: dict[str, Any] | None = None, task_type: str = "feature") -> TaskSubmission:
-    return TaskSubmission(
-        message_id=new_id("msg"),
-        task_id=new_id("task"),
-        task_type=task_type,
-        priority="high",
-        context={"project": "auth-api", "language": "python", "framework": "fastapi"},
-        task=TaskBody(
-            description="Build user authentication API",
-            requirements=["Access token (15min)", "Refresh token (7 days)", "Rate limiting"],
-            input_data={"script": script or {}},
-        ),
-        expected_output=ExpectedOutput(
-            files=["auth.py", "test_auth.py"], tests="all passing", coverage=">80%"
-        ),
-        created_at=now(),
-    )
 
 
 async def submit(bus: Bus, task: TaskSubmission) -> None:

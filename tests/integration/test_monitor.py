@@ -23,17 +23,15 @@ from services.monitor.service import MonitorService
 from shared.bus import Bus
 from shared.launcher import Stack
 from shared.protocol import (
-    ExpectedOutput,
     MetricEvent,
     TaskBody,
-    TaskSubmission,
     WorkItem,
     metric_decoder,
     new_id,
     now,
 )
 from shared.settings import Settings
-from tests.helpers import await_result, stream_messages, task_events, wait_for_value
+from tests.helpers import await_result, feature_task, stream_messages, task_events, wait_for_value
 
 ECHO = "tests.brains:EchoBrain"
 SCRIPTED = "tests.brains:ScriptedBrain"
@@ -103,26 +101,6 @@ class AlertFeed:
             return match()
 
         return await wait_for_value(probe, 30, what=f"a {kind} alert for {instance or role}")
-
-
-def feature_task(script: dict[str, Any]) -> TaskSubmission:
-    """The spec's example task, as tests/e2e submits it."""
-    return TaskSubmission(
-        message_id=new_id("msg"),
-        task_id=new_id("task"),
-        task_type="feature",
-        priority="high",
-        context={"project": "auth-api", "language": "python", "framework": "fastapi"},
-        task=TaskBody(
-            description="Build user authentication API",
-            requirements=["Access token (15min)", "Refresh token (7 days)", "Rate limiting"],
-            input_data={"script": script},
-        ),
-        expected_output=ExpectedOutput(
-            files=["auth.py", "test_auth.py"], tests="all passing", coverage=">80%"
-        ),
-        created_at=now(),
-    )
 
 
 async def run_spec_task(bus: Bus, script: dict[str, Any]):

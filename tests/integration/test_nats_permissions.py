@@ -31,11 +31,8 @@ from shared.launcher import Stack
 from shared.natsserver import NatsServer
 from shared.protocol import (
     AGENT_ROLES,
-    ExpectedOutput,
     Heartbeat,
     StepResult,
-    TaskBody,
-    TaskSubmission,
     Timings,
     encode,
     heartbeat_decoder,
@@ -43,7 +40,7 @@ from shared.protocol import (
     now,
 )
 from shared.settings import Settings
-from tests.helpers import wait_for_value
+from tests.helpers import feature_task, wait_for_value
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "deploy" / "nats" / "nats.conf"
@@ -316,19 +313,7 @@ async def test_every_service_runs_a_task_under_its_own_user_without_a_violation(
         )
     try:
         async with CadreClient.connect(deployment.settings("client")) as client:
-            task = TaskSubmission(
-                message_id=new_id("msg"),
-                task_id=new_id("task"),
-                task_type="feature",
-                priority="high",
-                context={"project": "auth-api", "language": "python", "framework": "fastapi"},
-                task=TaskBody(
-                    description="Build user authentication API",
-                    requirements=["Access token (15min)", "Refresh token (7 days)", "Rate limiting"],
-                    input_data={"script": {"scores": [85, 98]}},
-                ),
-                expected_output=ExpectedOutput(files=["auth.py", "test_auth.py"], tests="all passing"),
-            )
+            task = feature_task({"scores": [85, 98]})
             task_id = await client.submit(task, workspace_dir=ROOT / "examples" / "auth-api")
             result = await client.result(task_id, timeout=90)
             assert result.status == "completed", result.reason
