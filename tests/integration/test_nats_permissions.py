@@ -290,7 +290,12 @@ async def test_the_client_cannot_impersonate_an_agent(deployment: Deployment, co
     first = await asyncio.wait_for(heard.get(), timeout=5)
     assert first.instance_id == "developer-1"
     await sub.unsubscribe()
-    assert deployment.violation_logged("client", "publish", "cadre.heartbeat.developer.developer-forged")
+    # the server logs the refusal on its own schedule: wait for the line rather than race it
+
+    async def refusal_line() -> str | None:
+        return deployment.violation_logged("client", "publish", "cadre.heartbeat.developer.developer-forged")
+
+    await wait_for_value(refusal_line, timeout=5, what="the server's log line for the forged heartbeat")
 
 
 @pytest.mark.timeout(120)
