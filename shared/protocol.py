@@ -279,7 +279,7 @@ StepOutput = ResearchOutput | DevelopmentOutput | ReviewOutput | DesignOutput
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
-    """Model usage of one step (all zero for builtin brains)."""
+    """Model usage of one step or plan (all zero for builtin brains and template plans)."""
 
     model: str = ""
     prompt_tokens: int = 0
@@ -351,6 +351,7 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     template: str
     source: Literal["template", "planner"] = "template"
     steps: list[PlanStep]
+    usage: Usage = Usage()  # the LLM planner's model usage (zero for a template plan)
 
 
 class Conflict(msgspec.Struct, frozen=True, kw_only=True):

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
         "style",
     ]
     tick_interval: float = 1.0
+    workflow_retention: float = Field(
+        7 * 24 * 3600.0,
+        description="delete a finished workflow's KV key this long after it ended (s); its trace"
+        " and final result stay on the events stream for events_max_age",
+    )
     planner: Literal["template", "llm"] = "template"
 
     # --- monitor ------------------------------------------------------------------

@@ -94,7 +94,7 @@ async def plan_with_llm(
         reply, usage = await client.chat_json(_SYSTEM, user, PlanReply)
     except LLMError as exc:
         raise PlanError(f"planner reply unusable: {exc}") from exc
-    plan = _to_plan(reply, description, has_workspace)
+    plan = msgspec.structs.replace(_to_plan(reply, description, has_workspace), usage=usage)
     logger.info(
         "llm plan accepted steps=%d tokens=%d cost_usd=%.6f",
         len(plan.steps),

@@ -12,6 +12,7 @@ from shared.protocol import (
     DesignOutput,
     DevelopmentOutput,
     FinalResult,
+    Plan,
     ResearchOutput,
     ReviewOutput,
     StepRecord,
@@ -54,13 +55,15 @@ def _record(step: StepState) -> StepRecord:
     )
 
 
-def _usage(records: list[StepRecord]) -> Usage:
+def _usage(plan: Plan, records: list[StepRecord]) -> Usage:
+    """The task's model usage: the planner's, then every step's."""
+    parts = [plan.usage, *(r.usage for r in records)]
     return Usage(
-        model=next((r.usage.model for r in records if r.usage.model), ""),
-        prompt_tokens=sum(r.usage.prompt_tokens for r in records),
-        completion_tokens=sum(r.usage.completion_tokens for r in records),
-        requests=sum(r.usage.requests for r in records),
-        cost_usd=round(sum(r.usage.cost_usd for r in records), 6),
+        model=next((u.model for u in parts if u.model), ""),
+        prompt_tokens=sum(u.prompt_tokens for u in parts),
+        completion_tokens=sum(u.completion_tokens for u in parts),
+        requests=sum(u.requests for u in parts),
+        cost_usd=round(sum(u.cost_usd for u in parts), 6),
     )
 
 
@@ -91,7 +94,7 @@ def final_result(st: WorkflowState) -> FinalResult:
         recoveries=list(st.recoveries),
         timings_by_role=by_role,
         artifacts=artifacts,
-        usage=_usage(records),
+        usage=_usage(st.plan, records),
         started_at=st.started_at,
         finished_at=st.finished_at,
     )

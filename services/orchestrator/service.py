@@ -90,8 +90,9 @@ class OrchestratorService(Lifecycle):
     _heartbeats: dict[str, Heartbeat] = field(default_factory=dict, init=False)
     _hb_seen: dict[str, float] = field(default_factory=dict, init=False)
     _open: set[str] = field(default_factory=set, init=False)
-    # finished and fully flushed: nothing left to resume, so periodic resumes skip them
-    _settled: set[str] = field(default_factory=set, init=False)
+    # finished and fully flushed, with when they ended: periodic resumes skip them and
+    # delete their keys once ``workflow_retention`` has passed
+    _settled: dict[str, float] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -144,6 +145,20 @@ class OrchestratorService(Lifecycle):
             if key not in self._settled:
                 await self._mutate(key, lambda st, t: False)
         logger.debug("resumed workflows=%d open=%d", len(keys), len(self._open))
+        await self._purge_expired()
+
+    async def _purge_expired(self) -> None:
+        """Delete the keys of workflows that ended more than ``workflow_retention`` ago.
+
+        Purged, a task id may run again if re-submitted; its trace and final
+        result stay on the events stream, which has its own max age.
+        """
+        horizon = now() - self.settings.workflow_retention
+        for task_id, finished_at in list(self._settled.items()):
+            if finished_at < horizon:
+                await self.kv.purge(task_id)  # idempotent: another instance may purge it too
+                del self._settled[task_id]
+                logger.info("workflow purged task=%s ended_at=%.0f", task_id, finished_at)
 
     # --- the one way to change a workflow --------------------------------------------------------
     async def _mutate(
@@ -169,7 +184,7 @@ class OrchestratorService(Lifecycle):
             if st.outbox:
                 await self._flush(task_id, st.outbox)
             elif st.status != "running":
-                self._settled.add(task_id)
+                self._settled[task_id] = st.finished_at
             return st
         raise CadreError(f"workflow {task_id}: too many concurrent updates")
 

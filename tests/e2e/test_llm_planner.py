@@ -53,7 +53,7 @@ def start(stack: Stack, chat: ChatServer) -> None:
 
 
 async def test_llm_planner_plan_is_used_when_valid(bus: Bus, stack: Stack, chat: ChatServer) -> None:
-    chat.script(Reply(json.dumps(PLAN)))
+    chat.script(Reply(json.dumps(PLAN), prompt_tokens=321, completion_tokens=54))
     start(stack, chat)
     task = feature_task({"scores": [95]})
     await submit(bus, task)
@@ -62,6 +62,9 @@ async def test_llm_planner_plan_is_used_when_valid(bus: Bus, stack: Stack, chat:
     assert result.plan is not None and result.plan.source == "planner"
     assert [s.step_id for s in result.steps] == ["analyze", "build", "check"]
     assert "Build user authentication API" in chat.chat_requests()[0].user
+    # the scripted agents use no model, so the task's usage is exactly the planner's call
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.requests) == (321, 54, 1)
+    assert result.plan.usage == result.usage
 
 
 async def test_invalid_llm_plan_falls_back_to_the_template_with_an_event(

@@ -6,10 +6,11 @@ from typing import Any
 
 import msgspec
 import pytest
+from nats.js.errors import KeyNotFoundError
 
 from shared.bus import Bus
 from shared.launcher import Stack
-from shared.protocol import TaskSubmission
+from shared.protocol import TaskSubmission, encode
 from tests.helpers import await_result, feature_task, task_events, wait_for_value
 
 SCRIPTED = "tests.brains:ScriptedBrain"
@@ -141,7 +142,7 @@ async def test_republished_task_runs_once_and_invalid_task_is_rejected(bus: Bus,
     await submit(bus, task)
     await submit(bus, task)  # same message_id: JetStream dedup
     # beyond the dedup window a re-publish still maps to the same task id: the KV create refuses it
-    await bus.js.publish(bus.subjects.task_submit, __import__("shared.protocol").protocol.encode(task))
+    await bus.js.publish(bus.subjects.task_submit, encode(task))
     result = await await_result(bus, task.task_id)
     assert result.status == "completed"
     events = await task_events(bus, task.task_id)
@@ -155,6 +156,28 @@ async def test_republished_task_runs_once_and_invalid_task_is_rejected(bus: Bus,
     await submit(bus, unknown)
     rejected = await await_result(bus, unknown.task_id)
     assert rejected.status == "rejected" and "unknown task_type 'astrology'" in rejected.reason
+
+
+async def test_a_finished_workflow_leaves_kv_after_its_retention_and_its_result_stays(
+    bus: Bus, stack: Stack
+) -> None:
+    start_stack(stack, workflow_retention=0.5)
+    task = feature_task({"scores": [95]}, task_type="research")
+    await submit(bus, task)
+    assert (await await_result(bus, task.task_id)).status == "completed"
+    kv = await bus.workflows()
+
+    async def purged() -> bool | None:
+        try:
+            await kv.get(task.task_id)
+        except KeyNotFoundError:  # KeyDeletedError, raised for a purged key, is one
+            return True
+        return None
+
+    await wait_for_value(purged, timeout=30, what="the finished workflow's KV key to be purged")
+    # the trace and the final result live on the events stream, not in KV
+    assert (await await_result(bus, task.task_id)).status == "completed"
+    assert [e.kind for e in await task_events(bus, task.task_id)][-1] == "completed"
 
 
 @pytest.mark.chaos

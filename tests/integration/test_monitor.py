@@ -411,10 +411,13 @@ class Page:
 
     async def eval(self, expression: str) -> Any:
         got = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        return got["result"]["value"]
+        if "exceptionDetails" in got:
+            raise AssertionError(f"{expression!r} threw in the page: {got['exceptionDetails']}")
+        return got["result"].get("value")  # absent when the expression is undefined
 
     async def text(self) -> str:
-        return await self.eval("document.body.innerText")
+        # the page may still be loading (no <body> yet) right after Chromium opens it
+        return await self.eval("document.body ? document.body.innerText : ''") or ""
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
