@@ -6,8 +6,9 @@
 #  4. builds cadre:local and cadre-nats:local from deploy/Dockerfile
 #  5. tests/deploy: the compose stack end to end (example task, a killed agent replica) and
 #     the 3-node cluster configuration (JetStream replicas 3)
-#  6. the integration tests once more with CADRE_TEST_NATS=docker: testcontainers starts
-#     cadre-nats:local through podman's Docker-compatible API
+#  6. the agent-runtime and CLI integration tests once more with CADRE_TEST_NATS=docker:
+#     testcontainers starts cadre-nats:local through podman's Docker-compatible API (the
+#     two example runs are left out here: the compose stack above already runs the example)
 # Logs of every container: test-artifacts/deploy/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -46,7 +47,7 @@ podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'cadre(-na
 step "compose stack + cluster configuration (tests/deploy)"
 CADRE_TEST_DEPLOY=1 "$PY" -m pytest tests/deploy -v -p no:cacheprovider -o addopts="" --timeout 900
 
-step "integration tests on a NATS container started by testcontainers through podman's socket"
+step "runtime + CLI integration tests on a NATS container started by testcontainers through podman's socket"
 SOCK_DIR="$(mktemp -d /tmp/cadre-podman.XXXXXX)"
 # --log-level=info: the service logs each API request, the proof that testcontainers used it
 podman --log-level=info system service --time=0 "unix://$SOCK_DIR/podman.sock" >"$SOCK_DIR/service.log" 2>&1 &
@@ -60,7 +61,8 @@ TESTCONTAINERS_RYUK_DISABLED=true \
 TESTCONTAINERS_CONNECTION_MODE=docker_host \
 CADRE_TEST_NATS=docker \
 CADRE_TEST_NATS_IMAGE=localhost/cadre-nats:local \
-  "$PY" -m pytest tests/integration -q -p no:cacheprovider
+  "$PY" -m pytest tests/integration/test_agent_runtime.py tests/integration/test_cli.py \
+    -k "not example" -q -p no:cacheprovider
 created=$(grep -c 'POST /v[0-9.]*/containers/create .*tc-python' "$SOCK_DIR/service.log" || true)
 echo "testcontainers created $created NATS container(s) through podman's Docker API"
 [ "$created" -ge 1 ] || { echo "the integration tests did not go through testcontainers" >&2; exit 1; }

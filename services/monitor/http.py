@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from services.monitor.figures import Snapshot
+from services.monitor.snapshot import Snapshot
 
 __all__ = ["SnapshotCollector", "MonitorHTTP"]
 

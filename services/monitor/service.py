@@ -23,9 +23,10 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from nats.micro.request import Request
 
-from services.monitor.figures import Figures, MonitorInfo, ServiceView, Snapshot
+from services.monitor.figures import Figures
 from services.monitor.health import Alert, Clock, HealthBoard, SystemClock, Transition
 from services.monitor.http import MonitorHTTP
+from services.monitor.snapshot import MonitorInfo, ServiceView, Snapshot
 from shared.bus import Bus
 from shared.protocol import ErrorReply, encode, heartbeat_decoder, metric_decoder, new_id, now
 from shared.service import Lifecycle, ServiceShell

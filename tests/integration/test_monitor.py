@@ -17,9 +17,10 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.monitor.figures import ACCURACY_UNAVAILABLE, Snapshot
+from services.monitor.figures import ACCURACY_UNAVAILABLE
 from services.monitor.health import Alert
 from services.monitor.service import MonitorService
+from services.monitor.snapshot import Snapshot
 from shared.bus import Bus
 from shared.launcher import Stack
 from shared.protocol import (
