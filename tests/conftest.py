@@ -27,7 +27,7 @@ def nats_url() -> Iterator[str]:
     if mode.startswith("nats://"):
         yield mode
     elif mode == "docker":
-        from testcontainers.nats import NatsContainer
+        from testcontainers.community.nats import NatsContainer
 
         image = os.environ.get("CADRE_TEST_NATS_IMAGE", "nats:2.10")
         with NatsContainer(image).with_command("-js") as container:

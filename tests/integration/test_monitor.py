@@ -386,8 +386,9 @@ class Page:
         port_file = self.profile / "DevToolsActivePort"
 
         async def port():
-            text = port_file.read_text() if port_file.exists() else ""
-            return int(text.split()[0]) if text.strip() else None
+            # "<port>\n/devtools/browser/<id>": wait for both lines, never a half-written port
+            lines = port_file.read_text().split() if port_file.exists() else []
+            return int(lines[0]) if len(lines) >= 2 else None
 
         dev_port = await wait_for_value(port, 30, what="Chromium's DevTools port")
         self.http = aiohttp.ClientSession()
