@@ -430,6 +430,7 @@ class Page:
             await self.proc.wait()
 
 
+@pytest.mark.timeout(900)  # on a fresh machine the first run apt-get installs chromium (minutes)
 async def test_the_dashboard_in_headless_chromium_shows_live_agents_and_updates_after_a_task(
     bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
 ) -> None:
