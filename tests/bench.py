@@ -4,6 +4,8 @@
 2. Throughput: research tasks end to end (real nats-server, real processes,
    scripted brains) with 1 vs 2 researcher instances, each step taking 0.2 s.
 3. Memory: resident size of an idle agent process vs a bare Python interpreter.
+4. Research index: the check that reuses a built index vs a full build over every
+   installed distribution plus ``docs/knowledge/`` (what a researcher pays at start).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from pathlib import Path
 
 import msgspec
 
+from services.researcher.builtin import KNOWLEDGE_DIR
 from shared.bus import Bus
 from shared.launcher import Stack
 from shared.natsserver import NatsServer
 from shared.protocol import TaskBody, TaskSubmission, WorkItem, encode, new_id, now, work_decoder
 from shared.settings import Settings
+from shared.tools.research_index import ResearchIndex
 from tests.helpers import await_result, wait_for_value
 
 
@@ -123,12 +127,24 @@ async def _memory(url: str, work_dir: Path) -> tuple[int, int]:
         await asyncio.to_thread(stack.stop)
 
 
+def _index(work_dir: Path) -> tuple[float, float, dict[str, float]]:
+    ix = ResearchIndex(work_dir / "bench-index.sqlite", [KNOWLEDGE_DIR], include_installed=True)
+    t0 = time.perf_counter()
+    assert ix.ensure(), "a fresh index path builds"
+    build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    assert not ix.ensure(), "an unchanged corpus reuses the index"
+    cached = time.perf_counter() - t0
+    return cached, build, ix.stats()
+
+
 async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, NatsServer() as server:
         fast, slow = _codec()
         one = await _throughput(server.url, 1, 20, Path(tmp))
         two = await _throughput(server.url, 2, 20, Path(tmp))
         agent_kb, bare_kb = await _memory(server.url, Path(tmp))
+        cached, build, stats = _index(Path(tmp))
     rows = [
         (
             "codec: msgspec typed vs json+dict (µs/msg)",
@@ -142,6 +158,12 @@ async def main() -> None:
             f"{agent_kb / 1024:.1f}",
             f"{bare_kb / 1024:.1f}",
             f"{agent_kb / bare_kb:.1f}x",
+        ),
+        (
+            f"research index: reuse vs build of {stats['packages']:.0f} dists (ms)",
+            f"{cached * 1e3:.1f}",
+            f"{build * 1e3:.1f}",
+            f"{build / cached:.0f}x faster",
         ),
     ]
     width = max(len(r[0]) for r in rows)

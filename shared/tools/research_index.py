@@ -53,6 +53,13 @@ _STOP = frozenset(
     standards using use used need want""".split()
 )
 
+# Words that describe almost any library: they never decide which one to recommend.
+_GENERIC = frozenset(
+    """api apis app application applications build code create implement implementation library
+    libraries make module modules package packages project python software tool tools user users
+    write""".split()
+)
+
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE VIRTUAL TABLE passages USING fts5(
@@ -97,6 +104,7 @@ class _Hit:
     columns: tuple[Any, ...]
     score: float
     terms: list[str]
+    weight: float  # the deciding terms' summed rarity (idf): how much of the question it answers
 
 
 def _norm(name: str) -> str:
@@ -309,7 +317,9 @@ class ResearchIndex:
         bm25 gives no weight to a term found in half the rows or more; when the
         question has rarer terms, a row must match one of those. With ``scope``
         (an FTS5 column set such as ``{name summary}``) the deciding match must be
-        in those columns, while all columns still count for the ranking.
+        in those columns, and how common a term is is judged there too (a word in
+        every long description, such as "http" in links, may still be rare in
+        summaries), while all columns still count for the ranking.
         """
         count_sql, term_sql = _SQL[table]
         total = con.execute(count_sql).fetchone()[0]
@@ -317,14 +327,15 @@ class ResearchIndex:
         def rows(expr: str) -> set[int]:
             return {r for (r,) in con.execute(term_sql, (expr,))}
 
-        matches = {t: rows(fts_query([t])) for t in terms}
-        wanted = {t for t, found in matches.items() if 2 * len(found) < total} or set(terms)
-        deciding = {t: rows(f"{scope} : {fts_query([t])}") if scope else matches[t] for t in wanted}
+        matches = {t: rows(f"{scope} : {fts_query([t])}" if scope else fts_query([t])) for t in terms}
+        wanted = {t for t, found in matches.items() if found and 2 * len(found) < total} or set(terms)
+        idf = {t: math.log(1 + total / len(matches[t])) if matches[t] else 0.0 for t in terms}
         hits = []
         for rowid, rank, *columns in con.execute(sql, (fts_query(terms), fetch)):
-            decisive = [t for t in terms if t in deciding and rowid in deciding[t]]
+            decisive = [t for t in terms if t in wanted and rowid in matches[t]]
             if decisive:
-                hits.append(_Hit(tuple(columns), round(-rank, 4), decisive))
+                weight = round(sum(idf[t] for t in decisive), 4)
+                hits.append(_Hit(tuple(columns), round(-rank, 4), decisive, weight))
         return hits
 
     def search(self, query: str, limit: int = 8) -> list[Passage]:
@@ -342,13 +353,24 @@ class ResearchIndex:
         ]
 
     def recommend_libraries(self, query: str, context: dict[str, Any], limit: int = 5) -> list[Library]:
-        """Installed distributions whose metadata matches the question (and its context words)."""
-        terms = query_terms(" ".join([query, *_context_words(context)]))
+        """Installed distributions whose metadata matches the question (and its context words).
+
+        Ranked by how much of the question a package's own metadata answers
+        (the summed rarity of the terms it matches there), then by bm25. Words
+        that describe any library ("api", "build", "tool"...) decide nothing, and
+        a package answering less than a third of what the best one answers is
+        left out: a short list of strong matches rather than a long tail of
+        packages that share one generic word with the question.
+        """
+        words = query_terms(" ".join([query, *_context_words(context)]))
+        terms = [t for t in words if t not in _GENERIC]
         if not terms or limit <= 0:
             return []
         self._ready()
         with contextlib.closing(self._connect()) as con:
-            hits = self._ranked(con, "packages", _PACKAGE_RANK, terms, 500, scope=_METADATA)
+            found = self._ranked(con, "packages", _PACKAGE_RANK, terms, 500, scope=_METADATA)
+        found.sort(key=lambda h: (-h.weight, -h.score))
+        hits = [h for h in found if h.weight * 3 >= found[0].weight] if found else []
         return [
             Library(
                 name=name,

@@ -236,11 +236,14 @@ async def test_a_killed_agent_raises_a_dead_alert_within_the_window_and_its_retu
         agent.kill()
         killed = time.monotonic()
         at, dead = await feed.wait("instance_dead", "developer-1")
-        elapsed = at - killed
-        assert elapsed <= settings.dead_after + 1.5, f"dead alert took {elapsed:.2f}s"
-        assert elapsed >= settings.suspect_after, "declared dead too early"
+        assert at - killed >= settings.suspect_after, "declared dead too early"
         assert dead.role == "developer" and dead.severity == "critical" and dead.monitor == "monitor-test"
+        # within the window, by the monitor's own clock (the test's clock adds delivery and
+        # scheduling delays): silent past dead_after, declared by the next check or two
         assert dead.last_seen_s is not None and dead.last_seen_s > settings.dead_after
+        check = monitor_settings(settings).monitor_check_interval
+        window = settings.dead_after + settings.heartbeat_interval + 2 * check
+        assert dead.last_seen_s <= window, f"dead declared {dead.last_seen_s:.2f}s after the last heartbeat"
         await feed.wait("role_down", role="developer")
         assert monitor.board.instance_state("developer", "developer-1") == "dead"
 

@@ -207,6 +207,17 @@ def test_recommend_libraries_names_installed_matches_with_version_and_matched_te
     assert installed.recommend_libraries("zeppelin aerodynamics", {}) == []
 
 
+def test_recommendations_rank_by_how_much_of_the_question_a_package_answers(installed: ResearchIndex) -> None:
+    # "http" is in nearly every long description (links) but in few summaries: it still decides
+    libs = installed.recommend_libraries("HTTP client", {})
+    assert libs and {"http", "client"} <= set(libs[0].reason.split("mentions ")[1].split(", ")), libs[0]
+    # words that describe any library decide nothing
+    assert installed.recommend_libraries("build a python api tool", {}) == []
+    # a strong match leaves out packages sharing one generic word with the question (openai: "API")
+    names = [lib.name for lib in installed.recommend_libraries("Build user authentication API with JWT", {})]
+    assert names[0] == "PyJWT" and "openai" not in names, names
+
+
 def test_excluded_packages_are_left_out_of_the_index(tmp_path: Path) -> None:
     ix = ResearchIndex(tmp_path / "ix.sqlite", [], exclude_packages=["msgspec"])
     ix.ensure()
@@ -214,15 +225,14 @@ def test_excluded_packages_are_left_out_of_the_index(tmp_path: Path) -> None:
     assert not any(h.source.startswith("package:msgspec ") for h in ix.search("msgspec msgpack"))
 
 
-def test_building_the_index_of_all_installed_packages_takes_under_five_seconds(tmp_path: Path) -> None:
+def test_the_index_of_all_installed_packages_is_built_once_then_reused(tmp_path: Path) -> None:
+    # how long a build takes is a `make bench` figure, not an assertion here
     ix = ResearchIndex(tmp_path / "ix.sqlite", [], include_installed=True)
-    started = time.perf_counter()
     assert ix.ensure() is True
-    elapsed = time.perf_counter() - started
     stats = ix.stats()
-    print(f"installed-package index: {elapsed:.2f}s, {stats}")
-    assert elapsed < 5.0
     assert stats["packages"] >= 10 and stats["passages"] > stats["packages"]
+    assert ix.ensure() is False  # same corpus: the cached file is used as is
+    assert ix.stats() == stats
 
 
 def test_summarize_keeps_citations_pointing_at_the_passage_each_sentence_came_from(
