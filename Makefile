@@ -21,8 +21,10 @@ run: $(STAMP)
 up: $(STAMP)
 	$(BIN)/cadre up
 
+# pytest exits 5 when it collected no tests: that fails here, loudly, never passes quietly
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; fi; exit $$rc
 
 lint: $(STAMP)
 	$(BIN)/ruff check shared services tests
