@@ -77,19 +77,34 @@ async def stream_messages(
 
 
 async def await_result(bus, task_id: str, timeout: float = 60.0):
-    """The task's FinalResult from the events stream (last message on its result subject)."""
+    """The task's FinalResult, once the task is over: the result and the final event both stored.
+
+    The orchestrator publishes the result, then the final event (its kind is the result's
+    status), so a test reading the task's events right after this sees the whole trace.
+    """
     from nats.js.errors import NotFoundError
 
     from shared.protocol import result_decoder
 
-    async def probe():
+    async def last(subject: str):
         try:
-            msg = await bus.js.get_last_msg(bus.subjects.stream_events, bus.subjects.result(task_id))
+            return await bus.js.get_last_msg(bus.subjects.stream_events, subject)
         except NotFoundError:
             return None
-        return result_decoder.decode(msg.data)
 
-    return await wait_for_value(probe, timeout, interval=0.1, what=f"the final result of {task_id}")
+    async def probe():
+        msg = await last(bus.subjects.result(task_id))
+        return result_decoder.decode(msg.data) if msg else None
+
+    result = await wait_for_value(probe, timeout, interval=0.1, what=f"the final result of {task_id}")
+
+    async def final_event():
+        return await last(bus.subjects.events(task_id, result.status))
+
+    await wait_for_value(
+        final_event, timeout, interval=0.05, what=f"the final {result.status} event of {task_id}"
+    )
+    return result
 
 
 async def task_events(bus, task_id: str) -> list:
