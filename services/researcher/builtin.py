@@ -21,6 +21,7 @@ from shared.brains import BrainResult, StepContext
 from shared.protocol import Library, Passage, ResearchOutput, WorkItem
 from shared.settings import Settings
 from shared.tools.research_index import ResearchIndex
+from shared.tools.summary import summarize
 
 __all__ = ["BuiltinResearcher", "KNOWLEDGE_DIR", "Retrieval", "no_match", "report"]
 
@@ -77,7 +78,7 @@ class BuiltinResearcher:
         if not passages:
             text = no_match(found.question)
             return BrainResult("completed", text, output=ResearchOutput(summary=text, libraries=libraries))
-        summary = await asyncio.to_thread(self.index.summarize, found.query, passages, _SENTENCES)
+        summary = await asyncio.to_thread(summarize, found.query, passages, _SENTENCES)
         if not summary:
             summary = f"{len(passages)} passages match {found.question!r}, but none has a sentence to quote; see them below."
         text = report(summary, passages, libraries)

@@ -14,6 +14,7 @@ import pytest
 
 from shared.protocol import Passage
 from shared.tools.research_index import ResearchIndex, fts_query, query_terms, split_sections
+from shared.tools.summary import summarize
 
 AUTH_MD = """\
 # Auth guide
@@ -241,7 +242,7 @@ def test_summarize_keeps_citations_pointing_at_the_passage_each_sentence_came_fr
     index.ensure()
     question = "refresh token reuse and timing attacks"
     passages = index.search(question) + index.search("timing attacks")
-    summary = index.summarize(question, passages, max_sentences=3)
+    summary = summarize(question, passages, max_sentences=3)
     lines = summary.splitlines()
     assert 1 <= len(lines) <= 3
     for line in lines:
@@ -254,12 +255,11 @@ def test_summarize_keeps_citations_pointing_at_the_passage_each_sentence_came_fr
 
 
 def test_summarize_says_nothing_when_no_sentence_shares_a_term() -> None:
-    ix = ResearchIndex(Path("unused.sqlite"), [], include_installed=False)
     passage = Passage(
         source="x", section="y", text="Completely unrelated sentence about gardening.", score=1.0
     )
-    assert ix.summarize("jwt rotation", [passage]) == ""
-    assert ix.summarize("jwt rotation", []) == ""
+    assert summarize("jwt rotation", [passage]) == ""
+    assert summarize("jwt rotation", []) == ""
 
 
 def test_split_sections_follows_markdown_and_rest_heading_levels() -> None:
