@@ -156,7 +156,11 @@ class OrchestratorService(Lifecycle):
         horizon = now() - self.settings.workflow_retention
         for task_id, finished_at in list(self._settled.items()):
             if finished_at < horizon:
-                await self.kv.purge(task_id)  # idempotent: another instance may purge it too
+                try:
+                    await self.kv.purge(task_id)  # idempotent: another instance may purge it too
+                except Exception as exc:  # the next resume tries again
+                    logger.warning("workflow purge failed task=%s err=%s", task_id, exc)
+                    continue
                 del self._settled[task_id]
                 logger.info("workflow purged task=%s ended_at=%.0f", task_id, finished_at)
 
