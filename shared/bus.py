@@ -10,6 +10,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,7 @@ from shared.protocol import AGENT_ROLES, PRIORITIES, ArtifactRef, DeadLetter, en
 from shared.settings import Settings
 from shared.subjects import Subjects
 
-__all__ = ["Bus", "connect", "ensure_topology"]
+__all__ = ["Bus", "connect", "ensure_topology", "ArtifactRefused", "check_artifact", "check_artifact_ref"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
         ),
         StreamConfig(
             name=s.stream_events,
-            subjects=[f"{s.prefix}.events.>", s.result_all],
+            subjects=[f"{s.prefix}.events.>", s.result_all, s.refused_all],
             retention=RetentionPolicy.LIMITS,
             max_age=settings.events_max_age,
             duplicate_window=dedup,
@@ -302,6 +303,38 @@ class Bus:
         store = await self.store()
         result = await store.get(ref.name)
         data = result.data or b""
-        if hashlib.sha256(data).hexdigest() != ref.sha256:
-            raise ValueError(f"artifact {ref.name} is corrupt: sha256 mismatch")
+        check_artifact(ref, data)
         return data
+
+
+# --- artifact trust checks (docs/security.md "Artifacts") -------------------------------------
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ArtifactRefused(ValueError):
+    """An artifact reference or its content that cannot be trusted."""
+
+
+def check_artifact_ref(ref: ArtifactRef, *, max_bytes: int | None = None) -> None:
+    """Refuse a reference that is not content-addressed (name = sha256) or claims too many bytes."""
+    if not _SHA256_HEX.match(ref.sha256) or ref.name != ref.sha256:
+        raise ArtifactRefused(
+            f"artifact {ref.name[:80]!r} is not named by its sha256: every artifact is stored under its content hash"
+        )
+    if ref.size < 0 or (max_bytes is not None and ref.size > max_bytes):
+        raise ArtifactRefused(f"artifact {ref.name} is {ref.size} bytes; the limit is {max_bytes}")
+
+
+def check_artifact(ref: ArtifactRef, data: bytes) -> None:
+    """Refuse downloaded bytes that do not hash to the name they were stored under.
+
+    Object names are content hashes, so a replaced or corrupted object is
+    caught here whoever wrote it.
+    """
+    check_artifact_ref(ref)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != ref.sha256:
+        raise ArtifactRefused(
+            f"artifact {ref.name} does not hash to its name (content sha256 {digest}): replaced or corrupt"
+        )

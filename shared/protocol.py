@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -19,6 +19,11 @@ __all__ = [
     "ROLES",
     "AGENT_ROLES",
     "PRIORITIES",
+    "ID_PATTERN",
+    "MAX_ID_LENGTH",
+    "TaskId",
+    "OptionalTaskId",
+    "MessageId",
     "Role",
     "AgentRole",
     "Priority",
@@ -86,6 +91,38 @@ ROLES: tuple[str, ...] = ("orchestrator", "researcher", "developer", "reviewer")
 AGENT_ROLES: tuple[str, ...] = ("researcher", "developer", "reviewer")
 PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
 
+# Ids are subject tokens (``cadre.result.<task_id>``), KV keys and dedup headers: they are
+# validated when a message is decoded and never rewritten. A task id derived from a message
+# id (``task_<message_id>``) still fits: a message id is at most 120 characters.
+ID_PATTERN = r"^[A-Za-z0-9_\-]+$"
+MAX_ID_LENGTH = 128
+TaskId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=ID_PATTERN,
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        description="letters, digits, '_' and '-'; 1-128 characters",
+    ),
+]
+OptionalTaskId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[A-Za-z0-9_\-]*$",
+        max_length=MAX_ID_LENGTH,
+        description="empty (the orchestrator uses task_<message_id>) or a task id",
+    ),
+]
+MessageId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=ID_PATTERN,
+        min_length=1,
+        max_length=MAX_ID_LENGTH - 8,
+        description="letters, digits, '_' and '-'; 1-120 characters; never empty",
+    ),
+]
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -147,8 +184,8 @@ class TaskSubmission(Message, frozen=True, kw_only=True, tag="task"):
     ``task.input_data["files"]`` as ``{"path": "content"}``.
     """
 
-    message_id: str
-    task_id: str = ""
+    message_id: MessageId
+    task_id: OptionalTaskId = ""
     from_agent: str = "client"
     to_agent: str = "orchestrator"
     task_type: str = "feature"
@@ -301,7 +338,7 @@ class Timings(msgspec.Struct, frozen=True, kw_only=True):
 class StepStarted(Message, frozen=True, kw_only=True, tag="step_started"):
     """An agent instance took a work item (lets the orchestrator trace and health-check)."""
 
-    task_id: str
+    task_id: TaskId
     step_id: str
     attempt: int
     role: AgentRole
@@ -313,7 +350,7 @@ class StepResult(Message, frozen=True, kw_only=True, tag="step_result"):
     """What an agent produced for one (task, step, attempt)."""
 
     message_id: str
-    task_id: str
+    task_id: TaskId
     step_id: str
     attempt: int
     role: AgentRole
@@ -493,7 +530,7 @@ class DeadLetter(Message, frozen=True, kw_only=True, tag="dead_letter"):
 
 
 class CancelRequest(Message, frozen=True, kw_only=True, tag="cancel"):
-    task_id: str
+    task_id: TaskId
     step_id: str | None = None
     attempt: int | None = None
     reason: str = "cancelled by user"

@@ -193,7 +193,7 @@ class AgentService(Lifecycle):
         ctx = StepContext(item=item, settings=self.settings, instance_id=self.instance_id, bus=self.bus)
         started = now()
         await self.bus.publish(
-            self.bus.subjects.step_result(item.task_id),
+            self.bus.subjects.step_result(item.to_agent, item.task_id),
             StepStarted(
                 task_id=item.task_id,
                 step_id=item.step_id,
@@ -229,7 +229,7 @@ class AgentService(Lifecycle):
                     timings=Timings(queued_at=now(), started_at=now(), finished_at=now()),
                     error=reason,
                 )
-                await self.bus.publish(self.bus.subjects.step_result(env.task_id), result)
+                await self.bus.publish(self.bus.subjects.step_result(self.role, env.task_id), result)
         await msg.ack_sync()
 
     # --- one step ------------------------------------------------------------------------
@@ -306,7 +306,7 @@ class AgentService(Lifecycle):
             error=result.error,
         )
         await self.bus.publish(
-            self.bus.subjects.step_result(item.task_id),
+            self.bus.subjects.step_result(item.to_agent, item.task_id),
             step_result,
             msg_id=f"{item.task_id}.{item.step_id}.{item.attempt}.result",
         )

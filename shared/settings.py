@@ -93,6 +93,16 @@ class Settings(BaseSettings):
     )
     planner: Literal["template", "llm"] = "template"
 
+    # --- intake limits (checked at the door; docs/security.md) --------------------
+    max_description_bytes: int = Field(8 * 1024, description="task.description, UTF-8 bytes")
+    max_requirements: int = Field(100, description="how many task.requirements")
+    max_requirement_bytes: int = Field(2 * 1024, description="one requirement, UTF-8 bytes")
+    max_input_bytes: int = Field(64 * 1024, description="task.input_data plus context, as JSON")
+    max_input_depth: int = Field(16, description="nesting of objects/arrays in input_data and context")
+    max_workspace_bytes: int = Field(16 * 1024 * 1024, description="a workspace archive, packed")
+    max_unpacked_bytes: int = Field(64 * 1024 * 1024, description="a workspace, unpacked")
+    max_workspace_files: int = Field(5_000, description="files in a workspace")
+
     # --- monitor ------------------------------------------------------------------
     monitor_http_host: str = "127.0.0.1"
     monitor_http_port: int = 8080

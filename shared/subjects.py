@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from shared.errors import InvalidSubjectToken
 from shared.protocol import AGENT_ROLES, PRIORITIES
 
-__all__ = ["Subjects", "token"]
+__all__ = ["Subjects", "token", "StepSource"]
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
 
@@ -22,6 +22,14 @@ def token(value: str) -> str:
     if not _TOKEN.match(value):
         raise InvalidSubjectToken(value)
     return value
+
+
+@dataclass(frozen=True)
+class StepSource:
+    """Who a step message's subject says sent it (enforced by the server's permissions)."""
+
+    role: str
+    task_id: str
 
 
 @dataclass(frozen=True)
@@ -53,12 +61,50 @@ class Subjects:
     def work_all(self, role: str = "*") -> str:
         return f"{self.prefix}.work.{role}.*" if role != "*" else f"{self.prefix}.work.>"
 
-    def step_result(self, task_id: str) -> str:
-        return f"{self.prefix}.step.result.{token(task_id)}"
+    def step_result(self, role: str, task_id: str) -> str:
+        """Where an agent of ``role`` publishes its step messages for one task.
+
+        The role is in the subject so the server's permissions bind a result to
+        the user that sent it: each agent user may publish only under its own role.
+        """
+        if role not in AGENT_ROLES:
+            raise InvalidSubjectToken(role, f"unknown agent role {role!r}")
+        return f"{self.prefix}.step.result.{role}.{token(task_id)}"
+
+    def step_results_of(self, role: str) -> str:
+        """Every step message one role may send (the permission pattern)."""
+        return f"{self.prefix}.step.result.{token(role)}.*"
 
     @property
     def step_result_all(self) -> str:
         return f"{self.prefix}.step.result.>"
+
+    def step_source(self, subject: str) -> StepSource | None:
+        """The role and task id a step-result subject names, or None when it is not one."""
+        parts = subject.split(".")
+        head = f"{self.prefix}.step.result".split(".")
+        if len(parts) != len(head) + 2 or parts[: len(head)] != head:
+            return None
+        return StepSource(role=parts[-2], task_id=parts[-1])
+
+    def heartbeat_role(self, subject: str) -> str | None:
+        """The role token of a heartbeat subject (``<prefix>.heartbeat.<role>.<instance>``)."""
+        parts = subject.split(".")
+        if len(parts) != 4 or parts[0] != self.prefix or parts[1] != "heartbeat":
+            return None
+        return parts[2]
+
+    def refused(self, message_id: str) -> str:
+        """Where the orchestrator answers a submission it refused whose task id is not its own.
+
+        A refused submission that reuses another task's id must not overwrite
+        ``result.<task_id>``; its sender reads the refusal here, by its message id.
+        """
+        return f"{self.prefix}.refused.{token(message_id)}"
+
+    @property
+    def refused_all(self) -> str:
+        return f"{self.prefix}.refused.>"
 
     def events(self, task_id: str, kind: str) -> str:
         return f"{self.prefix}.events.{token(task_id)}.{token(kind)}"

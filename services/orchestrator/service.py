@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import FetchTimeoutError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.micro.request import Request
 
+from services.orchestrator import intake, provenance
 from services.orchestrator.plan import plan_from_template, templates, validate_plan
 from services.orchestrator.policy import ConflictPolicy
 from services.orchestrator.state import Outgoing, WorkflowState, encode_state, state_decoder
@@ -31,10 +31,8 @@ from shared.bus import Bus
 from shared.errors import CadreError, PlanError
 from shared.protocol import (
     CancelReply,
-    FinalResult,
     Heartbeat,
     Plan,
-    TaskEvent,
     TaskSubmission,
     cancel_decoder,
     encode,
@@ -53,15 +51,6 @@ __all__ = ["OrchestratorService"]
 logger = logging.getLogger(__name__)
 
 _MUTATE_RETRIES = 50
-_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
-
-
-class _LooseTask(msgspec.Struct):
-    message_id: Any = None
-    task_id: Any = None
-
-
-_loose_decoder = msgspec.json.Decoder(_LooseTask)
 
 
 class _MaxDeliverAdvisory(msgspec.Struct):
@@ -75,9 +64,11 @@ _max_deliver_decoder = msgspec.json.Decoder(_MaxDeliverAdvisory)
 
 
 def task_id_for(sub_task_id: str, message_id: str) -> str:
-    """The user's task id, or one derived from the message id (so a re-publish maps to the same task)."""
-    raw = sub_task_id or f"task_{message_id}"
-    return _UNSAFE.sub("_", raw)[:120]
+    """The user's task id, or one derived from the message id (so a re-publish maps to the same task).
+
+    Both are validated when the submission is decoded: never rewritten here.
+    """
+    return sub_task_id or f"task_{message_id}"
 
 
 @dataclass
@@ -105,6 +96,7 @@ class OrchestratorService(Lifecycle):
         )
         self.engine = Engine(s.subjects, config, s.instance_id)
         self._shell = ServiceShell(self.bus, "orchestrator", s.instance_id, s.heartbeat_interval)
+        self._limits = intake.Limits.from_settings(s)
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -250,6 +242,11 @@ class OrchestratorService(Lifecycle):
         task_id = task_id_for(sub.task_id, sub.message_id)
         sub = msgspec.structs.replace(sub, task_id=task_id, created_at=sub.created_at or now())
         try:
+            intake.check_submission(sub, self._limits)
+            if not await intake.check_task_id(self.kv, sub):
+                logger.info("duplicate submission task=%s message_id=%s", task_id, sub.message_id)
+                return
+            await intake.check_workspace(self.bus, sub, self._limits)
             sub = await self._attach_inline_files(sub)
             plan, note = await self._plan(sub)
         except (PlanError, ValueError) as exc:
@@ -260,9 +257,10 @@ class OrchestratorService(Lifecycle):
         try:
             await self.kv.create(task_id, encode_state(st))
         except KeyWrongLastSequenceError:
-            logger.info(
-                "duplicate submission task=%s message_id=%s: already running", task_id, sub.message_id
-            )
+            try:  # a submission accepted meanwhile (another instance): the same one, or another's id
+                await intake.check_task_id(self.kv, sub)
+            except intake.Refused as exc:
+                await self._reject(msg, str(exc), task_id=task_id, sub=sub)
             return
         self._open.add(task_id)
         await self._flush(task_id, st.outbox)
@@ -302,40 +300,7 @@ class OrchestratorService(Lifecycle):
     async def _reject(
         self, msg: Msg, reason: str, *, task_id: str | None = None, sub: TaskSubmission | None = None
     ) -> None:
-        await self.bus.dead_letter("orchestrator", msg.subject, msg.data, reason, dict(msg.headers or {}))
-        if task_id is None:
-            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                loose = _loose_decoder.decode(msg.data)
-                if isinstance(loose.task_id, str) and loose.task_id:
-                    task_id = task_id_for(loose.task_id, "")
-                elif isinstance(loose.message_id, str) and loose.message_id:
-                    task_id = task_id_for("", loose.message_id)
-        if task_id is None:
-            logger.warning("rejected a task with no usable id: %s", reason)
-            return
-        s = self.bus.subjects
-        at = now()
-        event = TaskEvent(
-            task_id=task_id,
-            kind="rejected",
-            text=f"[Orchestrator] Task rejected: {reason}",
-            at=at,
-            seq=1,
-            detail=reason,
-        )
-        await self.bus.publish(s.events(task_id, "rejected"), event, msg_id=f"{task_id}.rejected")
-        result = FinalResult(
-            task_id=task_id,
-            status="rejected",
-            approved=False,
-            reason=reason,
-            description=sub.task.description if sub else "",
-            task_type=sub.task_type if sub else "",
-            started_at=at,
-            finished_at=at,
-        )
-        await self.bus.publish(s.result(task_id), result, msg_id=f"{task_id}.result")
-        logger.warning("task rejected task=%s reason=%s", task_id, reason)
+        await intake.refuse(self.bus, self.kv, msg, reason, task_id=task_id, sub=sub)
 
     # --- agent messages -------------------------------------------------------------------------------
     async def _on_step_message(self, msg: Msg) -> None:
@@ -344,10 +309,13 @@ class OrchestratorService(Lifecycle):
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             await self.bus.dead_letter("orchestrator", msg.subject, msg.data, f"invalid step message: {exc}")
             return
-        found = await self._mutate(
-            step_msg.task_id, lambda st, t: self.engine.on_step_message(st, step_msg, t)
+        guard = provenance.Guard(
+            self.engine, step_msg, provenance.subject_mismatch(self.bus.subjects, msg.subject, step_msg)
         )
-        if found is None:
+        found = await self._mutate(step_msg.task_id, guard)
+        if guard.refused is not None:
+            await self.bus.dead_letter("orchestrator", msg.subject, msg.data, f"refused: {guard.refused}")
+        elif found is None:
             await self.bus.dead_letter(
                 "orchestrator", msg.subject, msg.data, f"unknown task {step_msg.task_id!r}"
             )
@@ -377,6 +345,8 @@ class OrchestratorService(Lifecycle):
     async def _on_heartbeat(self, msg: Msg) -> None:
         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
             hb = heartbeat_decoder.decode(msg.data)
+            if hb.role != self.bus.subjects.heartbeat_role(msg.subject):
+                return  # a heartbeat counts only under its own role (the server enforces who sends that)
             self._heartbeats[hb.instance_id] = hb
             self._hb_seen[hb.instance_id] = time.monotonic()
 

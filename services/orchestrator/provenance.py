@@ -1,0 +1,97 @@
+"""Who may say what about a step: a step message is applied only when it matches the step it claims.
+
+The server already binds a result to its sender's role: each agent user may
+publish only on ``step.result.<its role>.<task>`` (deploy/nats/accounts.conf).
+This is the orchestrator's own check behind it, for deployments without those
+permissions and for what a subject cannot say: the message's role must be the
+subject's role and the step's role, its attempt must have been dispatched, and
+a result for the current attempt must come from the instance that started it.
+A refused message changes nothing but the trace: a ``result_refused`` event on
+the task, and a dead letter with the reason (the service sends that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.orchestrator.state import WorkflowState
+from services.orchestrator.workflow import Engine
+from shared.protocol import StepResult, StepStarted
+from shared.subjects import Subjects
+
+__all__ = ["Guard", "subject_mismatch", "step_mismatch"]
+
+StepMessage = StepStarted | StepResult
+
+
+def subject_mismatch(subjects: Subjects, subject: str, msg: StepMessage) -> str | None:
+    """Why the subject a step message came on contradicts the message, or None."""
+    source = subjects.step_source(subject)
+    if source is None:
+        return f"step message on {subject!r}, not on {subjects.prefix}.step.result.<role>.<task_id>"
+    if source.role != msg.role:
+        return f"the message claims role {msg.role!r} but was sent under role {source.role!r}"
+    if source.task_id != msg.task_id:
+        return f"the message claims task {msg.task_id!r} but was sent under task {source.task_id!r}"
+    return None
+
+
+def step_mismatch(st: WorkflowState, msg: StepMessage) -> str | None:
+    """Why a step message does not belong to the step it names, or None when it may be applied."""
+    step = st.step(msg.step_id)
+    if step is None:
+        return f"task {st.task_id} has no step {msg.step_id!r}"
+    if step.role != msg.role:
+        return f"step {step.id} was given to the {step.role}, not to a {msg.role}"
+    if msg.attempt < 1 or msg.attempt > step.attempt:
+        return f"attempt {msg.attempt} of step {step.id} was never dispatched (latest attempt {step.attempt})"
+    if (
+        isinstance(msg, StepResult)
+        and msg.attempt == step.attempt
+        and step.status == "running"
+        and step.instance_id is not None
+        and msg.instance_id != step.instance_id
+    ):
+        return (
+            f"attempt {msg.attempt} of step {step.id} is held by instance {step.instance_id!r}, "
+            f"not by {msg.instance_id!r}"
+        )
+    return None
+
+
+@dataclass
+class Guard:
+    """A workflow transition that applies ``msg`` only when it matches its step.
+
+    ``refused`` holds the reason after a refusal, so the caller can dead-letter
+    the message; ``subject_reason`` is a refusal decided from the subject alone.
+    """
+
+    engine: Engine
+    msg: StepMessage
+    subject_reason: str | None = None
+    refused: str | None = None
+
+    def __call__(self, st: WorkflowState, now: float) -> bool:
+        msg = self.msg
+        reason = self.subject_reason or step_mismatch(st, msg)
+        if reason is None:
+            return self.engine.on_step_message(st, msg, now)
+        self.refused = reason
+        kind = "started" if isinstance(msg, StepStarted) else "result"
+        key = f"refused:{msg.step_id}:{msg.attempt}:{msg.instance_id}:{kind}:{msg.role}"
+        if key in st.late_results:  # a redelivery of a message already refused: trace it once
+            return False
+        st.late_results.append(key)
+        self.engine.emit.event(
+            st,
+            "result_refused",
+            f"[Orchestrator] Refused a {msg.role} {kind} for {msg.step_id} attempt {msg.attempt} "
+            f"from {msg.instance_id}: {reason}",
+            now,
+            step_id=msg.step_id,
+            role=msg.role,
+            attempt=msg.attempt,
+            detail=reason,
+        )
+        return True
