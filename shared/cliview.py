@@ -18,6 +18,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from shared import textsafe
 from shared.protocol import FinalResult, Plan, TaskEvent
 
 __all__ = [
@@ -49,8 +50,9 @@ STATUS_STYLE = {
 
 def trace_text(event: TaskEvent) -> Text:
     """One event's trace text with the actors and severities coloured (no markup parsing)."""
-    text = Text(event.text)
-    for m in _ACTOR_RE.finditer(event.text):
+    shown = textsafe.text(event.text)  # workspace names and model output: no terminal escapes
+    text = Text(shown)
+    for m in _ACTOR_RE.finditer(shown):
         text.stylize(_ACTORS[m.group(1)], m.start(), m.end())
     for word, style in _SEVERITY.items():
         text.highlight_words([word], style)
@@ -175,7 +177,7 @@ def result_summary(result: FinalResult, *, report: bool = True) -> RenderableTyp
         head.append(" (approved)" if result.approved else " (not approved)", style)
     parts: list[RenderableType] = [head]
     if result.reason:
-        parts.append(Text(f"Reason: {result.reason}"))
+        parts.append(Text(textsafe.text(f"Reason: {result.reason}")))
     facts = [f"type {result.task_type or '-'}"]
     if result.finished_at and result.started_at:
         facts.append(f"took {result.finished_at - result.started_at:.1f}s")
@@ -201,13 +203,13 @@ def result_summary(result: FinalResult, *, report: bool = True) -> RenderableTyp
                 s.instance_id or "",
                 "" if s.score is None else str(s.score),
                 f"{s.duration_s:.1f}",
-                (s.error or s.summary).splitlines()[0] if (s.error or s.summary) else "",
+                textsafe.name((s.error or s.summary).splitlines()[0]) if (s.error or s.summary) else "",
             )
         parts.append(table)
     if result.artifacts:
         parts.append(Text("Artifacts: " + ", ".join(sorted(result.artifacts)), style="dim"))
     if report and result.report_markdown:
-        parts.append(Markdown(result.report_markdown))
+        parts.append(Markdown(textsafe.text(result.report_markdown)))
     return Group(*parts)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.orchestrator.state import Outgoing, StepState, WorkflowState
+from shared import textsafe
 from shared.protocol import CancelRequest, FinalResult, MetricEvent, TaskEvent, WorkItem, encode, new_id
 from shared.subjects import Subjects
 
@@ -32,6 +33,7 @@ class Emitter:
     def event(self, st: WorkflowState, kind: str, text: str, now: float, **fields: Any) -> None:
         """A ``TaskEvent`` on ``events.<task>.<kind>``: one line of the task's trace."""
         st.seq += 1
+        text = textsafe.text(text)  # names and outputs from workspaces and models: no control characters
         event = TaskEvent(task_id=st.task_id, kind=kind, text=text, at=now, seq=st.seq, **fields)
         st.outbox.append(
             Outgoing(

@@ -7,6 +7,7 @@ import time
 import msgspec
 
 from services.orchestrator.state import StepState, WorkflowState
+from shared import textsafe
 from shared.protocol import (
     ArtifactRef,
     DesignOutput,
@@ -98,7 +99,8 @@ def final_result(st: WorkflowState) -> FinalResult:
         started_at=st.started_at,
         finished_at=st.finished_at,
     )
-    return msgspec.structs.replace(result, report_markdown=markdown_report(result, st.late_results))
+    report = textsafe.text(markdown_report(result, st.late_results))  # no control characters from workspaces
+    return msgspec.structs.replace(result, report_markdown=report)
 
 
 def _clock(ts: float) -> str:
@@ -142,11 +144,20 @@ def markdown_report(r: FinalResult, late: list[str]) -> str:
             out += [f"- library: **{lib.name}** {lib.version or ''} — {lib.reason}" for lib in o.libraries]
         elif isinstance(o, ReviewOutput):
             out.append(f"\nScore **{o.score}/100**, verdict **{o.verdict}**\n")
-            out += [f"- **{i.severity}** `{i.rule}` {i.file}:{i.line} — {i.message}" for i in o.issues]
+            out += [
+                f"- **{i.severity}** `{i.rule}` {textsafe.md_name(str(i.file))}:{i.line} — {i.message}"
+                for i in o.issues
+            ]
         elif isinstance(o, DevelopmentOutput):
             for c in o.changes:
-                out += [f"- {c.file}: {c.description}", "", "```diff", c.diff.rstrip(), "```"]
-            out += [f"- refused: {c.file}: {c.description}" for c in o.refused]
+                out += [
+                    f"- {textsafe.md_name(c.file)}: {c.description}",
+                    "",
+                    "```diff",
+                    c.diff.rstrip(),
+                    "```",
+                ]
+            out += [f"- refused: {textsafe.md_name(c.file)}: {c.description}" for c in o.refused]
             if o.tests is not None:
                 cov = f", coverage {o.tests.coverage:.1f}%" if o.tests.coverage is not None else ""
                 out.append(

@@ -236,7 +236,7 @@ class OrchestratorService(Lifecycle):
         t0 = time.perf_counter()
         try:
             sub = task_decoder.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             await self._reject(msg, f"invalid task: {exc}")
             return
         task_id = task_id_for(sub.task_id, sub.message_id)
@@ -306,7 +306,7 @@ class OrchestratorService(Lifecycle):
     async def _on_step_message(self, msg: Msg) -> None:
         try:
             step_msg = step_decoder.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             await self.bus.dead_letter("orchestrator", msg.subject, msg.data, f"invalid step message: {exc}")
             return
         guard = provenance.Guard(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared import textsafe
 from shared.protocol import (
     DesignOutput,
     DevelopmentOutput,
@@ -56,7 +57,10 @@ def _bullets(result: StepResult) -> list[str]:
         lines = [f"Security score: {out.score}/100"]
         if out.issues:
             lines.append("Issues found:")
-            lines += [f"  * {i.message} ({i.severity}) [{i.rule} {i.file}:{i.line}]" for i in out.issues[:8]]
+            lines += [
+                f"  * {i.message} ({i.severity}) [{i.rule} {textsafe.name(str(i.file))}:{i.line}]"
+                for i in out.issues[:8]
+            ]
             if len(out.issues) > 8:
                 lines.append(f"  * … {len(out.issues) - 8} more")
         else:
@@ -72,8 +76,8 @@ def _bullets(result: StepResult) -> list[str]:
         return lines
     if isinstance(out, DevelopmentOutput):
         lines = [out.summary]
-        lines += [f"{c.file}: {c.description}" for c in out.changes[:8]]
-        lines += [f"Refused: {c.file}: {c.description}" for c in out.refused[:4]]
+        lines += [f"{textsafe.name(c.file)}: {c.description}" for c in out.changes[:8]]
+        lines += [f"Refused: {textsafe.name(c.file)}: {c.description}" for c in out.refused[:4]]
         lines += [f"Disputes: {d.argument} ({d.concern})" for d in out.disputes]
         if out.tests is not None:
             cov = f", coverage {out.tests.coverage:.0f}%" if out.tests.coverage is not None else ""
