@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
+from shared import textsafe
 from shared.client import CadreClient, NoService
 from shared.cliopts import (
     EXIT_OK,
@@ -193,7 +194,7 @@ async def result(
     elif fmt is ResultFormat.summary:
         print_result(out, res)
     else:
-        text = res.report_markdown or f"# Task {res.task_id}: {res.status}\n\n{res.reason}\n"
+        text = textsafe.text(res.report_markdown or f"# Task {res.task_id}: {res.status}\n\n{res.reason}\n")
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return EXIT_OK if res.status == "completed" else EXIT_TASK
 

@@ -124,7 +124,7 @@ class CadreClient:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.settings = bus.settings
-        self._submitted: set[str] = set()
+        self._submitted: dict[str, str] = {}  # task id -> message id, for this client's submissions
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -186,7 +186,7 @@ class CadreClient:
                 f"message_id {task.message_id!r} was already submitted (dedup window): "
                 "use a new message_id, or resubmit with the original task_id"
             )
-        self._submitted.add(task_id)
+        self._submitted[task_id] = task.message_id
         logger.info("task submitted task=%s message_id=%s", task_id, task.message_id)
         return task_id
 
@@ -257,14 +257,32 @@ class CadreClient:
             return None
         return result_decoder.decode(raw.data or b"")
 
+    async def refusal(self, task_id: str) -> FinalResult | None:
+        """The orchestrator's refusal of this client's submission of ``task_id``, if it refused it.
+
+        A refusal whose task id belongs to another task (a reused id) is only
+        here, on ``refused.<message_id>``: never on the other task's result.
+        """
+        message_id = self._submitted.get(task_id)
+        if not message_id:
+            return None
+        try:
+            raw = await self.bus.js.get_last_msg(
+                self.subjects.stream_events, self.subjects.refused(message_id)
+            )
+        except NotFoundError:
+            return None
+        return result_decoder.decode(raw.data or b"")
+
     async def result(self, task_id: str, timeout: float | None = None) -> FinalResult:  # noqa: ASYNC109
         """The task's final result, waiting up to ``timeout`` seconds (None: no bound).
 
-        Raises ``TaskNotFound`` when the bus holds nothing about the task (and
-        this client did not submit it), ``TimeoutError`` when it is still
-        running past ``timeout``.
+        For a task this client submitted, a refusal of that submission
+        (``refused.<message_id>``) is its result too. Raises ``TaskNotFound``
+        when the bus holds nothing about the task (and this client did not
+        submit it), ``TimeoutError`` when it is still running past ``timeout``.
         """
-        found = await self.last_result(task_id)
+        found = await self.refusal(task_id) or await self.last_result(task_id)
         if found is not None:
             return found
         if task_id not in self._submitted and not await self.exists(task_id):
@@ -272,19 +290,33 @@ class CadreClient:
         if timeout is not None and timeout <= 0:
             raise TimeoutError(f"task {task_id} has no result yet")
         s = self.subjects
-        sub = await self.bus.js.subscribe(
-            s.result(task_id),
-            stream=s.stream_events,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        )
+        subjects = [s.result(task_id)]
+        if task_id in self._submitted:
+            subjects.append(s.refused(self._submitted[task_id]))
+        subs = [
+            await self.bus.js.subscribe(
+                subject,
+                stream=s.stream_events,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            )
+            for subject in subjects
+        ]
+        waits = [asyncio.ensure_future(sub.next_msg(timeout=timeout)) for sub in subs]
         try:
-            msg = await sub.next_msg(timeout=timeout)
-        except (NatsTimeoutError, TimeoutError) as exc:
-            raise TimeoutError(f"task {task_id}: no result within {timeout}s") from exc
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            msg = None
+            for fut in done:
+                with contextlib.suppress(NatsTimeoutError, TimeoutError):
+                    msg = fut.result()
+            if msg is None:
+                raise TimeoutError(f"task {task_id}: no result within {timeout}s")
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            for fut in waits:
+                fut.cancel()
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
         return result_decoder.decode(msg.data)
 
     # --- control and queries ---------------------------------------------------------------------

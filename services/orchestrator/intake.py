@@ -235,10 +235,13 @@ async def refuse(
     await bus.dead_letter("orchestrator", msg.subject, msg.data, reason, dict(msg.headers or {}))
     message_id = sub.message_id if sub else None
     if sub is None:
-        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             loose = _loose_decoder.decode(msg.data)
             message_id = _valid_id(loose.message_id)
-            task_id = _valid_id(loose.task_id) or (f"task_{message_id}" if message_id else None)
+            if loose.task_id:  # the id the sender chose, or none (never another one in its place)
+                task_id = _valid_id(loose.task_id)
+            elif message_id:
+                task_id = _valid_id(f"task_{message_id}")
     task_id = _valid_id(task_id)
     if task_id is None and message_id is None:
         logger.warning("rejected a task with no usable id: %s", reason)
