@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NATS
@@ -159,6 +160,7 @@ def _cases() -> list[tuple[str, str, str]]:
                 (role, "publish", f"$JS.API.CONSUMER.MSG.NEXT.CADRE_WORK.{other}-high"),
                 (role, "publish", f"$JS.ACK.CADRE_WORK.{other}-normal.1.1.1.1.0"),
                 (role, "publish", f"cadre.heartbeat.{other}.{other}-1"),
+                (role, "publish", f"cadre.step.result.{other}.task_x"),  # a result for another role
                 (role, "publish", f"cadre.metrics.{other}"),
                 (role, "subscribe", f"cadre.work.{other}.high"),
                 (role, "subscribe", f"_INBOX_{other}.>"),
@@ -168,6 +170,8 @@ def _cases() -> list[tuple[str, str, str]]:
             (role, "publish", "cadre.result.task_x"),
             (role, "publish", "cadre.events.task_x.completed"),
             (role, "publish", "$KV.CADRE_workflows.task_x"),  # only the orchestrator holds workflow state
+            (role, "publish", "cadre.step.result.task_x"),  # the old role-less subject
+            (role, "publish", "cadre.refused.msg_x"),
         ]
     for user in SERVICES + ("client",):
         cases += [
@@ -182,6 +186,8 @@ def _cases() -> list[tuple[str, str, str]]:
     cases += [
         # the client cannot act as an agent or as the orchestrator
         ("client", "publish", "cadre.step.result.task_x"),
+        ("client", "publish", "cadre.step.result.reviewer.task_x"),
+        ("client", "publish", "cadre.refused.msg_x"),
         ("client", "publish", "cadre.heartbeat.developer.developer-1"),
         ("client", "publish", "cadre.metrics.reviewer"),
         ("client", "publish", "$JS.API.CONSUMER.MSG.NEXT.CADRE_WORK.developer-high"),
@@ -195,11 +201,12 @@ def _cases() -> list[tuple[str, str, str]]:
         ("client", "subscribe", "_INBOX_developer.>"),
         # the orchestrator cannot fake agents, the monitor cannot drive tasks
         ("orchestrator", "publish", "cadre.step.result.task_x"),
+        ("orchestrator", "publish", "cadre.step.result.reviewer.task_x"),
         ("orchestrator", "publish", "cadre.heartbeat.developer.developer-1"),
         ("orchestrator", "publish", "$JS.API.CONSUMER.MSG.NEXT.CADRE_WORK.developer-high"),
         ("monitor", "publish", "cadre.task.submit"),
         ("monitor", "publish", "cadre.work.developer.high"),
-        ("monitor", "publish", "cadre.step.result.task_x"),
+        ("monitor", "publish", "cadre.step.result.developer.task_x"),
         ("monitor", "publish", "$KV.CADRE_workflows.task_x"),
     ]
     return cases
@@ -267,7 +274,7 @@ async def test_the_client_cannot_impersonate_an_agent(deployment: Deployment, co
     )
     # a forged step result never reaches the results stream (the refused publish gets no ack)
     with pytest.raises(NatsTimeoutError):
-        await client.nc.jetstream(timeout=1.0).publish("cadre.step.result.task_forged", encode(fake))
+        await client.nc.jetstream(timeout=1.0).publish("cadre.step.result.reviewer.task_forged", encode(fake))
     assert (await boot.stream_info("CADRE_STEP_RESULTS")).state.messages == before
     # a forged heartbeat never reaches the orchestrator; the real one right after does
     heard: asyncio.Queue[Heartbeat] = asyncio.Queue()
@@ -296,6 +303,43 @@ async def test_the_client_cannot_impersonate_an_agent(deployment: Deployment, co
         return deployment.violation_logged("client", "publish", "cadre.heartbeat.developer.developer-forged")
 
     await wait_for_value(refusal_line, timeout=5, what="the server's log line for the forged heartbeat")
+
+
+async def test_the_developer_cannot_publish_a_review_but_may_publish_its_own_result(
+    deployment: Deployment, conns: dict[str, Conn]
+) -> None:
+    developer = conns["developer"]
+    boot = conns["bootstrap"].nc.jetstream()
+    before = (await boot.stream_info("CADRE_STEP_RESULTS")).state.messages
+    t = now()
+    forged = StepResult(
+        message_id=new_id("res"),
+        task_id="task_forged_review",
+        step_id="final_review",
+        attempt=1,
+        role="reviewer",
+        instance_id="reviewer-1",
+        status="completed",
+        summary="approved (forged by the developer user)",
+        score=100,
+        timings=Timings(queued_at=t, started_at=t, finished_at=t),
+    )
+    js = developer.nc.jetstream(timeout=1.0)
+    with pytest.raises(NatsTimeoutError):  # refused by the server: no stream ever acks it
+        await js.publish("cadre.step.result.reviewer.task_forged_review", encode(forged))
+
+    async def refusal_line() -> str | None:
+        return deployment.violation_logged(
+            "developer", "publish", "cadre.step.result.reviewer.task_forged_review"
+        )
+
+    await wait_for_value(refusal_line, timeout=5, what="the server's log line for the forged review")
+    assert (await boot.stream_info("CADRE_STEP_RESULTS")).state.messages == before
+    # under its own role the same user is stored (the orchestrator then checks the step it names)
+    own = msgspec.structs.replace(forged, role="developer", step_id="implement")
+    ack = await js.publish("cadre.step.result.developer.task_forged_review", encode(own))
+    assert ack.stream == "CADRE_STEP_RESULTS"
+    await boot.purge_stream("CADRE_STEP_RESULTS", subject="cadre.step.result.developer.task_forged_review")
 
 
 @pytest.mark.timeout(120)
