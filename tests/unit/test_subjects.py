@@ -1,0 +1,40 @@
+"""Subjects carry what the server's permissions can check: the sending role of a step message."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import InvalidSubjectToken
+from shared.subjects import StepSource, Subjects
+
+
+def test_a_step_result_subject_names_the_sending_role_and_parses_back() -> None:
+    s = Subjects("cadre")
+    subject = s.step_result("reviewer", "task_1")
+    assert subject == "cadre.step.result.reviewer.task_1"
+    assert s.step_source(subject) == StepSource(role="reviewer", task_id="task_1")
+    assert s.step_results_of("developer") == "cadre.step.result.developer.*"
+
+
+@pytest.mark.parametrize(
+    "subject", ["cadre.step.result.task_1", "other.step.result.reviewer.t", "cadre.x.y.z.w"]
+)
+def test_a_subject_that_is_not_a_role_bound_step_result_parses_to_none(subject: str) -> None:
+    assert Subjects("cadre").step_source(subject) is None
+
+
+def test_only_agent_roles_and_valid_task_ids_make_step_result_subjects() -> None:
+    s = Subjects("cadre")
+    with pytest.raises(InvalidSubjectToken):
+        s.step_result("orchestrator", "task_1")
+    with pytest.raises(InvalidSubjectToken):
+        s.step_result("developer", "a.b")
+
+
+def test_heartbeat_and_refusal_subjects() -> None:
+    s = Subjects("cadre")
+    assert s.heartbeat_role(s.heartbeat("developer", "developer-1")) == "developer"
+    assert s.heartbeat_role("cadre.metrics.developer") is None
+    assert s.refused("msg_1") == "cadre.refused.msg_1"
+    with pytest.raises(InvalidSubjectToken):
+        s.refused("*")
