@@ -215,9 +215,12 @@ class CadreClient:
         ``replay`` starts from the first stored event (a late reader sees the
         whole trace); otherwise only new events arrive. ``timeout`` bounds the
         whole wait (``TimeoutError``); undecodable events are logged and skipped.
+        For a task this client submitted, a refusal of that submission ends the
+        iteration with a ``rejected`` event (its task id may be another task's).
         """
         s = self.subjects
         deadline = None if timeout is None else time.monotonic() + timeout
+        next_check = 0.0
         try:
             sub = await self.bus.js.subscribe(
                 s.events_all(task_id),
@@ -232,6 +235,18 @@ class CadreClient:
                 wait = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
                 if wait <= 0:
                     raise TimeoutError(f"task {task_id}: no final event within {timeout}s")
+                if task_id in self._submitted and time.monotonic() >= next_check:
+                    next_check = time.monotonic() + _POLL
+                    refused = await self.refusal(task_id)
+                    if refused is not None:
+                        yield TaskEvent(
+                            task_id=task_id,
+                            kind="rejected",
+                            text=f"[Orchestrator] Task rejected: {refused.reason}",
+                            at=refused.finished_at,
+                            detail=refused.reason,
+                        )
+                        return
                 try:
                     msg = await sub.next_msg(timeout=wait)
                 except (NatsTimeoutError, TimeoutError):

@@ -306,8 +306,10 @@ async def test_the_client_sdk_reads_the_refusal_of_its_reused_task_id(
     async with CadreClient.connect(settings) as client:
         tid = await client.submit(submission(task_id=first.task_id, message_id=""))
         result = await client.result(tid, timeout=30)
-    assert tid == first.task_id
-    assert result.status == "rejected" and "already used by another submission" in result.reason
+        assert tid == first.task_id
+        assert result.status == "rejected" and "already used by another submission" in result.reason
+        final = [e async for e in client.events(tid, timeout=30)][-1]  # what `cadre submit --wait` follows
+        assert final.kind == "rejected" and final.detail == result.reason
 
 
 async def test_cancelling_a_wildcard_or_empty_task_id_is_a_clear_400(
