@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from shared.protocol import ArtifactRef, Issue, StepOutput, Usage, WorkItem
 from shared.settings import Settings
-from shared.workspace import pack_dir, unpack_to
+from shared.workspace import UnpackLimits, pack_dir, unpack_to
 
 if TYPE_CHECKING:
     from shared.bus import Bus
@@ -61,7 +61,7 @@ class StepContext:
         self._dirs.append(path)
         if self.item.workspace is not None:
             data = await self.bus.get_artifact(self.item.workspace)
-            await asyncio.to_thread(unpack_to, data, path)
+            await asyncio.to_thread(unpack_to, data, path, UnpackLimits.from_settings(self.settings))
         return path
 
     async def save_workspace(self, path: Path, description: str = "workspace") -> ArtifactRef:

@@ -322,7 +322,9 @@ def check_artifact_ref(ref: ArtifactRef, *, max_bytes: int | None = None) -> Non
         raise ArtifactRefused(
             f"artifact {ref.name[:80]!r} is not named by its sha256: every artifact is stored under its content hash"
         )
-    if ref.size < 0 or (max_bytes is not None and ref.size > max_bytes):
+    if ref.size < 0:
+        raise ArtifactRefused(f"artifact {ref.name} claims a negative size ({ref.size})")
+    if max_bytes is not None and ref.size > max_bytes:
         raise ArtifactRefused(f"artifact {ref.name} is {ref.size} bytes; the limit is {max_bytes}")
 
 

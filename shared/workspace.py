@@ -83,6 +83,15 @@ class UnpackLimits:
     max_unpacked_bytes: int = 64 * 1024 * 1024
     max_files: int = 5_000
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> UnpackLimits:
+        """The deployment's limits (``CADRE_MAX_WORKSPACE_BYTES``, ``..._UNPACKED_BYTES``, ``..._FILES``)."""
+        return cls(
+            max_packed_bytes=settings.max_workspace_bytes,
+            max_unpacked_bytes=settings.max_unpacked_bytes,
+            max_files=settings.max_workspace_files,
+        )
+
     @property
     def max_stream_bytes(self) -> int:
         # tar headers (512 B each, plus pax/long-name records) and end padding on top of the data

@@ -60,11 +60,7 @@ class Limits:
             requirement_bytes=s.max_requirement_bytes,
             input_bytes=s.max_input_bytes,
             input_depth=s.max_input_depth,
-            workspace=UnpackLimits(
-                max_packed_bytes=s.max_workspace_bytes,
-                max_unpacked_bytes=s.max_unpacked_bytes,
-                max_files=s.max_workspace_files,
-            ),
+            workspace=UnpackLimits.from_settings(s),
         )
 
 
