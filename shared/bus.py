@@ -149,6 +149,15 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
             num_replicas=r,
         ),
         StreamConfig(
+            name=s.stream_uploads,
+            subjects=[s.upload_all],
+            retention=RetentionPolicy.LIMITS,
+            max_age=settings.upload_max_age,
+            duplicate_window=dedup,
+            storage=StorageType.FILE,
+            num_replicas=r,
+        ),
+        StreamConfig(
             name=s.stream_metrics,
             subjects=[s.metrics_all],
             retention=RetentionPolicy.LIMITS,

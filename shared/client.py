@@ -31,6 +31,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
 from nats.micro.service import DEFAULT_PREFIX as SRV_PREFIX
 
+from shared import uploads
 from shared.bus import Bus
 from shared.errors import CadreError, NotConnected, TaskNotFound
 from shared.protocol import (
@@ -156,7 +157,7 @@ class CadreClient:
 
         Fills what the caller left empty: ``task_id`` (``task_<hex>``),
         ``message_id`` and ``created_at``. ``workspace_dir`` is packed and
-        uploaded to the object store as the task's code workspace.
+        uploaded (``shared.uploads``, under this client's name) as the task's code workspace.
         """
         task_id = task.task_id or new_id("task")
         fields: dict[str, Any] = {
@@ -166,12 +167,10 @@ class CadreClient:
         }
         if workspace_dir is not None:
             data = await asyncio.to_thread(pack_dir, Path(workspace_dir))
-            try:
-                fields["workspace"] = await self.bus.put_artifact(
-                    data, description=f"workspace ({Path(workspace_dir).name})"
-                )
-            except NotFoundError as exc:
-                raise NoDeployment(self.settings, self.subjects.object_store) from exc
+            # into the uploads stream under this client's own name (never the shared object store)
+            fields["workspace"] = await uploads.upload(
+                self.bus, data, description=f"workspace ({Path(workspace_dir).name})"
+            )
         chosen_id = bool(task.task_id)
         task = msgspec.structs.replace(task, **fields)
         try:

@@ -174,6 +174,10 @@ class ArtifactRef(msgspec.Struct, frozen=True, kw_only=True):
     sha256: str
     content_type: str = "application/gzip"
     description: str = ""
+    # set for a client's upload, kept in the uploads stream (``<prefix>.upload.<client>.<sha256>.<n>``,
+    # ``chunks`` messages) instead of the object store; the orchestrator checks it and copies it in
+    uploaded_by: str = ""
+    chunks: int = 0
 
 
 class TaskSubmission(Message, frozen=True, kw_only=True, tag="task"):

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     )
     planner: Literal["template", "llm"] = "template"
 
+    client_name: str = Field(
+        "",
+        description="the name a client uploads under (cadre.upload.<name>.>); empty: nats_user, else 'client'",
+    )
+    upload_max_age: float = Field(24 * 3600.0, description="how long uploads stay in the uploads stream (s)")
+
     # --- intake limits (checked at the door; docs/security.md) --------------------
     max_description_bytes: int = Field(8 * 1024, description="task.description, UTF-8 bytes")
     max_requirements: int = Field(100, description="how many task.requirements")

@@ -155,6 +155,17 @@ class Subjects:
     def dead_letter_all(self) -> str:
         return f"{self.prefix}.deadletter.>"
 
+    def upload(self, client: str, sha256: str, index: int) -> str:
+        """One chunk of a client's upload: only that client's user may publish under its name."""
+        return f"{self.prefix}.upload.{token(client)}.{token(sha256)}.{int(index)}"
+
+    def uploads_of(self, client: str) -> str:
+        return f"{self.prefix}.upload.{token(client)}.>"
+
+    @property
+    def upload_all(self) -> str:
+        return f"{self.prefix}.upload.>"
+
     @property
     def monitor_snapshot(self) -> str:
         return f"{self.prefix}.monitor.snapshot"
@@ -182,6 +193,10 @@ class Subjects:
     @property
     def stream_metrics(self) -> str:
         return self._name("METRICS")
+
+    @property
+    def stream_uploads(self) -> str:
+        return self._name("UPLOADS")
 
     @property
     def stream_dead_letters(self) -> str:

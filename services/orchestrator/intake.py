@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from shared import uploads
 from shared.bus import ArtifactRefused, Bus, check_artifact_ref
 from shared.protocol import FinalResult, TaskEvent, TaskSubmission, now
 from shared.settings import Settings
@@ -112,15 +113,26 @@ def check_submission(sub: TaskSubmission, limits: Limits) -> None:
         )
 
 
-async def check_workspace(bus: Bus, sub: TaskSubmission, limits: Limits) -> None:
+async def check_workspace(bus: Bus, sub: TaskSubmission, limits: Limits) -> TaskSubmission:
     """Refuse a workspace not named by its hash, missing, or over the archive limits.
 
     The stored size is checked before anything is downloaded; the archive is
     then read once, counting files and bytes, and stops at the first limit.
+    A client's upload (``shared.uploads``) is copied into the object store for
+    the agents: the submission returned names that copy.
     """
     ref = sub.workspace
     if ref is None:
-        return
+        return sub
+    if ref.uploaded_by:
+        try:
+            data = await uploads.fetch(bus, ref, limits.workspace.max_packed_bytes)
+            stats = await asyncio.to_thread(inspect, data, limits.workspace)
+        except (ArtifactRefused, WorkspaceRefused) as exc:
+            raise Refused(f"workspace refused: {exc}") from exc
+        stored = await bus.put_artifact(data, content_type=ref.content_type, description=ref.description)
+        logger.debug("upload admitted name=%s by=%s files=%d", ref.name, ref.uploaded_by, stats.files)
+        return msgspec.structs.replace(sub, workspace=stored)
     try:
         check_artifact_ref(ref, max_bytes=limits.workspace.max_packed_bytes)
         store = await bus.store()
@@ -141,6 +153,7 @@ async def check_workspace(bus: Bus, sub: TaskSubmission, limits: Limits) -> None
     except (ArtifactRefused, WorkspaceRefused) as exc:
         raise Refused(f"workspace refused: {exc}") from exc
     logger.debug("workspace admitted name=%s files=%d bytes=%d", ref.name, stats.files, stats.unpacked_bytes)
+    return sub
 
 
 async def check_task_id(kv: KeyValue, sub: TaskSubmission) -> bool:

@@ -14,9 +14,12 @@ import io
 import tarfile
 from typing import Any
 
+import msgspec
 import pytest
 from nats.js.errors import NotFoundError
 
+from services.orchestrator.state import state_decoder
+from shared import uploads
 from shared.bus import Bus
 from shared.client import CadreClient
 from shared.errors import CadreError
@@ -329,3 +332,56 @@ async def _services(client: CadreClient) -> bool:
 
 async def _has_event(bus: Bus, task_id: str, kind: str) -> bool:
     return kind in [e.kind for e in await task_events(bus, task_id)]
+
+
+# --- client uploads (the uploads stream, per client name) ------------------------------------------
+
+
+async def test_an_uploaded_workspace_is_checked_and_copied_into_the_object_store(
+    bus: Bus, intake: Stack
+) -> None:
+    data = pack_files({"app.py": "print('hello')\n"})
+    ref = await uploads.upload(bus, data, description="my workspace")
+    assert (ref.uploaded_by, ref.chunks, ref.name) == ("client", 1, hashlib.sha256(data).hexdigest())
+    task = submission(task_type="review", workspace=ref)
+    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await wait_for_value(lambda: _has_event(bus, task.task_id, "delegated"), 30, what="the review delegated")
+    kv = await bus.workflows()
+    entry = await kv.get(task.task_id)
+    st = state_decoder.decode(entry.value or b"")
+    stored = st.submission.workspace
+    assert stored is not None and stored.uploaded_by == "" and stored.sha256 == ref.sha256
+    assert await bus.get_artifact(stored) == data  # the agents read this copy
+
+
+async def test_an_uploaded_bomb_is_refused(bus: Bus, intake: Stack) -> None:
+    ref = await uploads.upload(bus, _bomb_stream(200 * 1024 * 1024))
+    task = submission(task_type="review", workspace=ref)
+    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await rejected_with(bus, task, "unpacks to more than 67108864 bytes")
+
+
+async def test_an_upload_replaced_after_it_was_sent_is_refused(bus: Bus, intake: Stack) -> None:
+    data = pack_files({"app.py": "print('mine')\n"})
+    ref = await uploads.upload(bus, data)
+    evil = bytearray(data)
+    evil[len(evil) // 2] ^= 0xFF  # the same subject, the same size, other bytes
+    await bus.js.publish(bus.subjects.upload("client", ref.sha256, 0), bytes(evil))
+    task = submission(task_type="review", workspace=ref)
+    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await rejected_with(bus, task, "does not hash to its name")
+
+
+async def test_an_upload_that_is_missing_or_miscounted_is_refused(bus: Bus, intake: Stack) -> None:
+    unsent = pack_files({"app.py": "never sent\n"})
+    digest = hashlib.sha256(unsent).hexdigest()
+    never_sent = ArtifactRef(name=digest, size=len(unsent), sha256=digest, uploaded_by="client", chunks=1)
+    miscounted = msgspec.structs.replace(
+        await uploads.upload(bus, pack_files({"app.py": "x = 1\n"})), chunks=3
+    )
+    missing = submission(task_type="review", workspace=never_sent)
+    wrong = submission(task_type="review", workspace=miscounted)
+    for task in (missing, wrong):
+        await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await rejected_with(bus, missing, "is missing chunk 0 of 1")
+    await rejected_with(bus, wrong, "come in 1 chunks, not 3")

@@ -26,7 +26,9 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import StreamConfig
 
+from shared import uploads
 from shared.bootstrap import bootstrap
+from shared.bus import Bus
 from shared.client import CadreClient
 from shared.launcher import Stack
 from shared.natsserver import NatsServer
@@ -41,6 +43,7 @@ from shared.protocol import (
     now,
 )
 from shared.settings import Settings
+from shared.workspace import pack_files
 from tests.helpers import feature_task, wait_for_value
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,6 +175,7 @@ def _cases() -> list[tuple[str, str, str]]:
             (role, "publish", "$KV.CADRE_workflows.task_x"),  # only the orchestrator holds workflow state
             (role, "publish", "cadre.step.result.task_x"),  # the old role-less subject
             (role, "publish", "cadre.refused.msg_x"),
+            (role, "publish", "cadre.upload.client.0a1b.0"),  # no agent may forge a client's upload
         ]
     for user in SERVICES + ("client",):
         cases += [
@@ -188,6 +192,19 @@ def _cases() -> list[tuple[str, str, str]]:
         ("client", "publish", "cadre.step.result.task_x"),
         ("client", "publish", "cadre.step.result.reviewer.task_x"),
         ("client", "publish", "cadre.refused.msg_x"),
+        # artifacts: a client has no rights on the object store (list, read, replace, delete) and
+        # may neither read the uploads stream nor upload under another client's name
+        ("client", "publish", "$O.CADRE_artifacts.M.bmFtZQ=="),
+        ("client", "publish", "$O.CADRE_artifacts.C.chunk1"),
+        ("client", "publish", "$JS.API.STREAM.INFO.OBJ_CADRE_artifacts"),
+        ("client", "publish", "$JS.API.STREAM.MSG.GET.OBJ_CADRE_artifacts"),
+        ("client", "publish", "$JS.API.DIRECT.GET.OBJ_CADRE_artifacts.$O.CADRE_artifacts.M.bmFtZQ=="),
+        ("client", "publish", "$JS.API.CONSUMER.CREATE.OBJ_CADRE_artifacts"),
+        ("client", "publish", "$JS.API.STREAM.PURGE.OBJ_CADRE_artifacts"),
+        ("client", "publish", "$JS.API.STREAM.MSG.GET.CADRE_UPLOADS"),
+        ("client", "publish", "$JS.API.CONSUMER.CREATE.CADRE_UPLOADS"),
+        ("client", "publish", "$JS.API.STREAM.MSG.DELETE.CADRE_UPLOADS"),
+        ("client", "publish", "cadre.upload.alice.0a1b.0"),
         ("client", "publish", "cadre.heartbeat.developer.developer-1"),
         ("client", "publish", "cadre.metrics.reviewer"),
         ("client", "publish", "$JS.API.CONSUMER.MSG.NEXT.CADRE_WORK.developer-high"),
@@ -379,3 +396,63 @@ async def test_every_service_runs_a_task_under_its_own_user_without_a_violation(
         line for line in deployment.server.log if "Violation" in line and "python3:cadre-" in line
     ]
     assert not service_violations, "a service lacks a permission it needs:\n" + "\n".join(service_violations)
+
+
+def _with_client(conf_dir: Path, name: str) -> Path:
+    """A copy of the shipped config with one more client user, made as docs/deployment.md says."""
+    accounts = (CONF.parent / "accounts.conf").read_text()
+    start = accounts.index("      {\n        user: client\n")
+    end = accounts.index('subscribe: { allow: ["_INBOX_client.>"] }', start)
+    end = accounts.index("\n      }", end) + len("\n      }")  # the end of the user's block
+    block = accounts[start:end]
+    extra = (
+        block.replace("user: client", f"user: {name}")
+        .replace("$CADRE_PW_CLIENT", f"$CADRE_PW_{name.upper()}")
+        .replace("cadre.upload.client.>", f"cadre.upload.{name}.>")
+        .replace("_INBOX_client.>", f"_INBOX_{name}.>")
+    )
+    assert extra.count(name) == 3 and f"$CADRE_PW_{name.upper()}" in extra
+    (conf_dir / "accounts.conf").write_text(accounts[:end] + "\n" + extra + accounts[end:])
+    (conf_dir / "nats.conf").write_text(CONF.read_text())
+    return conf_dir / "nats.conf"
+
+
+async def test_one_client_cannot_read_replace_or_delete_another_clients_upload(tmp_path: Path) -> None:
+    conf = _with_client(tmp_path, "alice")
+    passwords = {u: "pw" + secrets.token_hex(16) for u in (*USERS, "alice")}
+    with pytest.MonkeyPatch.context() as mp:
+        for user, password in passwords.items():
+            mp.setenv(f"CADRE_PW_{user.upper()}", password)
+        server = NatsServer(config=conf, extra_args=["-m", "-1"]).start()
+    dep = Deployment(server, passwords)
+    try:
+        await bootstrap(dep.settings("bootstrap"), deadline=10)
+        data = pack_files({"secret.py": "API_KEY = 'alice only'\n"})
+        async with await Bus.open(dep.settings("alice"), "alice") as alice:
+            ref = await uploads.upload(alice, data, description="alice's workspace")
+        assert ref.uploaded_by == "alice" and ref.chunks == 1
+        async with await Bus.open(dep.settings("client"), "mallory") as mallory:
+            # read it: the uploads stream is closed to clients (no reply ever comes)
+            with pytest.raises(NatsTimeoutError):
+                await mallory.nc.jetstream(timeout=1.0).get_last_msg(
+                    "CADRE_UPLOADS", f"cadre.upload.alice.{ref.sha256}.0"
+                )
+            # replace it: publishing under alice's name is refused, nothing is stored
+            with pytest.raises(NatsTimeoutError):
+                await mallory.nc.jetstream(timeout=1.0).publish(
+                    f"cadre.upload.alice.{ref.sha256}.0", b"mallory's code"
+                )
+            # and the object store, where the orchestrator copies it, is closed to clients too
+            with pytest.raises(Exception):  # noqa: B017 - refused: the stream lookup never answers
+                await mallory.nc.jetstream(timeout=1.0).object_store("CADRE_artifacts")
+        for subject in (f"cadre.upload.alice.{ref.sha256}.0", "$JS.API.STREAM.MSG.GET.CADRE_UPLOADS"):
+
+            async def refused(subject: str = subject) -> str | None:
+                return dep.violation_logged("client", "publish", subject)
+
+            await wait_for_value(refused, timeout=5, what=f"the server's refusal of {subject}")
+        # the orchestrator reads alice's upload intact, checked against its hash
+        async with await Bus.open(dep.settings("orchestrator"), "orchestrator") as orch:
+            assert await uploads.fetch(orch, ref, max_bytes=1 << 20) == data
+    finally:
+        server.stop()
