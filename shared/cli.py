@@ -227,6 +227,7 @@ async def _download(
         note.print(
             f"wrote {len(done.files)} files to {workspace} (workspace sha256 {done.artifact.sha256})",
             markup=False,
+            soft_wrap=True,
         )
     if patch is not None:
         text = await client.workspace_patch(res)
@@ -235,7 +236,11 @@ async def _download(
         else:
             Path(patch).write_text(text, encoding="utf-8")
         changed = sum(1 for line in text.splitlines() if line.startswith("diff --git "))
-        note.print(f"wrote {'the patch' if patch == '-' else patch}: {changed} file(s) changed", markup=False)
+        note.print(
+            f"wrote {'the patch' if patch == '-' else patch}: {changed} file(s) changed",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ from shared.errors import TaskNotFound
 from shared.launcher import Stack
 from shared.protocol import TaskBody, TaskSubmission, event_decoder, new_id
 from shared.settings import Settings
+from shared.workspace import SKIP_DIRS, pack_dir
+from shared.wstree import read_tree
 from tests.helpers import wait_for_value
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +86,11 @@ def one_line_error(ran: Ran, code: int, *fragments: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), ran.err
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def tree_of(folder: Path) -> dict[str, bytes]:
+    """A folder's files as a workspace carries them (caches and VCS data left out)."""
+    return read_tree(pack_dir(folder))
 
 
 def research_file(tmp_path: Path, description: str, **input_data: object) -> Path:
@@ -218,6 +227,12 @@ async def test_submit_wait_prints_the_trace_then_the_result_and_watch_replays_it
     assert msgspec.json.decode(as_json.out)["status"] == "completed"
     report = await cadre("result", task_id, settings=settings, cwd=tmp_path)
     assert report.rc == 0 and report.out.startswith("#"), report.out
+    assert "approved" not in report.out  # a research task has no review, so no verdict
+    no_code = await cadre(
+        "result", task_id, "--workspace", str(tmp_path / "x"), settings=settings, cwd=tmp_path
+    )
+    one_line_error(no_code, 1, f"task {task_id} has no workspace artifact")
+    assert not (tmp_path / "x").exists()
     too_late = await cadre("cancel", task_id, settings=settings, cwd=tmp_path)
     one_line_error(too_late, 1, f"cannot cancel {task_id}", "already completed")
 
@@ -447,3 +462,42 @@ async def test_submit_wait_on_the_example_task_prints_the_trace_and_an_approved_
     assert "Security score:" in ran.out
     assert "[Orchestrator] → [Developer]:" in ran.out  # the fix round
     assert ": COMPLETED (approved)" in ran.out
+    # a per-file summary, not every diff
+    assert "Changed files (" in ran.out and "auth_api/passwords.py" in ran.out
+    assert "```diff" not in ran.out and "\n@@ -" not in ran.out and "+++ b/" not in ran.out
+    task_id = ran.out.splitlines()[0].strip()
+
+    # the patched tree, as the user gets it
+    fixed = tmp_path / "fixed"
+    got = await cadre("result", task_id, "--workspace", str(fixed), settings=settings, cwd=tmp_path)
+    assert got.rc == 0, got.err
+    result = await CadreClient(bus).result(task_id, timeout=0)
+    assert f"workspace sha256 {result.artifacts['workspace'].sha256}" in got.out
+    downloaded = tree_of(fixed)
+    original = tree_of(ROOT / "examples" / "auth-api")
+    assert downloaded != original and downloaded.keys() >= {"auth_api/passwords.py", "tests/test_auth.py"}
+    assert b"hashlib.md5(" not in downloaded["auth_api/passwords.py"]  # the reviewer's HIGH finding, fixed
+
+    # a non-empty folder is refused (nothing written) unless --force
+    again = await cadre("result", task_id, "--workspace", str(fixed), settings=settings, cwd=tmp_path)
+    one_line_error(again, 1, "is not empty", "--force")
+    forced = await cadre("result", task_id, "-w", str(fixed), "--force", settings=settings, cwd=tmp_path)
+    assert forced.rc == 0, forced.err
+
+    # the patch applies with git to a copy of the submitted code and gives the downloaded tree
+    patch = tmp_path / "fix.patch"
+    made = await cadre("result", task_id, "--patch", str(patch), settings=settings, cwd=tmp_path)
+    assert made.rc == 0, made.err
+    assert patch.read_text().startswith("diff --git a/")
+    copy = tmp_path / "copy"
+    shutil.copytree(
+        ROOT / "examples" / "auth-api", copy, ignore=shutil.ignore_patterns(*SKIP_DIRS, ".coverage")
+    )
+    applied = subprocess.run(  # noqa: S603
+        ["git", "apply", "--whitespace=nowarn", str(patch)],  # noqa: S607
+        cwd=copy,
+        capture_output=True,
+        text=True,
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert tree_of(copy) == downloaded
