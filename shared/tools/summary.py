@@ -71,7 +71,7 @@ def summarize(
             chosen.append(k)
     for k in list(chosen):
         if units[k][2].endswith(":"):
-            after = []
+            after: list[int] = []
             for j in range(k + 1, len(units)):
                 if units[j][0] != units[k][0] or units[j][2].endswith(":") or len(after) == _LIST_ITEMS:
                     break  # the passage, or the list, ends
