@@ -237,6 +237,62 @@ async def test_submit_wait_prints_the_trace_then_the_result_and_watch_replays_it
     one_line_error(too_late, 1, f"cannot cancel {task_id}", "already completed")
 
 
+SMALL_APP = {
+    "app/passwords.py": (
+        "import hashlib\n\n\n"
+        "def hash_password(password: str) -> str:\n"
+        "    return hashlib.md5(password.encode()).hexdigest()\n"
+    ),
+    "app/__init__.py": "",
+    "README.md": "A small app.\n",
+}
+
+
+async def test_result_writes_the_patched_tree_and_a_patch_that_git_applies_to_the_submitted_code(
+    bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
+) -> None:
+    stack.add("orchestrator", step_deadline=600.0)  # a loaded 2-core machine: real tools take a while
+    for name in ("researcher", "developer", "reviewer"):
+        stack.add(name)
+    original = tmp_path / "small-app"
+    for name, text in SMALL_APP.items():
+        (original / name).parent.mkdir(parents=True, exist_ok=True)
+        (original / name).write_text(text)
+    ran = await cadre(
+        "submit", "-t", "review", "-d", "Harden the password storage", "-w", str(original), "--wait",
+        "--timeout", "600", settings=settings, cwd=tmp_path, timeout=660,
+    )  # fmt: skip
+    assert ran.rc == 0, ran.out[-3000:] + ran.err[-3000:]
+    task_id = ran.out.splitlines()[0].strip()
+    result = await CadreClient(bus).result(task_id, timeout=0)
+    assert {"workspace", "submitted_workspace"} <= result.artifacts.keys()
+    # --wait ends with a per-file summary, not the diffs
+    assert "Changed files (1)" in ran.out and "app/passwords.py" in ran.out, ran.out[-3000:]
+    assert "```diff" not in ran.out and "\n@@ -" not in ran.out
+
+    fixed = tmp_path / "fixed"
+    got = await cadre("result", task_id, "--workspace", str(fixed), settings=settings, cwd=tmp_path)
+    assert got.rc == 0, got.err
+    assert f"workspace sha256 {result.artifacts['workspace'].sha256}" in got.out
+    downloaded = tree_of(fixed)
+    assert downloaded.keys() == tree_of(original).keys()
+    assert downloaded["README.md"] == b"A small app.\n"
+    assert b"hashlib.md5(" not in downloaded["app/passwords.py"]  # the reviewer's HIGH finding, fixed
+
+    again = await cadre("result", task_id, "--workspace", str(fixed), settings=settings, cwd=tmp_path)
+    one_line_error(again, 1, "is not empty", "--force")
+
+    patch = tmp_path / "fix.patch"
+    made = await cadre("result", task_id, "--patch", str(patch), settings=settings, cwd=tmp_path)
+    assert made.err == "" and "fix.patch: 1 file(s) changed" in made.out, made
+    assert patch.read_text().startswith("diff --git a/app/passwords.py b/app/passwords.py\n")
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    applied = subprocess.run(["git", "apply", str(patch)], cwd=copy, capture_output=True, text=True)  # noqa: S603, S607
+    assert applied.returncode == 0, applied.stderr
+    assert tree_of(copy) == downloaded
+
+
 async def test_a_rejected_task_exits_1_with_its_reason(
     bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
 ) -> None:
@@ -448,6 +504,7 @@ async def test_up_example_runs_the_offline_example_to_an_approved_result(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # three agents running real tools; minutes on a loaded 2-core machine
 async def test_submit_wait_on_the_example_task_prints_the_trace_and_an_approved_result(
     bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
 ) -> None:
