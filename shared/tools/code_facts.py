@@ -90,17 +90,15 @@ class _Scan(ast.NodeVisitor):
         module, _, attr = target.rpartition(".")
         args_text = " ".join(ast.unparse(a) for a in [*node.args, *(k.value for k in node.keywords)])
         about_password = bool(_PASSWORD_NAME.search(self.function) or _PASSWORD_NAME.search(args_text))
-        if module == "hashlib" and attr in _FAST_HASHES | {"new"}:
+        if module == "hashlib" and attr in _FAST_HASHES | {"new"} and about_password:
+            # a fast digest of anything else (an ETag, a cache key) is no secret matter
             algo = attr if attr != "new" else (ast.unparse(node.args[0]).strip("'\"") if node.args else "new")
-            if about_password:
-                self.fact(
-                    node,
-                    f"Passwords are hashed with hashlib.{algo}{{where}}, a fast general-purpose digest.",
-                    ("password", "hash", algo),
-                    f"{algo} password hash",
-                )
-            else:
-                self.fact(node, f"hashlib.{algo} is used{{where}}.", ("hash", algo), f"{algo} hash")
+            self.fact(
+                node,
+                f"Passwords are hashed with hashlib.{algo}{{where}}, a fast general-purpose digest.",
+                ("password", "hash", algo),
+                f"{algo} password hash",
+            )
         elif module == "hashlib" and attr in _SLOW_HASHES:
             self.fact(node, f"hashlib.{attr} derives a key{{where}}.", ("password", "hash", attr), attr)
         elif module == "random" and attr in _RANDOM_CALLS and _TOKEN_NAME.search(self.function):
