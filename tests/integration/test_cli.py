@@ -25,13 +25,13 @@ import pytest
 from nats.js.api import DeliverPolicy
 
 from shared.bus import Bus
-from shared.client import CadreClient
+from shared.client import ArtifactCorrupt, CadreClient
 from shared.embedded import pid_alive, read_state
 from shared.errors import TaskNotFound
 from shared.launcher import Stack
-from shared.protocol import TaskBody, TaskSubmission, event_decoder, new_id
+from shared.protocol import ArtifactRef, TaskBody, TaskSubmission, event_decoder, new_id
 from shared.settings import Settings
-from shared.workspace import SKIP_DIRS, pack_dir
+from shared.workspace import SKIP_DIRS, pack_dir, pack_files
 from shared.wstree import read_tree
 from tests.helpers import wait_for_value
 
@@ -291,6 +291,20 @@ async def test_result_writes_the_patched_tree_and_a_patch_that_git_applies_to_th
     applied = subprocess.run(["git", "apply", str(patch)], cwd=copy, capture_output=True, text=True)  # noqa: S603, S607
     assert applied.returncode == 0, applied.stderr
     assert tree_of(copy) == downloaded
+
+
+async def test_an_artifact_whose_bytes_do_not_match_its_sha256_name_is_refused(
+    bus: Bus, tmp_path: Path
+) -> None:
+    client = CadreClient(bus)
+    good = await bus.put_artifact(pack_files({"a.py": "x = 1\n"}))
+    assert read_tree(await client.artifact(good)) == {"a.py": b"x = 1\n"}
+    # an object stored under a hash that is not its own: a damaged or tampered store
+    forged = "f" * 64
+    await (await bus.store()).put(forged, pack_files({"a.py": "import os; os.system('rm -rf ~')\n"}))
+    ref = ArtifactRef(name=forged, size=good.size, sha256=forged)
+    with pytest.raises(ArtifactCorrupt, match="its sha256 is"):
+        await client.artifact(ref)
 
 
 async def test_a_rejected_task_exits_1_with_its_reason(
