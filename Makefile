@@ -38,7 +38,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python -m tests.bench
+	deploy/scripts/install-redis.sh && $(BIN)/python -m pip install --quiet -e '.[bench]' && $(BIN)/python -m tests.bench
 
 schema: $(STAMP)
 	$(BIN)/python -m shared.schema docs/schema

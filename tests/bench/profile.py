@@ -8,6 +8,7 @@ frames are read from them: *self* (the frame on top of the stack) and
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["Profile", "Recorder", "py_spy"]
+
+# frames of our code and of the NATS client (the rest is the event loop and the runtime)
+_OURS = re.compile(r"\((shared|services|tests|nats)/")
 
 
 def py_spy() -> str | None:
@@ -56,8 +60,9 @@ class Profile:
         out = [f"{self.label}: {self.samples} samples; top frames by self time"]
         for frame, n in self.self_counts.most_common(k):
             out.append(f"  {100 * n / self.samples:5.1f}%  {frame}")
-        out.append(f"{self.label}: top frames by inclusive time")
-        for frame, n in self.inclusive.most_common(k):
+        out.append(f"{self.label}: top frames of Cadre and nats-py by inclusive time")
+        ours = Counter({f: n for f, n in self.inclusive.items() if _OURS.search(f)})
+        for frame, n in ours.most_common(k):
             out.append(f"  {100 * n / self.samples:5.1f}%  {frame}")
         return out
 

@@ -13,6 +13,8 @@ can be charged to it); ``stop()``.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import os
 import shutil
 import socket
 import subprocess
@@ -213,9 +215,13 @@ class CelerySystem(System):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-client")
 
     async def start(self) -> None:
+        if importlib.util.find_spec("celery") is None:
+            raise BenchError("Celery is not installed: pip install -e '.[bench]'")
         redis_bin = shutil.which("redis-server")
         if redis_bin is None:
-            raise BenchError("redis-server is not installed: run deploy/scripts/install-redis.sh")
+            raise BenchError(
+                "redis-server is not installed: deploy/scripts/install-redis.sh (Debian package)"
+            )
         port = _free_port()
         self.url = f"redis://127.0.0.1:{port}/0"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -227,8 +233,6 @@ class CelerySystem(System):
         self._popen.append(redis)
         self.procs[redis.pid] = "redis-server"
         env = {"CADRE_BENCH_REDIS_URL": self.url}
-        import os
-
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tests.bench.celery_app", "worker", "--pool=prefork"]
             + [f"--concurrency={self.concurrency}", "--without-heartbeat", "--without-gossip"]
