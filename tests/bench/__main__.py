@@ -61,19 +61,20 @@ async def _round(system: System, fig: Figures, seq: int, conc: int, delay_batch:
 
 
 async def _profile(system: CadreSystem, conc: int, out_dir: Path) -> list[str]:
-    """Three concurrent batches under py-spy; the raw stacks stay in ``out_dir``."""
+    """Concurrent batches under py-spy, wall-clock then GIL; the raw stacks stay in ``out_dir``."""
     pids = {name: pid for pid, name in system.processes().items()}
-    targets = {"orchestrator": pids["orchestrator-1"], "developer": pids["developer-1"]}
-    try:
-        with Recorder(targets, out_dir) as rec:
-            for _ in range(3):
-                await system.run(conc)
-        profiles = rec.profiles()
-    except RuntimeError as exc:
-        return [f"NO PROFILE: {exc}"]
     lines = [f"raw py-spy stacks: {out_dir}"]
-    for prof in profiles:
-        lines += prof.top()
+    for mode in ("wall", "GIL"):
+        targets = {f"{role} ({mode})": pids[f"{role}-1"] for role in ("orchestrator", "developer")}
+        try:
+            with Recorder(targets, out_dir / mode, gil=mode == "GIL") as rec:
+                for _ in range(3):
+                    await system.run(conc)
+            profiles = rec.profiles()
+        except RuntimeError as exc:
+            return [f"NO PROFILE: {exc}"]
+        for prof in profiles:
+            lines += prof.top()
     return lines
 
 
@@ -84,7 +85,7 @@ async def main() -> None:
     profile = os.environ.get("CADRE_BENCH_PROFILE", "") not in ("", "0")
     out = os.environ.get("CADRE_BENCH_OUT", str(_ROOT / "docs" / "benchmarks.md"))
     started = time.perf_counter()
-    host = report.machine(find_nats_server())
+    load_at_start = report.load_average()
     with tempfile.TemporaryDirectory(prefix="cadre-bench-") as tmp_name:
         tmp = Path(tmp_name)
         candidates: list[tuple[str, str, System]] = [
@@ -119,6 +120,7 @@ async def main() -> None:
         _say("component rows (codec, research scaling, RSS, index)")
         micro = await micro_rows(tmp)
 
+    host = report.machine(find_nats_server(), load_at_start, report.load_average())
     fig_list = list(figs.values())
     main = report.main_rows(fig_list, conc)
     ratios = report.ratio_rows(figs)
@@ -126,7 +128,12 @@ async def main() -> None:
     micro_table: list[tuple[str, ...]] = [("measure", "ours", "baseline", "ratio"), *micro]
     elapsed = time.perf_counter() - started
     print()
-    for title, rows in (("side by side", main), ("ratios", ratios), ("RSS of every process", rss)):
+    for title, rows in (
+        ("machine", host),
+        ("side by side", main),
+        ("ratios", ratios),
+        ("RSS of every process", rss),
+    ):
         print(f"== {title}\n{report.table(rows)}\n")
     print(f"== components\n{report.table(micro_table)}\n")
     if profile_lines:

@@ -1,9 +1,14 @@
 """``CADRE_BENCH_PROFILE=1``: sample the orchestrator and an agent with py-spy under load.
 
 py-spy (PyPI) attaches to the running processes (root, or ptrace allowed),
-records raw collapsed stacks while a batch of workflows runs, and the hottest
+records raw collapsed stacks while batches of workflows run, and the hottest
 frames are read from them: *self* (the frame on top of the stack) and
 *inclusive* (anywhere in the stack), as shares of the samples.
+
+Two recordings: *wall* samples every non-idle thread (a syscall such as a
+socket write counts, and so does time spent runnable but waiting for a CPU on
+a busy machine); *GIL* samples only the thread holding the GIL, i.e. where
+Python itself spends CPU.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ class Profile:
 class Recorder:
     """``py-spy record`` on some processes while a block of work runs."""
 
-    def __init__(self, targets: dict[str, int], out_dir: Path, rate: int = 200) -> None:
+    def __init__(self, targets: dict[str, int], out_dir: Path, *, gil: bool = False, rate: int = 200) -> None:
         exe = py_spy()
         if exe is None:
             raise RuntimeError("py-spy is not installed: pip install -e '.[bench]' (or pip install py-spy)")
@@ -78,6 +83,7 @@ class Recorder:
         self.targets = targets
         self.out_dir = out_dir
         self.rate = rate
+        self.gil = gil
         self._procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
 
     def __enter__(self) -> Recorder:
@@ -85,7 +91,7 @@ class Recorder:
         for label, pid in self.targets.items():
             out = self.out_dir / f"{label}.txt"
             cmd = [self.exe, "record", "--pid", str(pid), "--rate", str(self.rate), "--format", "raw"]
-            cmd += ["--output", str(out), "--nonblocking"]
+            cmd += ["--output", str(out), "--nonblocking"] + (["--gil"] if self.gil else [])
             log = open(self.out_dir / f"{label}.py-spy.log", "wb")  # noqa: SIM115
             self._procs[label] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), out)
             log.close()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["Figures", "machine", "markdown", "table"]
+__all__ = ["Figures", "load_average", "machine", "markdown", "table"]
 
 Row = tuple[str, ...]
 
@@ -127,6 +127,11 @@ def md_table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def load_average() -> str:
+    """The machine's load: figures taken under other load than the benchmark's are noisier."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def _version(cmd: list[str]) -> str:
     if shutil.which(cmd[0]) is None and not Path(cmd[0]).exists():
         return "not installed"
@@ -136,7 +141,7 @@ def _version(cmd: list[str]) -> str:
         return "unknown"
 
 
-def machine(nats_server: str) -> list[Row]:
+def machine(nats_server: str, load_at_start: str, load_at_end: str) -> list[Row]:
     """Where and with what the figures were taken."""
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -156,7 +161,8 @@ def machine(nats_server: str) -> list[Row]:
         ("date (UTC)", time.strftime("%Y-%m-%d %H:%M", time.gmtime())),
         ("git commit", commit),
         ("CPU", f"{cpu}, {os.cpu_count()} logical cores"),
-        ("load average at start", " ".join(f"{x:.2f}" for x in os.getloadavg())),
+        ("load average (1, 5, 15 min) at start", load_at_start),
+        ("load average at end", load_at_end),
         ("OS", platform.platform()),
         ("Python", platform.python_version()),
         ("nats-server", _version([nats_server, "--version"])),
@@ -204,6 +210,16 @@ _HOW = """## How it is measured
   system per round, default 10), `CADRE_BENCH_CONCURRENCY` (default 20),
   `CADRE_BENCH_PROFILE=1` (py-spy profile of the orchestrator and the developer
   agent under load), `CADRE_BENCH_OUT` (where this page goes; `-` for nowhere).
+- **Profile** (`CADRE_BENCH_PROFILE=1`, after the rounds, so it never slows the
+  measured figures): py-spy records Cadre 1x's orchestrator and developer over 3
+  concurrent batches twice: *wall* (every non-idle thread: syscalls such as socket
+  writes count, and on a busy machine so does waiting for a CPU right after one)
+  and *GIL* (only the thread holding the GIL: where Python spends CPU). Self time
+  lists every frame; inclusive time lists Cadre's and nats-py's frames. The raw
+  stacks stay in `.cadre/bench-profile/` (open them with e.g. speedscope or
+  flamegraph.pl).
+- The machine is shared (see the load average): compare columns of one run, not
+  figures of different runs.
 """
 
 
