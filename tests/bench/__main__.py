@@ -79,7 +79,7 @@ async def _profile(system: CadreSystem, conc: int, out_dir: Path) -> list[str]:
 
 
 async def main() -> None:
-    rounds = _knob("CADRE_BENCH_ROUNDS", 3)
+    rounds = _knob("CADRE_BENCH_ROUNDS", 5)
     seq = _knob("CADRE_BENCH_N", 10)
     conc = _knob("CADRE_BENCH_CONCURRENCY", 20)
     profile = os.environ.get("CADRE_BENCH_PROFILE", "") not in ("", "0")

@@ -206,7 +206,7 @@ _HOW = """## How it is measured
   phases, divided by the workflows run. **RSS**: every process after the load.
 - **50 ms steps**: Cadre 1x vs 2x with scripted brains that await 50 ms per step,
   the concurrent batch each round (issue 15's scaling goal).
-- Knobs: `CADRE_BENCH_ROUNDS` (default 3), `CADRE_BENCH_N` (sequential workflows per
+- Knobs: `CADRE_BENCH_ROUNDS` (default 5), `CADRE_BENCH_N` (sequential workflows per
   system per round, default 10), `CADRE_BENCH_CONCURRENCY` (default 20),
   `CADRE_BENCH_PROFILE=1` (py-spy profile of the orchestrator and the developer
   agent under load), `CADRE_BENCH_OUT` (where this page goes; `-` for nowhere).
