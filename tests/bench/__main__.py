@@ -106,7 +106,12 @@ async def main() -> None:
                 order = list(running)
                 order = order[r % len(order) :] + order[: r % len(order)]
                 for key in order:
-                    await _round(running[key], figs[key], seq, conc, key.startswith("cadre"))
+                    try:
+                        await _round(running[key], figs[key], seq, conc, key.startswith("cadre"))
+                    except Exception as exc:  # reported in the table; the other systems go on
+                        figs[key].error = f"failed in round {r + 1}: {type(exc).__name__}: {exc}"
+                        _say(f"{figs[key].title} {figs[key].error}")
+                        await running.pop(key).stop()
                 _say(f"round {r + 1}/{rounds} done ({', '.join(order)})")
             for key, system in running.items():
                 pids = system.processes()
