@@ -94,8 +94,9 @@ async def _pull_forever(sub: JetStreamContext.PullSubscription, handle, batch: i
             msgs = await sub.fetch(batch, timeout=5)
         except (NatsTimeout, TimeoutError):
             continue
-        for msg in msgs:
-            await handle(msg)
+        # a chain has one message in flight at a time, so a batch spans different tasks: handle
+        # them concurrently (as Cadre's orchestrator does), the publishes pipelined on the connection
+        await asyncio.gather(*(handle(msg) for msg in msgs))
 
 
 async def _orchestrator(js: JetStreamContext, prefix: str) -> None:

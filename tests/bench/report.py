@@ -190,7 +190,9 @@ _HOW = """## How it is measured
   processes (one orchestrator, one agent per role), the same stream kinds as Cadre
   (work-queue streams for tasks, work and step results; a limits stream for the
   result) and one KV put per transition, and nothing else: no plan, events,
-  heartbeats, health checks, metrics or review loop.
+  heartbeats, health checks, metrics or review loop. Its orchestrator handles a
+  fetched batch concurrently (different tasks), its agents one item at a time, as
+  Cadre's do.
 - **Cadre 1x**: one orchestrator and one agent per role; **Cadre 2x**: two
   orchestrators and two agents per role; real service processes (`shared/launcher.py`).
 - **Celery**: Celery prefork worker (`-c 3`), Redis as broker and result backend,
