@@ -86,17 +86,19 @@ def ratio_rows(by: dict[str, Figures]) -> list[Row]:
     rows: list[Row] = [("ratio", "value", "goal", "met")]
 
     def add(name: str, value: float, goal: str = "", ok: bool | None = None) -> None:
+        # goals are judged on the value as shown (2 decimals), so the table never contradicts itself
+        value = round(value, 2)
         met = "" if ok is None or value != value else ("yes" if ok else "NO")
         rows.append((name, _f(value, ".2f") + "x", goal, met))
 
     if floor and one:
-        lat = one.p(0.5) / floor.p(0.5)
+        lat = round(one.p(0.5) / floor.p(0.5), 2)
         add("Cadre 1x latency p50 / floor", lat, "<= 1.5x", lat <= 1.5)
-        thr = one.rate / floor.rate
+        thr = round(one.rate / floor.rate, 2)
         add("Cadre 1x throughput / floor", thr, ">= 0.5x", thr >= 0.5)
         add("Cadre 1x CPU per workflow / floor", one.cpu_ms / floor.cpu_ms)
     if one and two:
-        scale = two.rate_50ms / one.rate_50ms
+        scale = round(two.rate_50ms / one.rate_50ms, 2)
         add("Cadre 2x / 1x throughput, 50 ms steps", scale, ">= 1.7x", scale >= 1.7)
         add("Cadre 2x / 1x throughput, no-op steps", two.rate / one.rate)
     if one and cel:
@@ -156,6 +158,11 @@ def machine(nats_server: str, load_at_start: str, load_at_end: str) -> list[Row]
             return "not installed"
 
     commit = _version(["git", "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", ".", ":!docs/benchmarks.md"], capture_output=True, text=True
+    ).stdout.strip()
+    if dirty:
+        commit += " (with uncommitted changes)"
     rows: list[Row] = [("what", "value")]
     rows += [
         ("date (UTC)", time.strftime("%Y-%m-%d %H:%M", time.gmtime())),
