@@ -204,7 +204,7 @@ _HOW = """## How it is measured
   orchestrators and two agents per role; real service processes (`shared/launcher.py`).
 - **Celery**: Celery prefork worker (`-c 3`), Redis as broker and result backend,
   `chain` of 7 no-op tasks (`tests/bench/celery_app.py`); redis-server from Debian's
-  packages (`deploy/scripts/install-redis.sh`), started on 127.0.0.1 and stopped after.
+  packages (`deploy/scripts/system-packages.sh bench`, which `make bench` runs), started on 127.0.0.1 and stopped after.
 - Each system has its own server(s) on 127.0.0.1, started by the benchmark and
   stopped after. Every system is started and warmed up first; then the rounds are
   interleaved (the order rotates each round): per system, `CADRE_BENCH_N`

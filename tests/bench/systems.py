@@ -220,7 +220,7 @@ class CelerySystem(System):
         redis_bin = shutil.which("redis-server")
         if redis_bin is None:
             raise BenchError(
-                "redis-server is not installed: deploy/scripts/install-redis.sh (Debian package)"
+                "redis-server is not installed: deploy/scripts/system-packages.sh bench (Debian package)"
             )
         port = _free_port()
         self.url = f"redis://127.0.0.1:{port}/0"
