@@ -17,6 +17,7 @@ from tests.bench.report import Figures
 from tests.bench.systems import CadreSystem, CelerySystem, Floor, System
 
 _ROOT = Path(__file__).resolve().parents[2]
+_PROFILE_BATCHES = 5  # concurrent batches per recording: enough samples at 400 Hz, a few seconds
 
 
 def _knob(name: str, default: int) -> int:
@@ -67,8 +68,8 @@ async def _profile(system: CadreSystem, conc: int, out_dir: Path) -> list[str]:
     for mode in ("wall", "GIL"):
         targets = {f"{role} ({mode})": pids[f"{role}-1"] for role in ("orchestrator", "developer")}
         try:
-            with Recorder(targets, out_dir / mode, gil=mode == "GIL") as rec:
-                for _ in range(3):
+            with Recorder(targets, out_dir / mode, gil=mode == "GIL", rate=400) as rec:
+                for _ in range(_PROFILE_BATCHES):
                     await system.run(conc)
             profiles = rec.profiles()
         except RuntimeError as exc:

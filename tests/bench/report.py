@@ -220,10 +220,10 @@ _HOW = """## How it is measured
   `CADRE_BENCH_PROFILE=1` (py-spy profile of the orchestrator and the developer
   agent under load), `CADRE_BENCH_OUT` (where this page goes; `-` for nowhere).
 - **Profile** (`CADRE_BENCH_PROFILE=1`, after the rounds, so it never slows the
-  measured figures): py-spy records Cadre 1x's orchestrator and developer over 3
-  concurrent batches twice: *wall* (every non-idle thread: syscalls such as socket
-  writes count, and on a busy machine so does waiting for a CPU right after one)
-  and *GIL* (only the thread holding the GIL: where Python spends CPU). Self time
+  measured figures): py-spy records Cadre 1x's orchestrator and developer at
+  400 Hz over 5 concurrent batches, twice: *wall* (every non-idle thread: syscalls
+  such as socket writes count, and on a busy machine so does waiting for a CPU
+  right after one) and *GIL* (only the thread holding the GIL: where Python spends CPU). Self time
   lists every frame; inclusive time lists Cadre's and nats-py's frames. The raw
   stacks stay in `.cadre/bench-profile/` (open them with e.g. speedscope or
   flamegraph.pl).
