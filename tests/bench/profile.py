@@ -90,6 +90,7 @@ class Recorder:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         for label, pid in self.targets.items():
             out = self.out_dir / f"{label}.txt"
+            out.unlink(missing_ok=True)  # never read an earlier run's stacks as this one's
             cmd = [self.exe, "record", "--pid", str(pid), "--rate", str(self.rate), "--format", "raw"]
             cmd += ["--output", str(out), "--nonblocking"] + (["--gil"] if self.gil else [])
             log = open(self.out_dir / f"{label}.py-spy.log", "wb")  # noqa: SIM115
