@@ -58,6 +58,15 @@ def _f(x: float, fmt: str = ".1f") -> str:
     return "n/a" if x != x else format(x, fmt)  # NaN: not measured
 
 
+def _spread(xs: list[float], fmt: str = ".1f") -> str:
+    """Median over the rounds and the range, so a noisy machine shows as such."""
+    if not xs:
+        return "n/a"
+    if len(xs) == 1:
+        return _f(xs[0], fmt)
+    return f"{_f(statistics.median(xs), fmt)} ({_f(min(xs), fmt)}-{_f(max(xs), fmt)})"
+
+
 def main_rows(systems: list[Figures], concurrency: int) -> list[Row]:
     """The side-by-side table: one column per system."""
     rows: list[Row] = [("", *(s.title for s in systems))]
@@ -68,11 +77,19 @@ def main_rows(systems: list[Figures], concurrency: int) -> list[Row]:
         )
     )
     rows.append(("7-step latency, fastest (ms)", *(_f(s.p(0.0) * 1e3) for s in systems)))
-    rows.append((f"{concurrency} concurrent, workflows/s", *(_f(s.rate) for s in systems)))
+    rows.append(
+        (
+            f"{concurrency} concurrent, workflows/s, median (min-max)",
+            *(_spread(s.throughput) for s in systems),
+        )
+    )
     rows.append(("CPU per workflow, all processes (ms)", *(_f(s.cpu_ms) for s in systems)))
     rows.append(("RSS, all processes (MiB)", *(_f(s.rss_mib) for s in systems)))
     rows.append(
-        (f"{concurrency} concurrent, 50 ms steps, workflows/s", *(_f(s.rate_50ms, ".2f") for s in systems))
+        (
+            f"{concurrency} concurrent, 50 ms steps, workflows/s",
+            *(_spread(s.throughput_50ms, ".2f") for s in systems),
+        )
     )
     for s in systems:
         if s.error:

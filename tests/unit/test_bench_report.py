@@ -55,7 +55,7 @@ def test_a_system_that_could_not_run_is_named_in_the_table_with_its_reason() -> 
     missing = Figures("celery", "Celery c3", error="BenchError: redis-server is not installed")
     rows = main_rows([_fig("floor", [10], 100.0), missing], 20)
     assert ("NOT MEASURED: Celery c3", "BenchError: redis-server is not installed", "") in rows
-    assert rows[3] == ("20 concurrent, workflows/s", "100.0", "n/a")
+    assert rows[3] == ("20 concurrent, workflows/s, median (min-max)", "100.0", "n/a")
     assert "NOT MEASURED: Celery c3" in table(rows)
 
 
@@ -63,3 +63,9 @@ def test_a_goal_is_judged_on_the_ratio_as_shown() -> None:
     figs = {"cadre1x": _fig("cadre1x", [10], 10.0, 5.0), "cadre2x": _fig("cadre2x", [10], 10.0, 8.498)}
     rows = {r[0]: r[1:] for r in ratio_rows(figs)}
     assert rows["Cadre 2x / 1x throughput, 50 ms steps"] == ("1.70x", ">= 1.7x", "yes")
+
+
+def test_throughput_shows_the_median_over_rounds_and_their_range() -> None:
+    fig = Figures("floor", "floor", latencies=[0.01], throughput=[30.0, 10.0, 20.0])
+    rows = main_rows([fig], 20)
+    assert rows[3] == ("20 concurrent, workflows/s, median (min-max)", "20.0 (10.0-30.0)")
