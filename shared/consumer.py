@@ -40,7 +40,15 @@ from nats.js.errors import FetchTimeoutError
 from shared.bus import Bus
 from shared.errors import CadreError
 
-__all__ = ["DECODE_ERRORS", "ConsumerStats", "Delivery", "KeyedLocks", "Puller", "Rejected", "SupervisedConsumer"]
+__all__ = [
+    "DECODE_ERRORS",
+    "ConsumerStats",
+    "Delivery",
+    "KeyedLocks",
+    "Puller",
+    "Rejected",
+    "SupervisedConsumer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -336,4 +344,3 @@ def _describe(exc: BaseException) -> str:
     text = str(exc)
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
-

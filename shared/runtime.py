@@ -125,7 +125,8 @@ class AgentService(Lifecycle):
             max_deliver=self.settings.max_deliver,
         )
         self._pullers = {
-            p: await Puller(self.bus, s.stream_work, s.work_consumer(self.role, p)).start() for p in PRIORITIES
+            p: await Puller(self.bus, s.stream_work, s.work_consumer(self.role, p)).start()
+            for p in PRIORITIES
         }
         await self._shell.subscribe(s.work_all(self.role), self._ring)
         await self._shell.subscribe(s.cancel_all, self._on_cancel)

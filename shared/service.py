@@ -115,9 +115,7 @@ class ServiceShell:
             return
         exc = task.exception()
         if exc is not None:
-            logger.error(
-                "%s background task %s died: %s", self.role, task.get_name(), exc, exc_info=exc
-            )
+            logger.error("%s background task %s died: %s", self.role, task.get_name(), exc, exc_info=exc)
 
     def supervise(self, factory: Callable[[], Coroutine[Any, Any, Any]], name: str) -> asyncio.Task[Any]:
         """Run a loop that must live as long as the service: restarted (with backoff) when it dies.
