@@ -233,11 +233,10 @@ class AgentService(Lifecycle):
         """Take one decoded work item: check it can be routed, then run it (the consumer acks or not)."""
         if item.to_agent != self.role:
             raise Rejected(f"work item for role {item.to_agent!r} reached a {self.role} agent")
-        for what, value in (("task id", item.task_id), ("step id", item.step_id)):
-            try:
-                token(value)
-            except InvalidSubjectToken as exc:
-                raise Rejected(f"work item with an unusable {what}: {exc}") from exc
+        try:
+            token(item.task_id)  # it names the subject the result goes to
+        except InvalidSubjectToken as exc:
+            raise Rejected(f"work item with an unusable task id: {exc}") from exc
         msg = delivery.msg
         if self.instance_id in item.avoid_instances and delivery.num_delivered <= _AVOID_HANDBACKS:
             # re-assignment: let another instance of the role take it
