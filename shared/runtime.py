@@ -181,7 +181,7 @@ class AgentService(Lifecycle):
         Each message goes through the consumer's error boundary, so no work item can end
         this loop; if something else does, the shell restarts it (and gives up loudly).
         """
-        self._pulling = True
+        self._pulling = self.consumer.stats.pulling = True
         try:
             while not self._stopping.is_set():
                 if len(self._inflight) >= self.settings.concurrency:
@@ -196,7 +196,7 @@ class AgentService(Lifecycle):
                     continue
                 await self.consumer.process(msg)
         finally:
-            self._pulling = False
+            self._pulling = self.consumer.stats.pulling = False
 
     async def _wait_doorbell(self) -> None:
         # the timeout covers what rings no bell: redeliveries after AckWait and delayed naks
