@@ -98,6 +98,7 @@ class AgentService(Lifecycle):
     _shell: ServiceShell = field(init=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _doorbell: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _slot_free: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _inflight: dict[str, _InFlight] = field(default_factory=dict, init=False)
     _rung: set[str] = field(default_factory=set, init=False)
     _pulling: bool = field(default=False, init=False)
@@ -146,6 +147,7 @@ class AgentService(Lifecycle):
             return
         self._stopping.set()
         self._doorbell.set()
+        self._slot_free.set()
         if self._inflight:
             logger.info(
                 "draining in_flight=%d timeout=%.1fs", len(self._inflight), self.settings.drain_timeout
@@ -185,7 +187,7 @@ class AgentService(Lifecycle):
         try:
             while not self._stopping.is_set():
                 if len(self._inflight) >= self.settings.concurrency:
-                    await self._wait_doorbell()
+                    await self._wait_slot()
                     continue
                 rung = self._rung.copy()
                 self._rung.clear()
@@ -197,6 +199,13 @@ class AgentService(Lifecycle):
                 await self.consumer.process(msg)
         finally:
             self._pulling = self.consumer.stats.pulling = False
+
+    async def _wait_slot(self) -> None:
+        # a ring while busy must not spin the loop: wait for a step to finish instead
+        self._slot_free.clear()
+        if len(self._inflight) >= self.settings.concurrency and not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_free.wait(), _IDLE_WAIT)
 
     async def _wait_doorbell(self) -> None:
         # the timeout covers what rings no bell: redeliveries after AckWait and delayed naks
@@ -335,6 +344,7 @@ class AgentService(Lifecycle):
         finally:
             flight.ctx.cleanup()
             self._inflight.pop(key, None)
+            self._slot_free.set()
             self._doorbell.set()
 
     async def _settle_announce(self, flight: _InFlight) -> None:
