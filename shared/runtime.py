@@ -505,6 +505,8 @@ async def run_service(service: Any, settings: Settings) -> int:
             await asyncio.wait_for(service.stop(), settings.drain_timeout + 5)
         except TimeoutError:
             logger.error("stop did not finish within %.0fs; exiting anyway", settings.drain_timeout + 5)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
     return code
 
 

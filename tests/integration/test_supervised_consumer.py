@@ -26,7 +26,9 @@ from shared.protocol import (
     heartbeat_decoder,
     now,
 )
-from shared.service import RESTART_LIMIT, ServiceShell
+from shared.runtime import run_service
+from shared.service import RESTART_LIMIT, Lifecycle, ServiceShell
+from shared.settings import Settings
 from tests.helpers import (
     StepFeed,
     await_result,
@@ -247,3 +249,33 @@ async def test_a_supervised_loop_that_dies_is_restarted_and_one_that_keeps_dying
     assert "doomed" in shell.fatal_reason and "always dies" in shell.fatal_reason
     assert shell.restarts == {"flaky": 1, "doomed": RESTART_LIMIT}
     await shell.close()
+
+
+async def test_run_service_stops_a_service_that_gave_up_and_returns_a_non_zero_exit_code(
+    bus: Bus, settings: Settings
+) -> None:
+    class Doomed(Lifecycle):
+        """A service whose only loop always dies (what a broken consumer loop looks like)."""
+
+        def __init__(self) -> None:
+            self.shell = ServiceShell(bus, "developer", "dev-doomed", 60.0)
+            self.stopped = False
+
+        @property
+        def fatal(self) -> asyncio.Event:
+            return self.shell.fatal
+
+        async def start(self) -> None:
+            async def loop() -> None:
+                raise RuntimeError("the pull loop broke")
+
+            self.shell.supervise(loop, "pull-loop")
+
+        async def stop(self) -> None:
+            self.stopped = True
+            await self.shell.close()
+
+    service = Doomed()
+    code = await asyncio.wait_for(run_service(service, settings), 60)
+    assert code == 1 and service.stopped
+    assert "the pull loop broke" in service.shell.fatal_reason
