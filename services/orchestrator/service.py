@@ -243,6 +243,10 @@ class OrchestratorService(Lifecycle):
                 logger.info("workflow purged task=%s ended_at=%.0f", task_id, finished_at)
 
     # --- the one way to change a workflow --------------------------------------------------------
+    def _encode(self, st: WorkflowState) -> bytes:
+        """The bytes written to KV for ``st`` (the one place a state is encoded for storage)."""
+        return encode_state(st)
+
     async def _load(self, task_id: str) -> _Cached | None:
         try:
             entry = await self.kv.get(task_id)
@@ -267,7 +271,7 @@ class OrchestratorService(Lifecycle):
                     changed = transition(st, now())
                     if changed:
                         cached.revision = await self.kv.update(
-                            task_id, encode_state(st), last=cached.revision
+                            task_id, self._encode(st), last=cached.revision
                         )
                 except KeyWrongLastSequenceError:
                     self._cache.pop(task_id, None)
@@ -295,7 +299,7 @@ class OrchestratorService(Lifecycle):
             # the one extra write of a task: a finished state keeps no outbox to re-publish later
             st.outbox = []
             try:
-                cached.revision = await self.kv.update(task_id, encode_state(st), last=cached.revision)
+                cached.revision = await self.kv.update(task_id, self._encode(st), last=cached.revision)
             except KeyWrongLastSequenceError:
                 pass  # another instance wrote it; its resume clears what is left
             except Exception as exc:  # the next resume re-publishes (deduplicated) and tries again
@@ -337,7 +341,7 @@ class OrchestratorService(Lifecycle):
             decompose_s = time.perf_counter() - t0
             st = self.engine.start(task_id, sub, plan, decompose_s, now(), note=note)
             try:
-                revision = await self.kv.create(task_id, encode_state(st))
+                revision = await self.kv.create(task_id, self._encode(st))
             except KeyWrongLastSequenceError:
                 logger.info(
                     "duplicate submission task=%s message_id=%s: already running", task_id, sub.message_id
