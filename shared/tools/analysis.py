@@ -44,8 +44,8 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import re
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
