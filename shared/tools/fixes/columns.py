@@ -28,7 +28,6 @@ _MODEL = re.compile(
 _SQL = re.compile(
     r"""\b(?P<name>\w+)\s+(?:VARCHAR|CHAR|CHARACTER VARYING)\s*\(\s*(?P<width>\d+)\s*\)""", re.IGNORECASE
 )
-_HASHY = ("password", "passwd", "pwd", "hash", "digest", "token")
 
 
 @dataclass(frozen=True)
@@ -39,15 +38,9 @@ class Column:
     width: int
 
 
-def _related(name: str, words: set[str]) -> bool:
-    low = name.lower()
-    return any(w in low for w in _HASHY) or low in words
-
-
-def narrow_columns(root: Path, width: int, words: set[str]) -> list[Column]:
-    """Columns of the workspace's Python files that look like they store a hash (their name
-    mentions password/hash/digest/token or is one of ``words``) and hold fewer than ``width``
-    characters."""
+def narrow_columns(root: Path, width: int, words: tuple[str, ...]) -> list[Column]:
+    """Columns of the workspace's Python files that look like they store the hash (their name
+    contains one of ``words``, e.g. ``password``) and hold fewer than ``width`` characters."""
     out: list[Column] = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root)
@@ -61,6 +54,6 @@ def narrow_columns(root: Path, width: int, words: set[str]) -> list[Column]:
             for rx in (_MODEL, _SQL):
                 for found in rx.finditer(line):
                     name, size = found["name"], int(found["width"])
-                    if size < width and _related(name, words):
+                    if size < width and any(w in name.lower() for w in words):
                         out.append(Column(rel.as_posix(), n, name, size))
     return out

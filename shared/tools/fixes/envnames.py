@@ -1,12 +1,14 @@
 """Environment variable names for secrets moved out of the code: one per distinct secret.
 
 A hard-coded secret becomes ``os.environ["<NAME>"]``. The name comes from where
-the secret is: the top folder (or module) and the name it was assigned to,
-e.g. ``AUTH_API_SECRET_KEY``. ``EnvNames`` remembers, for one fix run, which
+the secret is: the first folder that names something (``src/``, ``apps/`` and
+the like are skipped; at the top level, the module) and the name it was
+assigned to, e.g. ``AUTH_API_SECRET_KEY``, ``BILLING_SECRET_KEY`` for
+``apps/billing/settings.py``. ``EnvNames`` remembers, for one fix run, which
 secret each name stands for, so two different secrets never share a name:
 
 - another file already uses the name: the module path is spelt out
-  (``SHOP_APP_SECRET_KEY`` beside ``BLOG_APP_SECRET_KEY``);
+  (``SHOP_API_SECRET_KEY`` beside ``SHOP_SECRET_KEY``);
 - a secret passed to a call is named with the call's other words
   (``User(username="alice", password=...)`` -> ``SEED_ALICE_PASSWORD``), and so
   is another secret of the same file with a name already taken there;
@@ -35,6 +37,21 @@ def existing_env_names(texts: list[str]) -> set[str]:
     return {name for text in texts for name in _READ.findall(text)}
 
 
+# folders that hold code without saying what it is: the name comes from the next one down
+_CONTAINERS = frozenset({"src", "lib", "apps", "app", "packages", "services", "python", "source", "code"})
+_GENERIC_STEMS = frozenset({"__init__", "settings", "config", "conf", "configuration", "constants", "main"})
+
+
+def _place(parts: tuple[str, ...]) -> str:
+    """What the file belongs to: its first folder that is not a mere container, else the module."""
+    folders = [p for p in parts[:-1] if p.lower() not in _CONTAINERS]
+    if folders:
+        return folders[0]
+    if parts[-1] not in _GENERIC_STEMS or len(parts) == 1:
+        return parts[-1] if parts[-1] != "__init__" else "app"
+    return parts[-2]
+
+
 def _word(text: str) -> str:
     return re.sub(r"_+", "_", re.sub(r"\W", "_", text)).strip("_").upper()
 
@@ -57,7 +74,7 @@ class EnvNames:
         """
         owner = (rel, target, value)
         parts = Path(rel).with_suffix("").parts
-        top = _word(parts[0] if len(parts) > 1 else parts[-1])
+        top = _word(_place(parts))
         base = _word(target)
         short = base if base.startswith(top + "_") else f"{top}_{base}"
         path = "_".join(_word(p) for p in parts if p != "__init__")

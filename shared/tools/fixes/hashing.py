@@ -134,7 +134,7 @@ def _hash_use(tree: Tree, call: cst.Call, data: list[cst.Arg]) -> tuple[str, str
     return _secret(purpose) or "unknown", ""
 
 
-def _column_follow_ups(site: Site, algo: str, new: str, words: set[str]) -> list[FollowUp]:
+def _column_follow_ups(site: Site, algo: str, new: str, words: tuple[str, ...]) -> list[FollowUp]:
     """Columns that look like they store this digest and are narrower than the new one."""
     width = _HEX_LEN[new]
     return [
@@ -181,6 +181,30 @@ def _data_imports(tree: Tree, data: list[cst.Arg]) -> list[tuple[str, str | None
     return out
 
 
+def _dead_locals(tree: Tree, call: cst.Call, data: list[cst.Arg]) -> list[cst.CSTNode]:
+    """``now = str(time.time())`` lines of the function that only fed the hashed data: with the
+    data gone they would be unused locals."""
+    func = next((a for a in tree.ancestors(call) if isinstance(a, cst.FunctionDef)), None)
+    if func is None or not isinstance(func.body, cst.IndentedBlock):
+        return []
+    in_data = [n.value for a in data for n in m.findall(a, m.Name()) if isinstance(n, cst.Name)]
+    everywhere = [n.value for n in m.findall(func, m.Name()) if isinstance(n, cst.Name)]
+    dead: list[cst.CSTNode] = []
+    for line in func.body.body:
+        if not (isinstance(line, cst.SimpleStatementLine) and len(line.body) == 1):
+            continue
+        stmt = line.body[0]
+        if (
+            isinstance(stmt, cst.Assign)
+            and len(stmt.targets) == 1
+            and isinstance(stmt.targets[0].target, cst.Name)
+        ):
+            name = stmt.targets[0].target.value
+            if name in in_data and everywhere.count(name) == 1 + in_data.count(name):
+                dead.append(line)
+    return dead
+
+
 def _token_plan(site: Site, tree: Tree, call: cst.Call, algo: str, data: list[cst.Arg], word: str) -> Plan:
     chain = _chain(tree, call)
     if chain is None:
@@ -192,7 +216,9 @@ def _token_plan(site: Site, tree: Tree, call: cst.Call, algo: str, data: list[cs
     size = _DIGEST_SIZE.get(algo, 16)
     new = f"secrets.token_hex({size})" if kind == "hexdigest" else f"secrets.token_bytes({size})"
     remove = [from_import(call.func, "hashlib"), *_data_imports(tree, data)]
-    text = finish(tree.replace(outer, cst.parse_expression(new)), ["secrets"], remove)
+    changes: dict[cst.CSTNode, cst.CSTNode | None] = {outer: cst.parse_expression(new)}
+    changes.update(dict.fromkeys(_dead_locals(tree, call, data)))
+    text = finish(tree.edit(changes), ["secrets"], remove)
     desc = (
         f"{word} token from {algo}({tree.code(data[0].value) if data else ''}) -> {new}: a hash of guessable "
         f"inputs is guessable whatever the hash; the token is now random, with the same length "
@@ -226,9 +252,6 @@ def fix_weak_hash(site: Site, tree: Tree) -> Plan:
     where = f"{site.rel}:{site.issue.line}"
     if context == "token":
         return _token_plan(site, tree, call, algo, data, word)
-    names = {
-        w for n in tree.ancestors(call) if isinstance(n, cst.FunctionDef) for w in [n.name.value.lower()]
-    }
     if context == "non-security":
         if not site.must_fix:
             argument = (
@@ -260,7 +283,8 @@ def fix_weak_hash(site: Site, tree: Tree) -> Plan:
             "on top of any salt already in the data): deterministic, so hash/verify code keeps working; "
             f"hashes stored with {algo} must be re-created (users reset or re-hash on login)"
         )
-        follow = _column_follow_ups(site, algo, "scrypt", names) if kind == "hexdigest" else []
+        columns: tuple[str, ...] = ("password", "passwd", "pwd")
+        follow = _column_follow_ups(site, algo, "scrypt", columns) if kind == "hexdigest" else []
         return Plan([Candidate(text, desc, follow_ups=follow)])
     if is_new:
         new = call.with_changes(
@@ -273,7 +297,8 @@ def fix_weak_hash(site: Site, tree: Tree) -> Plan:
         new, add = call.with_changes(func=cst.Attribute(cst.Name("hashlib"), cst.Name("sha256"))), ["hashlib"]
     text = finish(tree.replace(call, new), add, [from_import(call.func, "hashlib")])
     why = "credential data" if context == "secret" else "a use the code does not name as non-security"
-    follow = _column_follow_ups(site, algo, "sha256", names) if _chain(tree, call) else []
+    columns = ("password", "passwd", "pwd", "hash", "digest", "checksum", "signature")
+    follow = _column_follow_ups(site, algo, "sha256", columns) if _chain(tree, call) else []
     return Plan(
         [Candidate(text, f"{algo} -> sha256 for {why}: collision-resistant digest", follow_ups=follow)]
     )
