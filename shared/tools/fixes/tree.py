@@ -78,7 +78,7 @@ class _Edit(cst.CSTTransformer):
         super().__init__()
         self.changes = changes
 
-    def on_leave(
+    def on_leave(  # type: ignore[override]
         self, original_node: cst.CSTNode, updated_node: cst.CSTNode
     ) -> cst.CSTNode | cst.RemovalSentinel:
         if original_node in self.changes:
