@@ -19,7 +19,7 @@ import msgspec
 
 from services.orchestrator.state import StepState, WorkflowState
 from shared.protocol import Dispute, Issue, ReviewOutput
-from shared.tools.analysis import blocks
+from shared.tools.scoring import blocks
 
 if TYPE_CHECKING:
     from services.orchestrator.workflow import Engine

@@ -83,7 +83,10 @@ class BuiltinReviewer:
         counts = Counter(i.severity for i in issues)
         tally = ", ".join(f"{counts[sev]} {sev}" for sev in ("HIGH", "MEDIUM", "LOW"))
         notes = []
-        if tests is not None and not tests.ok:
+        not_run = getattr(tests, "environment_error", None)  # set by the sandboxed test runner
+        if not_run:
+            notes.append(f"tests could not run here ({not_run}); not counted")
+        elif tests is not None and not tests.ok:
             notes.append(f"tests failing ({tests.failed} failed, {tests.errors} errors)")
         if tests is not None and tests.coverage is not None and breakdown["coverage"]:
             notes.append(f"coverage {tests.coverage:.0f}% below target")

@@ -25,17 +25,8 @@ Complexity above 15 is MEDIUM, above 10 LOW, concern ``style``. Issue ids are
 ``sha1(tool, rule, file, normalised source line)[:12]``: line numbers shift
 when code above is fixed, so they are not part of the id.
 
-Score (``score``), out of 100, floor 0; each concern has its own budget so
-that quality findings cannot sink a security score::
-
-    100 - security:    4 per HIGH + 2 per MEDIUM + 1 per LOW (the LOW part capped at 10)
-        - correctness: 4 per HIGH + 2 per MEDIUM + 1 per LOW, capped at 10
-        - style (style and performance): same weights, capped at 5
-        - 20 if the developer's tests failed or errored
-        - 5 if their coverage (percent) is below 80
-
-Verdict (``verdict``): ``approved`` iff score >= threshold and no finding
-``blocks`` (any HIGH, or a security finding of MEDIUM or higher).
+The score, the blocking rule and the verdict are in ``shared.tools.scoring``
+(re-exported here).
 Everything is deterministic: same files in, same issues and score out.
 """
 
@@ -50,12 +41,25 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from radon.visitors import Class, ComplexityVisitor, Function
 
 from shared.errors import ToolFailed
-from shared.protocol import Concern, Issue, Severity, TestReport
+from shared.protocol import Concern, Issue, Severity
+from shared.tools.scoring import (
+    CORRECTNESS_CAP,
+    COVERAGE_PENALTY,
+    COVERAGE_TARGET,
+    LOW_CAP,
+    STYLE_CAP,
+    TESTS_FAILED_PENALTY,
+    WEIGHTS,
+    blocking,
+    blocks,
+    score,
+    verdict,
+)
 from shared.workspace import SKIP_DIRS
 
 __all__ = [
@@ -77,13 +81,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS: dict[str, int] = {"HIGH": 4, "MEDIUM": 2, "LOW": 1}
-LOW_CAP = 10  # security LOW findings together
-CORRECTNESS_CAP = 10  # all correctness findings (ruff F/B, syntax errors) together
-STYLE_CAP = 5  # all style and performance findings (ruff E/W/PERF, complexity) together
-TESTS_FAILED_PENALTY = 20
-COVERAGE_PENALTY = 5
-COVERAGE_TARGET = 80.0
 COMPLEXITY_LOW = 10
 COMPLEXITY_MEDIUM = 15
 
@@ -376,48 +373,3 @@ def analyze(workspace: Path) -> list[Issue]:
     issues.sort(key=_sort_key)
     logger.info("analysis done files=%d issues=%d", len(files), len(issues))
     return issues
-
-
-def _weight(issues: list[Issue]) -> int:
-    return sum(WEIGHTS[i.severity] for i in issues)
-
-
-def score(issues: list[Issue], tests: TestReport | None) -> tuple[int, dict[str, int]]:
-    """The score out of 100 and each deduction (see the module docstring for the formula)."""
-    security = [i for i in issues if i.concern == "security"]
-    correctness = [i for i in issues if i.concern == "correctness"]
-    style = [i for i in issues if i.concern not in ("security", "correctness")]
-    low = [i for i in security if i.severity == "LOW"]
-    breakdown = {
-        "base": 100,
-        "security": -(_weight([i for i in security if i.severity != "LOW"]) + min(LOW_CAP, _weight(low))),
-        "correctness": -min(CORRECTNESS_CAP, _weight(correctness)),
-        "style": -min(STYLE_CAP, _weight(style)),
-        "tests": 0,
-        "coverage": 0,
-    }
-    if tests is not None:
-        if not tests.ok:
-            breakdown["tests"] = -TESTS_FAILED_PENALTY
-        if tests.coverage is not None and tests.coverage < COVERAGE_TARGET:
-            breakdown["coverage"] = -COVERAGE_PENALTY
-    return max(0, sum(breakdown.values())), breakdown
-
-
-def blocks(issue: Issue) -> bool:
-    """Whether an open finding blocks approval whatever the score: any HIGH (a syntax error
-    included), or a security finding of MEDIUM or higher (SQL injection, a hard-coded
-    signing key, unsafe deserialisation)."""
-    return issue.severity == "HIGH" or (issue.concern == "security" and issue.severity == "MEDIUM")
-
-
-def blocking(issues: list[Issue]) -> list[str]:
-    """The ids of the findings that block approval, in the issues' order."""
-    return [i.id for i in issues if blocks(i)]
-
-
-def verdict(score: int, issues: list[Issue], threshold: int) -> Literal["approved", "changes_requested"]:
-    """``approved`` iff the score reaches ``threshold`` and no open finding ``blocks``."""
-    if score >= threshold and not any(blocks(i) for i in issues):
-        return "approved"
-    return "changes_requested"

@@ -53,7 +53,7 @@ async def test_reviewer_service_reviews_the_example_workspace_deterministically(
     assert first.output.breakdown["correctness"] == -2
     assert first.summary == (
         "Security score: 81/100 — 3 HIGH, 3 MEDIUM, 1 LOW; "
-        "4 blocking (HIGH, or security MEDIUM+) must be fixed to approve; changes requested"
+        "5 blocking (HIGH, or security MEDIUM+) must be fixed to approve; changes requested"
     )
     # what blocks approval whatever the score: the HIGHs and the MEDIUM security findings, not F401
     blocking = {i.rule for i in first.issues if i.id in first.output.blocking}

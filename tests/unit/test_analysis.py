@@ -301,3 +301,22 @@ def test_verdict_is_refused_while_a_medium_or_higher_security_finding_is_open() 
     assert verdict(70, [issue("LOW", 0, "security")], 70) == "approved"
     found = [issue("HIGH", 0, "correctness"), issue("MEDIUM", 1, "security"), issue("LOW", 2, "security")]
     assert blocking(found) == ["idHIGH0", "idMEDIUM1"]
+
+
+def test_tests_that_could_not_run_for_an_environment_reason_cost_no_points() -> None:
+    if "environment_error" not in protocol.TestReport.__struct_fields__:
+        pytest.skip("TestReport.environment_error comes with the sandboxed test runner")
+    not_run = msgspec.convert(
+        {
+            "passed": 0,
+            "failed": 0,
+            "errors": 1,
+            "coverage": None,
+            "command": "pytest",
+            "environment_error": "bubblewrap cannot create a user namespace here",
+        },
+        protocol.TestReport,
+    )
+    total, breakdown = score([], not_run)
+    assert total == 100 and breakdown["tests"] == 0 and breakdown["coverage"] == 0
+    assert score([], report(errors=1))[0] == 80
