@@ -17,9 +17,11 @@ import shutil
 from pathlib import Path
 from types import ModuleType
 
+import msgspec
 import pytest
 
-from shared.protocol import Issue
+from services.orchestrator.report import markdown_report
+from shared.protocol import DevelopmentOutput, FinalResult, Issue, ReviewOutput, StepRecord
 from shared.tools.analysis import analyze, blocking, is_test_file, score, verdict
 from shared.tools.fixes import FixOutcome, apply_fixes
 
@@ -233,3 +235,42 @@ def test_a_predictable_reset_token_becomes_a_random_token_of_the_same_length(
     first, second = module.password_reset_token("a@example.com"), module.password_reset_token("a@example.com")
     assert len(first) == 32 and int(first, 16) >= 0 and first != second
     assert analyze(root) == []
+
+
+# --- the report a user reads ---------------------------------------------------------------------------
+
+
+def test_the_report_lists_what_to_configure_the_follow_ups_and_paths_verbatim(tmp_path: Path) -> None:
+    root = project(tmp_path, "flask_notes")
+    findings, outcome, _ = review_and_fix(root)
+    left = analyze(root)
+    dev = DevelopmentOutput(
+        summary="fixed", changes=outcome.changes, configure=outcome.configure, follow_ups=outcome.follow_ups
+    )
+    init_issue = msgspec.structs.replace(left[0], file="notes/__init__.py")
+    review = ReviewOutput(
+        summary="r", score=98, verdict="changes_requested", issues=[init_issue], blocking=[init_issue.id]
+    )
+    steps = [
+        StepRecord(
+            step_id=sid,
+            role=role,
+            task_type=kind,
+            description=sid,
+            status="completed",
+            attempts=1,
+            instance_id=None,
+            summary=sid,
+            output=out,
+        )
+        for sid, role, kind, out in (
+            ("fix", "developer", "fix", dev),
+            ("review", "reviewer", "review", review),
+        )
+    ]
+    text = markdown_report(FinalResult(task_id="t", status="completed", approved=False, steps=steps), [])
+    configure = text.split("## Configure before running\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [line.split("`")[1] for line in configure] == ["NOTES_SECRET_KEY", "NOTES_JWT_SECRET"]
+    assert "## Follow-ups for a human" in text and "`notes/models.py:10`" in text
+    # a path with underscores stays verbatim in Markdown: inside backticks
+    assert "`notes/__init__.py:40` (blocking)" in text

@@ -507,3 +507,25 @@ def test_the_real_analyser_no_longer_reports_the_fixed_findings(tmp_path: Path) 
     assert [d.issue_id for d in outcome.disputes] == [etag.id]
     for name in ("pw.py", "tok.py", "ops.py"):
         compiles((tmp_path / name).read_text())
+
+
+@pytest.mark.parametrize(
+    ("head", "encoding"),
+    [(b"# -*- coding: latin-1 -*-\n", "latin-1"), (b"\xef\xbb\xbf", "utf-8-sig")],
+    ids=["pep263-latin-1", "utf-8-bom"],
+)
+def test_a_fixed_file_keeps_its_encoding_and_every_other_byte(
+    tmp_path: Path, head: bytes, encoding: str
+) -> None:
+    body = "import yaml\n\nGREETING = 'Grüße, café'\nDATA = yaml.load('a: 1', Loader=yaml.Loader)\n"
+    (tmp_path / "cfg.py").write_bytes(head + body.encode(encoding.replace("-sig", "")))
+    outcome = apply_fixes(
+        tmp_path,
+        [issue("bandit:B506", "cfg.py", line_of(body, "yaml.load") + (1 if head.startswith(b"#") else 0))],
+    )
+    assert [c.kind for c in outcome.changes] == ["security-fix"]
+    after = (tmp_path / "cfg.py").read_bytes()
+    expected = head + body.replace("yaml.load('a: 1', Loader=yaml.Loader)", "yaml.safe_load('a: 1')").encode(
+        encoding.replace("-sig", "")
+    )
+    assert after == expected
