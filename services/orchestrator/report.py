@@ -107,6 +107,24 @@ def _clock(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
+def _configure_section(r: FinalResult) -> list[str]:
+    """Environment variables the changed code needs and follow-ups the fixes left, from every step."""
+    settings: dict[str, str] = {}
+    follow: list[str] = []
+    for s in r.steps:
+        if isinstance(s.output, DevelopmentOutput):
+            for v in s.output.configure:
+                need = "required" if v.required else "optional: random per process when unset"
+                settings.setdefault(v.name, f"- `{v.name}` — {v.purpose} (`{v.file}`; {need})")
+            follow += [f"- `{f.file}:{f.line}` — {f.message}" for f in s.output.follow_ups]
+    out: list[str] = []
+    if settings:
+        out += ["", "## Configure before running", "", *settings.values()]
+    if follow:
+        out += ["", "## Follow-ups for a human", "", *dict.fromkeys(follow)]
+    return out
+
+
 def markdown_report(r: FinalResult, late: list[str]) -> str:
     """A readable report of everything that happened."""
     out = [f"# {r.description}", ""]
@@ -126,6 +144,7 @@ def markdown_report(r: FinalResult, late: list[str]) -> str:
             f"- **Model usage**: {r.usage.prompt_tokens}+{r.usage.completion_tokens} tokens, "
             f"${r.usage.cost_usd:.4f}"
         )
+    out += _configure_section(r)
     out += [
         "",
         "## Steps",
@@ -145,11 +164,17 @@ def markdown_report(r: FinalResult, late: list[str]) -> str:
             out += [f"- library: **{lib.name}** {lib.version or ''} — {lib.reason}" for lib in o.libraries]
         elif isinstance(o, ReviewOutput):
             out.append(f"\nScore **{o.score}/100**, verdict **{o.verdict}**\n")
-            out += [f"- **{i.severity}** `{i.rule}` {i.file}:{i.line} — {i.message}" for i in o.issues]
+            out += [
+                f"- **{i.severity}** `{i.rule}` `{i.file}:{i.line}`{' (blocking)' if i.id in o.blocking else ''}"
+                f" — {i.message}"
+                for i in o.issues
+            ]
         elif isinstance(o, DevelopmentOutput):
             for c in o.changes:
-                out += [f"- {c.file}: {c.description}", "", "```diff", c.diff.rstrip(), "```"]
-            out += [f"- refused: {c.file}: {c.description}" for c in o.refused]
+                out += [f"- `{c.file}`: {c.description}", "", "```diff", c.diff.rstrip(), "```"]
+            out += [f"- refused: `{c.file}`: {c.description}" for c in o.refused]
+            out += [f"- configure: `{v.name}` ({v.purpose})" for v in o.configure]
+            out += [f"- follow-up: `{f.file}:{f.line}` {f.message}" for f in o.follow_ups]
             if o.tests is not None:
                 cov = f", coverage {o.tests.coverage:.1f}%" if o.tests.coverage is not None else ""
                 out.append(

@@ -19,6 +19,7 @@ import msgspec
 
 from services.orchestrator.state import StepState, WorkflowState
 from shared.protocol import Dispute, Issue, ReviewOutput
+from shared.tools.scoring import blocks
 
 if TYPE_CHECKING:
     from services.orchestrator.workflow import Engine
@@ -32,7 +33,7 @@ def review_verdict(engine: Engine, st: WorkflowState, step: StepState, out: Revi
     """Approve, or insert the next fix round and re-review, or fail at the round cap."""
     config = engine.config
     st.score_history.append(out.score)
-    blocking = [i for i in out.issues if i.severity == "HIGH" and i.id not in st.waived]
+    blocking = [i for i in out.issues if (blocks(i) or i.id in out.blocking) and i.id not in st.waived]
     approved = out.score >= config.review_threshold and not blocking
     origin = step.origin or step.id
     engine.emit.metric(
