@@ -172,6 +172,15 @@ class ChaosCluster:
         assert self.stack is not None
         return [p for p in self.stack.processes if p.alive()]
 
+    def died_alone(self) -> list[str]:
+        """Services that exited without being killed: each one is a loop that died."""
+        assert self.stack is not None
+        return [
+            f"{p.env['CADRE_INSTANCE_ID']} (exit {p.proc.returncode if p.proc else '?'})"
+            for p in self.stack.processes
+            if not p.alive() and p.env["CADRE_INSTANCE_ID"] not in self.kills
+        ]
+
     def kill_and_replace(self, rng: random.Random, busy: set[str]) -> ServiceProcess:
         """SIGKILL one service (a busy agent when there is one, half of the time) and start a fresh one."""
         assert self.stack is not None

@@ -10,8 +10,11 @@ folds that into the figures the suite asserts on:
 - ``two-results``: more than one *different* final result for one task (a
   byte-identical re-flush of the same result is one result).
 - ``re-runs``: a (task, step) that more than one agent execution ran;
-  ``visible`` when the trace or the final result accounts for every one of
-  those executions, ``hidden`` otherwise.
+  ``visible`` when the final result lists every one of those runs (by run id)
+  or, for results without run ids, the trace accounts for as many; ``hidden``
+  otherwise.
+- ``trace-gaps`` / ``after-final``: a task whose trace ``seq`` is not 1..n, or
+  that has an event after its final one.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from shared.protocol import FinalResult, StepStarted, TaskEvent
 
 __all__ = ["Execution", "History", "Verdict", "check"]
 
-Execution = tuple[str, int, str]  # (step_id, attempt, instance_id)
+Execution = tuple[str, str]  # (step_id, run key: the run id, else "<attempt>/<instance>")
+
+_FINAL_KINDS = frozenset({"completed", "failed", "cancelled", "rejected"})
 
 
 @dataclass
@@ -44,7 +49,8 @@ class History:
         self.published[result.task_id].setdefault(result_key(result), result)
 
     def saw_started(self, started: StepStarted) -> None:
-        self.executions[started.task_id].add((started.step_id, started.attempt, started.instance_id))
+        run = getattr(started, "run_id", "") or f"{started.attempt}/{started.instance_id}"
+        self.executions[started.task_id].add((started.step_id, run))
 
 
 def result_key(result: FinalResult) -> tuple:
@@ -58,21 +64,29 @@ def result_key(result: FinalResult) -> tuple:
     )
 
 
-def reported_runs(step_id: str, events: list[TaskEvent], result: FinalResult | None) -> int:
-    """How many executions of ``step_id`` the task's trace and final result account for.
+def rerun_visible(step_id: str, runs: set[str], events: list[TaskEvent], result: FinalResult | None) -> bool:
+    """Whether the task's final result (or, lacking run ids, its trace) accounts for every run seen.
 
-    Each ``step_started`` and ``late_result`` event names one execution; the
-    final result's step record names its attempts (and its run ids when the
-    engine reports them).
+    With run ids the final result's step record must list each observed run;
+    without them each ``step_started`` / ``late_result`` event, or each
+    attempt of the step record, counts for one run.
     """
+    records = [r for r in (result.steps if result else []) if r.step_id == step_id]
+    listed = {run.run_id for rec in records for run in getattr(rec, "runs", [])}
+    if listed:
+        return runs <= listed
     in_trace = sum(1 for e in events if e.step_id == step_id and e.kind in ("step_started", "late_result"))
-    in_result = 0
-    if result is not None:
-        for rec in result.steps:
-            if rec.step_id == step_id:
-                runs = getattr(rec, "runs", None)
-                in_result = max(in_result, rec.attempts, len(runs) if runs else 0)
-    return max(in_trace, in_result)
+    in_result = max((rec.attempts for rec in records), default=0)
+    return max(in_trace, in_result) >= len(runs)
+
+
+def trace_faults(events: list[TaskEvent]) -> tuple[bool, bool]:
+    """(seq not 1..n, an event after the final one) for one task's trace in stream order."""
+    seqs = sorted(e.seq for e in events)
+    gaps = bool(seqs) and seqs != list(range(1, len(seqs) + 1))
+    final = next((i for i, e in enumerate(events) if e.kind in _FINAL_KINDS), None)
+    after = final is not None and any(e.seq > events[final].seq for e in events)
+    return gaps, after
 
 
 @dataclass
@@ -86,10 +100,14 @@ class Verdict:
     two_results: dict[str, list[str]]
     reruns_visible: list[str]
     reruns_hidden: list[str]
+    trace_gaps: list[str]
+    after_final: list[str]
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.two_results or self.reruns_hidden)
+        return not (
+            self.lost or self.two_results or self.reruns_hidden or self.trace_gaps or self.after_final
+        )
 
     def table(self) -> str:
         """The printed history: figures first, then the sets behind the bad ones."""
@@ -100,6 +118,8 @@ class Verdict:
             f"two-results       {len(self.two_results)}",
             f"re-runs-visible   {len(self.reruns_visible)}",
             f"re-runs-hidden    {len(self.reruns_hidden)}",
+            f"trace-gaps        {len(self.trace_gaps)}",
+            f"after-final       {len(self.after_final)}",
         ]
         if self.lost:
             lines.append(f"lost tasks: {sorted(self.lost)}")
@@ -107,6 +127,10 @@ class Verdict:
             lines.append(f"two results for {task}: {statuses}")
         if self.reruns_hidden:
             lines.append(f"hidden re-runs (task/step): {sorted(self.reruns_hidden)}")
+        if self.trace_gaps:
+            lines.append(f"traces with seq gaps: {sorted(self.trace_gaps)}")
+        if self.after_final:
+            lines.append(f"traces with events after the final one: {sorted(self.after_final)}")
         if self.reruns_visible:
             lines.append(f"visible re-runs (task/step): {sorted(self.reruns_visible)}")
         return "\n".join(lines)
@@ -119,6 +143,8 @@ def check(history: History) -> Verdict:
     statuses: Counter[str] = Counter()
     visible: list[str] = []
     hidden: list[str] = []
+    gaps: list[str] = []
+    after: list[str] = []
     for task in history.submitted:
         stored = history.stored.get(task, [])
         distinct = dict(history.published.get(task, {}))
@@ -132,12 +158,19 @@ def check(history: History) -> Verdict:
             two[task] = [r.status for r in distinct.values()]
         final = stored[-1] if stored else None
         events = history.events.get(task, [])
-        runs: Counter[str] = Counter(step for step, _attempt, _inst in history.executions.get(task, set()))
-        for step, n in sorted(runs.items()):
-            if n < 2:
+        has_gaps, has_after = trace_faults(events)
+        if has_gaps:
+            gaps.append(task)
+        if has_after:
+            after.append(task)
+        runs: dict[str, set[str]] = defaultdict(set)
+        for step, run in history.executions.get(task, set()):
+            runs[step].add(run)
+        for step, seen in sorted(runs.items()):
+            if len(seen) < 2:
                 continue
-            label = f"{task}/{step} x{n}"
-            (visible if reported_runs(step, events, final) >= n else hidden).append(label)
+            label = f"{task}/{step} x{len(seen)}"
+            (visible if rerun_visible(step, seen, events, final) else hidden).append(label)
     return Verdict(
         submitted=len(history.submitted),
         completed=statuses["completed"],
@@ -146,4 +179,6 @@ def check(history: History) -> Verdict:
         two_results=two,
         reruns_visible=visible,
         reruns_hidden=hidden,
+        trace_gaps=gaps,
+        after_final=after,
     )
