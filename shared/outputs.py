@@ -90,9 +90,9 @@ def shorten(output: StepOutput, limit: int) -> StepOutput:
         changes = [_change(c) for c in output.changes]
         refused = [_change(c) for c in output.refused]
         short = msgspec.structs.replace(output, changes=changes, refused=refused, tests=_tests(output.tests))
-        size = len(encode(short))
-        if size > limit and changes:
-            keep = max(1, int(len(changes) * limit / size))
+        size, keep = len(encode(short)), len(changes)
+        while size > limit and keep > 1:
+            keep = max(1, int(keep * limit / size * 0.9))
             short = msgspec.structs.replace(
                 short,
                 changes=changes[:keep],
@@ -100,6 +100,7 @@ def shorten(output: StepOutput, limit: int) -> StepOutput:
                 summary=f"{output.summary} [{len(changes)} change(s), {len(refused)} refused; "
                 f"the first {keep} of each are listed here, all in output_ref]",
             )
+            size = len(encode(short))
         return short
     if isinstance(output, ReviewOutput):
         return msgspec.structs.replace(
