@@ -26,6 +26,7 @@ from nats.micro.request import Request
 from shared.brains import Brain, BrainResult, StepContext, load_brain
 from shared.bus import Bus
 from shared.errors import CadreError
+from shared.outputs import offload_output
 from shared.protocol import (
     PRIORITIES,
     MetricEvent,
@@ -201,8 +202,9 @@ class AgentService(Lifecycle):
                 role=item.to_agent,
                 instance_id=self.instance_id,
                 started_at=started,
+                run_id=ctx.run_id,
             ),
-            msg_id=f"{item.task_id}.{item.step_id}.{item.attempt}.started.{self.instance_id}",
+            msg_id=f"{item.task_id}.{item.step_id}.{item.attempt}.started.{ctx.run_id}",
         )
         brain_task = asyncio.create_task(self._run_brain(item, ctx), name=f"brain-{item.step_id}")
         key = f"{item.task_id}/{item.step_id}/{item.attempt}"
@@ -240,7 +242,9 @@ class AgentService(Lifecycle):
             raise
         except CadreError as exc:
             logger.warning("brain error step=%s err=%s", item.step_id, exc)
-            return BrainResult("failed", f"{type(exc).__name__}: {exc}", error=str(exc))
+            return BrainResult(
+                "failed", f"{type(exc).__name__}: {exc}", error=str(exc), retryable=not exc.non_retryable
+            )
         except Exception as exc:  # the error boundary: a brain bug fails the step, not the agent
             logger.exception("brain crashed step=%s", item.step_id)
             return BrainResult(
@@ -262,7 +266,7 @@ class AgentService(Lifecycle):
             except asyncio.CancelledError:
                 await self._hand_back_or_cancel(flight)
                 return
-            await self._publish_result(flight.item, result, flight.started_at)
+            await self._publish_result(flight.item, result, flight.started_at, run_id=flight.ctx.run_id)
             await flight.msg.ack_sync()
         except Exception:
             logger.exception("step supervision failed key=%s; item will be redelivered", key)
@@ -275,7 +279,11 @@ class AgentService(Lifecycle):
         item = flight.item
         if flight.ctx.cancelled.is_set():
             await self._publish_result(
-                item, BrainResult("failed", "cancelled"), flight.started_at, "cancelled"
+                item,
+                BrainResult("failed", "cancelled"),
+                flight.started_at,
+                "cancelled",
+                run_id=flight.ctx.run_id,
             )
             await flight.msg.ack_sync()
             logger.info("step cancelled step=%s attempt=%d", item.step_id, item.attempt)
@@ -284,8 +292,15 @@ class AgentService(Lifecycle):
             logger.info("step handed back on drain step=%s attempt=%d", item.step_id, item.attempt)
 
     async def _publish_result(
-        self, item: WorkItem, result: BrainResult, started_at: float, status: str | None = None
+        self,
+        item: WorkItem,
+        result: BrainResult,
+        started_at: float,
+        status: str | None = None,
+        *,
+        run_id: str = "",
     ) -> None:
+        run_id = run_id or new_id("run")
         finished = now()
         final_status = status or result.status
         step_result = StepResult(
@@ -304,11 +319,14 @@ class AgentService(Lifecycle):
             timings=Timings(queued_at=item.created_at, started_at=started_at, finished_at=finished),
             usage=result.usage,
             error=result.error,
+            retryable=result.retryable,
+            run_id=run_id,
         )
+        step_result = await offload_output(self.bus, step_result)  # large outputs go by reference
         await self.bus.publish(
             self.bus.subjects.step_result(item.task_id),
             step_result,
-            msg_id=f"{item.task_id}.{item.step_id}.{item.attempt}.result",
+            msg_id=f"{item.task_id}.{item.step_id}.{item.attempt}.result.{run_id}",
         )
         if final_status == "completed":
             self.completed += 1

@@ -6,7 +6,9 @@ holder's health comes from the monitor's heartbeats (``HealthProbe``), 2) the
 old attempt is cancelled and the step re-dispatched as attempt+1, asking the
 failed instance to leave it to another, 3) a ``delayed`` event reports the
 delay, 4) running siblings get the same deadline slack, 5) it is logged and
-counted (``reassigned`` for timeouts, else ``retry``). After ``max_attempts``
+counted (``reassigned`` when the holder lost the item: a timeout or an
+undeliverable item; ``retry`` after a failed result). The trigger is data
+(``RecoveryKind``), carried on the ``Recovery`` record. After ``max_attempts``
 the task fails with the reason.
 """
 
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING
 from services.orchestrator import trace
 from services.orchestrator.dispatch import dispatch
 from services.orchestrator.state import StepState, WorkflowState
-from shared.protocol import Recovery
+from shared.protocol import Recovery, RecoveryKind
 
 if TYPE_CHECKING:
     from services.orchestrator.workflow import Engine
@@ -33,7 +35,15 @@ HealthProbe = Callable[[str | None], str]
 """Instance id (or None) -> a health word from heartbeats, e.g. ``healthy`` / ``unresponsive``."""
 
 
-def recover(engine: Engine, st: WorkflowState, step: StepState, now: float, reason: str, health: str) -> None:
+def recover(
+    engine: Engine,
+    st: WorkflowState,
+    step: StepState,
+    now: float,
+    reason: str,
+    health: str,
+    kind: RecoveryKind,
+) -> None:
     """Spec recovery: check health, re-assign, notify the delay, adjust the timeline, log."""
     config = engine.config
     failed_instance = step.instance_id
@@ -62,6 +72,7 @@ def recover(engine: Engine, st: WorkflowState, step: StepState, now: float, reas
         delay_s=delay,
         new_deadline=now + config.step_deadline,
         at=now,
+        kind=kind,
     )
     st.recoveries.append(rec)
     # adjust the timeline: running siblings keep their work but get the same slack
@@ -80,10 +91,11 @@ def recover(engine: Engine, st: WorkflowState, step: StepState, now: float, reas
         recovery=rec,
     )
     engine.emit.metric(
-        st, "reassigned" if "Timeout" in reason else "retry", now, step_id=step.id, attempt=step.attempt
+        st, "retry" if kind == "failure" else "reassigned", now, step_id=step.id, attempt=step.attempt
     )
     logger.warning(
-        "recovery task=%s step=%s attempt=%d reason=%s health=%s",
+        "recovery kind=%s task=%s step=%s attempt=%d reason=%s health=%s",
+        kind,
         st.task_id,
         step.id,
         step.attempt,

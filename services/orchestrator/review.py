@@ -5,7 +5,10 @@ or above the threshold and no open HIGH finding) ends the loop. Otherwise a
 ``<origin>.fixN`` developer step (with the findings) and a
 ``<origin>.reviewN+1`` re-review are inserted after the review, and later
 steps are re-wired to wait for the re-review; after ``review_max_rounds`` fix
-rounds the task fails. A fix result may dispute findings: the conflict policy
+rounds the task fails. A fix round that changed nothing (no change, no
+dispute) ends the loop at once: another review would find the same, so the
+task fails with the open findings listed as needing a human or an LLM
+developer (``needs_attention``). A fix result may dispute findings: the conflict policy
 (``policy.py``) decides each one; a developer win waives the finding, a
 reviewer win sends it back as a ``<fix>.must`` step that may not dispute again.
 """
@@ -18,12 +21,12 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from services.orchestrator.state import StepState, WorkflowState
-from shared.protocol import Dispute, Issue, ReviewOutput
+from shared.protocol import DevelopmentOutput, Dispute, Issue, ReviewOutput
 
 if TYPE_CHECKING:
     from services.orchestrator.workflow import Engine
 
-__all__ = ["review_verdict", "resolve_disputes", "insert_after"]
+__all__ = ["review_verdict", "resolve_disputes", "insert_after", "no_progress"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ def review_verdict(engine: Engine, st: WorkflowState, step: StepState, out: Revi
         return
     st.approved = False
     if step.round >= config.review_max_rounds:
+        st.needs_attention = [i for i in out.issues if i.id not in st.waived]
         engine.finish(
             st,
             now,
@@ -174,3 +178,20 @@ def resolve_disputes(
             round=step.round,
         )
         insert_after(st, step, [forced], rewire_to=forced.id)
+
+
+def no_progress(
+    engine: Engine, st: WorkflowState, step: StepState, out: DevelopmentOutput, now: float
+) -> None:
+    """A fix round changed nothing: end the loop, listing what is left for a human or an LLM developer."""
+    findings = msgspec.convert(step.input_data.get("findings", []), list[Issue])
+    st.needs_attention = [i for i in findings if i.id not in st.waived]
+    origin = step.origin or step.id
+    history = " → ".join(str(s) for s in st.score_history)
+    engine.finish(
+        st,
+        now,
+        "failed",
+        f"review loop of {origin} stopped: fix round {step.round} changed nothing ({out.summary}); "
+        f"{len(st.needs_attention)} finding(s) need a human or an LLM developer (scores {history})",
+    )

@@ -29,6 +29,7 @@ from services.orchestrator.state import Outgoing, WorkflowState, encode_state, s
 from services.orchestrator.workflow import Engine, EngineConfig
 from shared.bus import Bus
 from shared.errors import CadreError, PlanError
+from shared.outputs import offload_step_output
 from shared.protocol import (
     CancelReply,
     FinalResult,
@@ -102,6 +103,7 @@ class OrchestratorService(Lifecycle):
             review_threshold=s.review_threshold,
             review_max_rounds=s.review_max_rounds,
             policy=ConflictPolicy(tuple(s.conflict_policy)),
+            max_message_bytes=self.bus.nc.max_payload or 1024 * 1024,  # engine: bounded state
         )
         self.engine = Engine(s.subjects, config, s.instance_id)
         self._shell = ServiceShell(self.bus, "orchestrator", s.instance_id, s.heartbeat_interval)
@@ -178,7 +180,7 @@ class OrchestratorService(Lifecycle):
             changed = transition(st, now())
             if changed:
                 try:
-                    await self.kv.update(task_id, encode_state(st), last=entry.revision)
+                    await self.kv.update(task_id, self.engine.encode(st, now()), last=entry.revision)
                 except KeyWrongLastSequenceError:
                     continue  # another instance moved it on: re-read and decide again
             if st.status == "running":
@@ -258,7 +260,7 @@ class OrchestratorService(Lifecycle):
         decompose_s = time.perf_counter() - t0
         st = self.engine.start(task_id, sub, plan, decompose_s, now(), note=note)
         try:
-            await self.kv.create(task_id, encode_state(st))
+            await self.kv.create(task_id, self.engine.encode(st, now()))
         except KeyWrongLastSequenceError:
             logger.info(
                 "duplicate submission task=%s message_id=%s: already running", task_id, sub.message_id
@@ -344,6 +346,7 @@ class OrchestratorService(Lifecycle):
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             await self.bus.dead_letter("orchestrator", msg.subject, msg.data, f"invalid step message: {exc}")
             return
+        step_msg = await offload_step_output(self.bus, step_msg)  # engine: large outputs by reference
         found = await self._mutate(
             step_msg.task_id, lambda st, t: self.engine.on_step_message(st, step_msg, t)
         )
