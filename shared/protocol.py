@@ -505,6 +505,8 @@ class Heartbeat(Message, frozen=True, kw_only=True, tag="heartbeat"):
     in_flight: int = 0
     current: list[str] = []
     interval: float = 2.0
+    # the instance's consumer loop is alive and taking work (None: a service that consumes nothing)
+    pulling: bool | None = None
 
 
 class MetricEvent(Message, frozen=True, kw_only=True, tag="metric"):
