@@ -160,7 +160,7 @@ def check(history: History) -> Verdict:
         events = history.events.get(task, [])
         has_gaps, has_after = trace_faults(events)
         if has_gaps:
-            gaps.append(task)
+            gaps.append(f"{task} seq={[(e.seq, e.kind) for e in events]}")
         if has_after:
             after.append(task)
         runs: dict[str, set[str]] = defaultdict(set)
@@ -170,6 +170,9 @@ def check(history: History) -> Verdict:
             if len(seen) < 2:
                 continue
             label = f"{task}/{step} x{len(seen)}"
+            recs = [r for r in (final.steps if final else []) if r.step_id == step]
+            listed = sorted(run.run_id for r in recs for run in getattr(r, "runs", []))
+            label += f" (seen {sorted(seen)}; result lists {listed or [r.attempts for r in recs]})"
             (visible if rerun_visible(step, seen, events, final) else hidden).append(label)
     return Verdict(
         submitted=len(history.submitted),

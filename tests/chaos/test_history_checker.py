@@ -91,7 +91,7 @@ def test_a_step_run_twice_but_reported_once_is_a_hidden_rerun() -> None:
     h.stored["t1"].append(_result("t1"))
     h.events["t1"] = _clean("t1")
     verdict = check(h)
-    assert verdict.reruns_hidden == ["t1/analyze x2"] and not verdict.ok
+    assert verdict.reruns_hidden[0].startswith("t1/analyze x2") and not verdict.ok
 
 
 def test_a_step_run_twice_and_traced_twice_is_a_visible_rerun() -> None:
@@ -101,7 +101,7 @@ def test_a_step_run_twice_and_traced_twice_is_a_visible_rerun() -> None:
     h.stored["t1"].append(_result("t1", attempts=2))
     h.events["t1"] = _clean("t1")
     verdict = check(h)
-    assert verdict.reruns_visible == ["t1/analyze x2"] and verdict.ok
+    assert verdict.reruns_visible[0].startswith("t1/analyze x2") and verdict.ok
 
 
 def test_a_trace_with_a_seq_gap_or_an_event_after_the_final_one_fails() -> None:
@@ -111,4 +111,4 @@ def test_a_trace_with_a_seq_gap_or_an_event_after_the_final_one_fails() -> None:
     h.events["t1"] = [_event("t1", 1, "received"), _event("t1", 3, "completed")]
     h.events["t2"] = [*_clean("t2"), _event("t2", 4, "late_result", "analyze")]
     verdict = check(h)
-    assert verdict.trace_gaps == ["t1"] and verdict.after_final == ["t2"] and not verdict.ok
+    assert verdict.trace_gaps[0].startswith("t1 ") and verdict.after_final == ["t2"] and not verdict.ok
