@@ -28,6 +28,7 @@ from shared.protocol import (
     Heartbeat,
     StepStarted,
     TaskSubmission,
+    dead_letter_decoder,
     event_decoder,
     heartbeat_decoder,
     result_decoder,
@@ -124,6 +125,15 @@ class Observer:
         for ev in await stream_messages(self.bus.js, s.stream_events, f"{s.prefix}.events.>", event_decoder):
             traces.setdefault(ev.task_id, []).append(ev)
         self.history.events = traces
+        letters = await stream_messages(
+            self.bus.js, s.stream_dead_letters, s.dead_letter_all, dead_letter_decoder
+        )
+        for letter in letters:
+            try:
+                step = step_decoder.decode(letter.payload.encode())
+            except msgspec.MsgspecError:
+                continue  # not a step message
+            self.history.saw_dead_letter(step)
 
 
 @dataclass

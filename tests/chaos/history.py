@@ -10,9 +10,11 @@ folds that into the figures the suite asserts on:
 - ``two-results``: more than one *different* final result for one task (a
   byte-identical re-flush of the same result is one result).
 - ``re-runs``: a (task, step) that more than one agent execution ran;
-  ``visible`` when the final result lists every one of those runs (by run id)
-  or, for results without run ids, the trace accounts for as many; ``hidden``
-  otherwise.
+  ``visible`` when every one of those runs is reported: listed in the final
+  result (by run id), or, for a run whose result came after the task ended,
+  kept in the dead letters with the reason (nothing may follow the final
+  event). For results without run ids, the trace must account for as many;
+  ``hidden`` otherwise.
 - ``trace-gaps`` / ``after-final``: a task whose trace ``seq`` is not 1..n, or
   that has an event after its final one.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from shared.protocol import FinalResult, StepStarted, TaskEvent
+from shared.protocol import FinalResult, StepResult, StepStarted, TaskEvent
 
 __all__ = ["Execution", "History", "Verdict", "check"]
 
@@ -44,13 +46,22 @@ class History:
     executions: dict[str, set[Execution]] = field(default_factory=lambda: defaultdict(set))
     # task -> its trace
     events: dict[str, list[TaskEvent]] = field(default_factory=dict)
+    # task -> runs whose step messages the orchestrator dead-lettered (late, after the task ended)
+    dead_lettered: dict[str, set[Execution]] = field(default_factory=lambda: defaultdict(set))
 
     def saw_result(self, result: FinalResult) -> None:
         self.published[result.task_id].setdefault(result_key(result), result)
 
     def saw_started(self, started: StepStarted) -> None:
-        run = getattr(started, "run_id", "") or f"{started.attempt}/{started.instance_id}"
-        self.executions[started.task_id].add((started.step_id, run))
+        self.executions[started.task_id].add((started.step_id, run_key(started)))
+
+    def saw_dead_letter(self, step_msg: StepStarted | StepResult) -> None:
+        self.dead_lettered[step_msg.task_id].add((step_msg.step_id, run_key(step_msg)))
+
+
+def run_key(msg: StepStarted | StepResult) -> str:
+    """A run's identity: its run id, or (results without run ids) attempt and instance."""
+    return getattr(msg, "run_id", "") or f"{msg.attempt}/{msg.instance_id}"
 
 
 def result_key(result: FinalResult) -> tuple:
@@ -64,7 +75,9 @@ def result_key(result: FinalResult) -> tuple:
     )
 
 
-def rerun_visible(step_id: str, runs: set[str], events: list[TaskEvent], result: FinalResult | None) -> bool:
+def rerun_visible(
+    step_id: str, runs: set[str], events: list[TaskEvent], result: FinalResult | None, late: set[str]
+) -> bool:
     """Whether the task's final result (or, lacking run ids, its trace) accounts for every run seen.
 
     With run ids the final result's step record must list each observed run;
@@ -74,7 +87,7 @@ def rerun_visible(step_id: str, runs: set[str], events: list[TaskEvent], result:
     records = [r for r in (result.steps if result else []) if r.step_id == step_id]
     listed = {run.run_id for rec in records for run in getattr(rec, "runs", [])}
     if listed:
-        return runs <= listed
+        return runs <= listed | late
     in_trace = sum(1 for e in events if e.step_id == step_id and e.kind in ("step_started", "late_result"))
     in_result = max((rec.attempts for rec in records), default=0)
     return max(in_trace, in_result) >= len(runs)
@@ -173,7 +186,10 @@ def check(history: History) -> Verdict:
             recs = [r for r in (final.steps if final else []) if r.step_id == step]
             listed = sorted(run.run_id for r in recs for run in getattr(r, "runs", []))
             label += f" (seen {sorted(seen)}; result lists {listed or [r.attempts for r in recs]})"
-            (visible if rerun_visible(step, seen, events, final) else hidden).append(label)
+            late = {run for s, run in history.dead_lettered.get(task, set()) if s == step}
+            if late:
+                label += f" (dead-lettered {sorted(late)})"
+            (visible if rerun_visible(step, seen, events, final, late) else hidden).append(label)
     return Verdict(
         submitted=len(history.submitted),
         completed=statuses["completed"],

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from shared.protocol import FinalResult, StepRecord, StepStarted, TaskEvent
+import msgspec
+
+from shared.protocol import FinalResult, StepRecord, StepRun, StepStarted, TaskEvent
 from tests.chaos.history import History, check
 
 
@@ -112,3 +114,20 @@ def test_a_trace_with_a_seq_gap_or_an_event_after_the_final_one_fails() -> None:
     h.events["t2"] = [*_clean("t2"), _event("t2", 4, "late_result", "analyze")]
     verdict = check(h)
     assert verdict.trace_gaps[0].startswith("t1 ") and verdict.after_final == ["t2"] and not verdict.ok
+
+
+def test_a_rerun_whose_late_result_was_dead_lettered_after_the_end_is_visible() -> None:
+    h = History(submitted=["t1"])
+    first = msgspec.structs.replace(_started("t1", "researcher-1"), run_id="run_a")
+    second = msgspec.structs.replace(_started("t1", "researcher-2"), run_id="run_b")
+    h.saw_started(first)
+    h.saw_started(second)
+    run = StepRun(run_id="run_a", attempt=1, instance_id="researcher-1", outcome="applied")
+    res = _result("t1")
+    res = msgspec.structs.replace(res, steps=[msgspec.structs.replace(res.steps[0], runs=[run])])
+    h.stored["t1"].append(res)
+    h.events["t1"] = _clean("t1")
+    assert check(h).reruns_hidden  # run_b is nowhere yet
+    h.saw_dead_letter(second)
+    verdict = check(h)
+    assert not verdict.reruns_hidden and "run_b" in verdict.reruns_visible[0]
