@@ -10,6 +10,7 @@ import asyncio
 from pathlib import Path
 
 from shared.brains import BrainResult, StepContext
+from shared.errors import CapabilityMissing
 from shared.protocol import WorkItem
 from shared.settings import Settings
 
@@ -43,7 +44,8 @@ class ScriptedBrain:
       Other review chains (final review) score ``final_score`` (default 98).
     - ``dispute``: the first fix step disputes the first finding on performance grounds.
     - ``hang``: ``{"step": id, "attempts": [1]}`` — those attempts wait until cancelled.
-    - ``fail``: ``{"step": id, "attempts": [1]}`` — those attempts raise.
+    - ``fail``: ``{"step": id, "attempts": [1]}`` — those attempts raise (with
+      ``"non_retryable": true``, a ``CapabilityMissing``: another attempt cannot help).
     - ``delay``: seconds every step takes (benchmarks).
     - ``stuck``: fix rounds change nothing (the developer reports no change).
     - ``diff_kb``: each fix round rewrites files of the task's workspace, ``diff_kb``
@@ -74,6 +76,8 @@ class ScriptedBrain:
         for mode in ("hang", "fail"):
             rule = script.get(mode)
             if rule and rule["step"] == item.step_id and item.attempt in rule.get("attempts", [1]):
+                if mode == "fail" and rule.get("non_retryable"):
+                    raise CapabilityMissing(f"scripted step {item.step_id}", "a capability this brain lacks")
                 if mode == "fail":
                     raise RuntimeError(f"scripted failure of {item.step_id} attempt {item.attempt}")
                 await asyncio.Event().wait()  # hang until the runtime cancels us
@@ -168,12 +172,20 @@ async def _rewrite_workspace(item: WorkItem, ctx: StepContext, diff_kb: int) -> 
 
 class CrashingBrain(ScriptedBrain):
     """Like ScriptedBrain, but ``input_data.script.die`` = ``{"step": id, "attempts": [1]}``
-    ends the whole agent process (SIGKILL-like) when it takes that attempt."""
+    ends the whole agent process (SIGKILL-like) when it takes that attempt.
+
+    With ``"once_file": path`` it dies only the first time (it creates the file), so a
+    restarted instance runs the redelivered item again."""
 
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
         import os
 
         rule = item.task.input_data.get("script", {}).get("die")
         if rule and rule["step"] == item.step_id and item.attempt in rule.get("attempts", [1]):
-            os._exit(137)
+            once = rule.get("once_file")
+            if not once:
+                os._exit(137)
+            if not Path(once).exists():
+                Path(once).write_text("died once\n")
+                os._exit(137)
         return await super().run(item, ctx)

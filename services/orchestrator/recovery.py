@@ -17,15 +17,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from services.orchestrator import trace
+from services.orchestrator.config import Ending, EngineConfig
 from services.orchestrator.dispatch import dispatch
+from services.orchestrator.emit import Emitter
 from services.orchestrator.state import StepState, WorkflowState
 from shared.protocol import Recovery, RecoveryKind
-
-if TYPE_CHECKING:
-    from services.orchestrator.workflow import Engine
 
 __all__ = ["HealthProbe", "recover"]
 
@@ -36,28 +34,27 @@ HealthProbe = Callable[[str | None], str]
 
 
 def recover(
-    engine: Engine,
+    config: EngineConfig,
+    emit: Emitter,
     st: WorkflowState,
     step: StepState,
     now: float,
     reason: str,
     health: str,
     kind: RecoveryKind,
-) -> None:
-    """Spec recovery: check health, re-assign, notify the delay, adjust the timeline, log."""
-    config = engine.config
+) -> Ending | None:
+    """Spec recovery: check health, re-assign, notify the delay, adjust the timeline, log.
+
+    Returns the task's ``Ending`` when the step is out of attempts.
+    """
     failed_instance = step.instance_id
-    engine.emit.cancel(st, step, reason)
+    emit.cancel(st, step, reason)
     if step.attempt >= config.max_attempts:
         step.status = "failed"
         step.finished_at = now
-        engine.finish(
-            st,
-            now,
-            "failed",
-            f"step {step.id} ({step.role}) failed after {step.attempt} attempts: {reason}",
+        return Ending(
+            "failed", f"step {step.id} ({step.role}) failed after {step.attempt} attempts: {reason}"
         )
-        return
     delay = max(0.0, now - step.dispatched_at)
     st.delay_total += delay
     if failed_instance and failed_instance not in step.avoid:
@@ -80,7 +77,7 @@ def recover(
         if other is not step and other.status == "running":
             other.deadline = max(other.deadline, rec.new_deadline)
     deadline_text = time.strftime("%H:%M:%S", time.gmtime(rec.new_deadline)) + " UTC"
-    engine.emit.event(
+    emit.event(
         st,
         "delayed",
         trace.recovery(step.role, rec, reason, deadline_text),
@@ -90,7 +87,7 @@ def recover(
         attempt=step.attempt,
         recovery=rec,
     )
-    engine.emit.metric(
+    emit.metric(
         st, "retry" if kind == "failure" else "reassigned", now, step_id=step.id, attempt=step.attempt
     )
     logger.warning(
@@ -103,4 +100,5 @@ def recover(
         health,
     )
     step.status = "pending"
-    dispatch(engine, st, step, now)
+    dispatch(config, emit, st, step, now)
+    return None

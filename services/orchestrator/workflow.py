@@ -20,6 +20,11 @@ A task's path through the engine:
    (``on_undeliverable``), goes to failure recovery (``recovery.py``).
 4. ``finish`` (or ``cancel``) cancels what still runs and publishes the
    aggregated ``FinalResult`` (``report.py``).
+
+The helpers take the config and the ``Emitter``, never the engine: when a
+task must end they return an ``Ending`` (``config.py``) and the engine
+applies it, so only ``finish`` ends a task. ``encode`` is the size guard every
+KV write goes through (bounded state: see docs/orchestrator.md).
 """
 
 from __future__ import annotations
@@ -31,9 +36,9 @@ from functools import cached_property
 import msgspec
 
 from services.orchestrator import trace
+from services.orchestrator.config import Ending, EngineConfig
 from services.orchestrator.dispatch import dispatch, run_inline
 from services.orchestrator.emit import Emitter
-from services.orchestrator.policy import ConflictPolicy
 from services.orchestrator.recovery import HealthProbe, recover
 from services.orchestrator.report import final_result
 from services.orchestrator.review import no_progress, resolve_disputes, review_verdict
@@ -51,7 +56,7 @@ from shared.protocol import (
 )
 from shared.subjects import Subjects
 
-__all__ = ["Engine", "EngineConfig", "run_key"]
+__all__ = ["Engine", "EngineConfig", "Ending", "run_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,28 +96,6 @@ def _stale_why(step: StepState, attempt: int) -> str:
     if step.result is not None:
         return "the step already has the result of another run"
     return f"step no longer running ({step.status})"
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    step_deadline: float = 1800.0
-    max_attempts: int = 3
-    review_threshold: int = 90
-    review_max_rounds: int = 3
-    policy: ConflictPolicy = ConflictPolicy()
-    # the server's message limit (nc.max_payload): the workflow state (one KV value)
-    # and the final result must fit in one message
-    max_message_bytes: int = 1024 * 1024
-
-    @property
-    def max_state_bytes(self) -> int:
-        """Room for the state in a KV value: the message limit less a margin for headers."""
-        return self.max_message_bytes - max(4096, self.max_message_bytes // 16)
-
-    @property
-    def max_result_bytes(self) -> int:
-        """A final result sits in the state's outbox (base64: 4/3 of its size) next to the state."""
-        return self.max_message_bytes // 4
 
 
 @dataclass(frozen=True)
@@ -167,10 +150,10 @@ class Engine:
             for step in st.steps:
                 if step.status == "pending" and set(step.depends_on) <= done:
                     if step.role == "orchestrator":
-                        run_inline(self, st, step, now)
+                        run_inline(self.emit, st, step, now)
                         progressed = True
                     else:
-                        dispatch(self, st, step, now)
+                        dispatch(self.config, self.emit, st, step, now)
         if all(s.status == "completed" for s in st.steps):
             self.finish(st, now, "completed", "")
 
@@ -212,7 +195,10 @@ class Engine:
             why = "cannot be done" if msg.status == "unsupported" else "failed (not retryable)"
             self.finish(st, now, "failed", f"step {step.id} ({step.role}) {why}: {msg.error or msg.summary}")
             return True
-        recover(self, st, step, now, f"Failed: {msg.error or msg.summary}", "reported failure", "failure")
+        reason = f"Failed: {msg.error or msg.summary}"
+        self._end(
+            st, now, recover(self.config, self.emit, st, step, now, reason, "reported failure", "failure")
+        )
         self.advance(st, now)
         return True
 
@@ -306,12 +292,12 @@ class Engine:
             score=res.score,
         )
         if isinstance(out, ReviewOutput) and step.review_loop:
-            review_verdict(self, st, step, out, now)
+            self._end(st, now, review_verdict(self.config, self.emit, st, step, out, now))
         elif isinstance(out, DevelopmentOutput) and step.task_type == "fix":
             if out.disputes:
-                resolve_disputes(self, st, step, out.disputes, now)
+                resolve_disputes(self.config.policy, self.emit, st, step, out.disputes, now)
             elif not out.changes and step.origin is not None:
-                no_progress(self, st, step, out, now)
+                self._end(st, now, no_progress(st, step, out))
 
     # --- failure detection (recovery itself is recovery.py) ----------------------------------------
     def on_tick(self, st: WorkflowState, now: float, health: HealthProbe) -> bool:
@@ -322,15 +308,11 @@ class Engine:
         for step in list(st.steps):
             if step.status == "running" and step.deadline and now > step.deadline:
                 took = now - step.dispatched_at
-                recover(
-                    self,
-                    st,
-                    step,
-                    now,
-                    f"Timeout (agent took >{took:.0f}s, deadline {self.config.step_deadline:.0f}s)",
-                    health(step.instance_id),
-                    "timeout",
+                reason = f"Timeout (agent took >{took:.0f}s, deadline {self.config.step_deadline:.0f}s)"
+                ending = recover(
+                    self.config, self.emit, st, step, now, reason, health(step.instance_id), "timeout"
                 )
+                self._end(st, now, ending)
                 changed = True
         if changed:
             self.advance(st, now)
@@ -344,7 +326,10 @@ class Engine:
         if st.status != "running" or step is None or step.status != "running" or step.attempt != attempt:
             return False
         reason = f"Undeliverable (MaxDeliver: {deliveries} deliveries without an ack)"
-        recover(self, st, step, now, reason, health(step.instance_id), "undeliverable")
+        health_word = health(step.instance_id)
+        self._end(
+            st, now, recover(self.config, self.emit, st, step, now, reason, health_word, "undeliverable")
+        )
         self.advance(st, now)
         return True
 
@@ -384,6 +369,11 @@ class Engine:
         self.emit.cancel(st, None, reason)
         self.finish(st, now, "cancelled", reason)
         return True
+
+    def _end(self, st: WorkflowState, now: float, ending: Ending | None) -> None:
+        """Apply a helper's decision to end the task (``None``: it goes on)."""
+        if ending is not None:
+            self.finish(st, now, ending.status, ending.reason)
 
     def finish(self, st: WorkflowState, now: float, status: WorkflowStatus, reason: str) -> None:
         """End the task once: cancel running steps, publish the ``FinalResult`` and the final event."""

@@ -60,6 +60,11 @@ async def test_fix_rounds_with_more_than_a_mebibyte_of_diffs_end_with_a_result_a
         assert member is not None
         assert "security_review.fix3" in member.read().decode(), "the workspace after the last fix round"
 
+    state = await (await bus.workflows()).get(task.task_id)
+    assert state.value is not None and len(state.value) < MIB // 4, (
+        f"the workflow state holds references: {len(state.value or b'')} bytes"
+    )
+
     events = await task_events(bus, task.task_id)
     assert [e.seq for e in events] == list(range(1, len(events) + 1)), "seq goes up by one per event"
     assert events[-1].kind == "completed"
