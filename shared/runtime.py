@@ -99,6 +99,7 @@ class AgentService(Lifecycle):
     _shell: ServiceShell = field(init=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _doorbell: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _slot_free: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _inflight: dict[str, _InFlight] = field(default_factory=dict, init=False)
     _rung: set[str] = field(default_factory=set, init=False)
     _pulling: bool = field(default=False, init=False)
@@ -147,6 +148,7 @@ class AgentService(Lifecycle):
             return
         self._stopping.set()
         self._doorbell.set()
+        self._slot_free.set()
         if self._inflight:
             logger.info(
                 "draining in_flight=%d timeout=%.1fs", len(self._inflight), self.settings.drain_timeout
@@ -182,11 +184,11 @@ class AgentService(Lifecycle):
         Each message goes through the consumer's error boundary, so no work item can end
         this loop; if something else does, the shell restarts it (and gives up loudly).
         """
-        self._pulling = True
+        self._pulling = self.consumer.stats.pulling = True
         try:
             while not self._stopping.is_set():
                 if len(self._inflight) >= self.settings.concurrency:
-                    await self._wait_doorbell()
+                    await self._wait_slot()
                     continue
                 rung = self._rung.copy()
                 self._rung.clear()
@@ -197,7 +199,14 @@ class AgentService(Lifecycle):
                     continue
                 await self.consumer.process(msg)
         finally:
-            self._pulling = False
+            self._pulling = self.consumer.stats.pulling = False
+
+    async def _wait_slot(self) -> None:
+        # a ring while busy must not spin the loop: wait for a step to finish instead
+        self._slot_free.clear()
+        if len(self._inflight) >= self.settings.concurrency and not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_free.wait(), _IDLE_WAIT)
 
     async def _wait_doorbell(self) -> None:
         # the timeout covers what rings no bell: redeliveries after AckWait and delayed naks
@@ -234,11 +243,10 @@ class AgentService(Lifecycle):
         """Take one decoded work item: check it can be routed, then run it (the consumer acks or not)."""
         if item.to_agent != self.role:
             raise Rejected(f"work item for role {item.to_agent!r} reached a {self.role} agent")
-        for what, value in (("task id", item.task_id), ("step id", item.step_id)):
-            try:
-                token(value)
-            except InvalidSubjectToken as exc:
-                raise Rejected(f"work item with an unusable {what}: {exc}") from exc
+        try:
+            token(item.task_id)  # it names the subject the result goes to
+        except InvalidSubjectToken as exc:
+            raise Rejected(f"work item with an unusable task id: {exc}") from exc
         msg = delivery.msg
         if self.instance_id in item.avoid_instances and delivery.num_delivered <= _AVOID_HANDBACKS:
             # re-assignment: let another instance of the role take it
@@ -342,6 +350,7 @@ class AgentService(Lifecycle):
         finally:
             flight.ctx.cleanup()
             self._inflight.pop(key, None)
+            self._slot_free.set()
             self._doorbell.set()
 
     async def _settle_announce(self, flight: _InFlight) -> None:

@@ -120,6 +120,8 @@ class ServiceShell:
     def supervise(self, factory: Callable[[], Coroutine[Any, Any, Any]], name: str) -> asyncio.Task[Any]:
         """Run a loop that must live as long as the service: restarted (with backoff) when it dies.
 
+        A loop that returns has ended on purpose (e.g. the service is draining).
+
         A loop that keeps dying (``RESTART_LIMIT`` times within ``RESTART_WINDOW`` seconds)
         sets ``fatal``: ``run_service`` then stops the service and the process exits
         non-zero, so its supervisor restarts it, instead of heartbeating while doing nothing.
@@ -130,14 +132,14 @@ class ServiceShell:
             while True:
                 try:
                     await factory()
-                    why = "returned"
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     why = f"died: {type(exc).__name__}: {exc}"
                     logger.exception("%s loop %s died; restarting", self.role, name)
                 else:
-                    logger.error("%s loop %s returned unexpectedly; restarting", self.role, name)
+                    logger.info("%s loop %s ended", self.role, name)  # on purpose (e.g. draining)
+                    return
                 self.restarts[name] = self.restarts.get(name, 0) + 1
                 t = time.monotonic()
                 failures = [f for f in failures if t - f < RESTART_WINDOW] + [t]

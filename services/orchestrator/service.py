@@ -457,8 +457,10 @@ class OrchestratorService(Lifecycle):
             cached = self._cache.get(task_id) or await self._load(task_id)
             if cached is None:
                 raise Rejected(f"unknown task {task_id!r}")
-            self._cache[task_id] = cached
             st = cached.state
+            if st.status != "running":
+                return  # a late notice for a finished task: nothing to show
+            self._cache[task_id] = cached
             before = len(st.outbox)
             try:
                 changed = self.engine.on_step_message(st, started, now())
