@@ -122,7 +122,7 @@ async def test_sigkills_and_a_broker_restart_lose_no_task_and_never_give_two_res
     try:
         task_ids: list[str] = []
         submitter = asyncio.create_task(_submit_all(bus, observer, task_ids, n))
-        pace = max(2, n * STEPS_PER_TASK // (kills * 2))
+        pace = max(2, n * STEPS_PER_TASK // max(1, kills * 2))
         last = observer.started
         for k in range(kills):
             while observer.started < last + pace and not submitter.done():
@@ -151,7 +151,7 @@ async def test_sigkills_and_a_broker_restart_lose_no_task_and_never_give_two_res
         verdict = check(observer.history)
         stats = (
             f"chaos run: seed={seed} tasks={n} kills={len(cluster.kills)} "
-            f"broker_restarts={cluster.broker_restarts} reconnect_after_broker_restart={reconnect_s:.1f}s "
+            f"broker_restarts={cluster.broker_restarts} reconnect_after_broker_restart={reconnect_s or 0:.1f}s "
             f"duration={chaos_s:.0f}s"
         )
         with capsys.disabled():
