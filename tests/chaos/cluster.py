@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -38,11 +37,9 @@ from shared.settings import Settings
 from tests.chaos.history import History
 from tests.helpers import stream_messages
 
-__all__ = ["AGENT_ROLES_KILLED", "ChaosCluster", "Observer", "chaos_settings", "submit_until_stored"]
+__all__ = ["KILLABLE", "SCRIPTED", "ChaosCluster", "Observer", "chaos_settings", "submit_until_stored"]
 
-logger = logging.getLogger(__name__)
-
-AGENT_ROLES_KILLED = ("orchestrator", "researcher", "developer", "reviewer")
+KILLABLE = ("orchestrator", "researcher", "developer", "reviewer")  # the monitor is not on the task path
 SCRIPTED = "tests.brains:ScriptedBrain"
 
 
@@ -194,7 +191,7 @@ class ChaosCluster:
     def kill_and_replace(self, rng: random.Random, busy: set[str]) -> ServiceProcess:
         """SIGKILL one service (a busy agent when there is one, half of the time) and start a fresh one."""
         assert self.stack is not None
-        live = [p for p in self.live() if p.name in AGENT_ROLES_KILLED]
+        live = [p for p in self.live() if p.name in KILLABLE]
         busy_live = [p for p in live if p.env.get("CADRE_INSTANCE_ID") in busy]
         victim = rng.choice(busy_live if busy_live and rng.random() < 0.5 else live)
         victim.kill()
