@@ -123,6 +123,8 @@ def compact(state: WorkflowState) -> None:
     Used when a state would not fit one KV value; outputs keep a short copy
     (their full text stays in each result's ``output_ref`` when it has one).
     """
+    sub = state.submission
+    state.submission = msgspec.structs.replace(sub, task=msgspec.structs.replace(sub.task, input_data={}))
     for step in state.steps:
         step.input_data = {}
         res = step.result

@@ -127,6 +127,10 @@ class Engine:
             )
             for p in plan.steps
         ]
+        if sub.workspace is not None and "files" in sub.task.input_data:
+            # inline files were packed into the workspace: the state keeps the reference only
+            data = {k: v for k, v in sub.task.input_data.items() if k != "files"}
+            sub = msgspec.structs.replace(sub, task=msgspec.structs.replace(sub.task, input_data=data))
         st = WorkflowState(
             task_id=task_id, submission=sub, plan=plan, steps=steps, workspace=sub.workspace, started_at=now
         )

@@ -280,3 +280,17 @@ def test_shorten_keeps_decision_data_and_drops_the_bulk() -> None:
     assert isinstance(short_review, ReviewOutput)
     assert [i.id for i in short_review.issues] == ["i1"] * 3 and short_review.score == 50
     assert len(short_review.issues[0].message) < 1000
+
+
+def test_inline_files_packed_into_the_workspace_are_not_kept_twice_in_the_state() -> None:
+    e = _engine()
+    sub = TaskSubmission(
+        message_id="m1",
+        task_id="t1",
+        task_type="research",
+        task=TaskBody(description="Q", input_data={"files": {"a.py": "x" * 50_000}, "topic": "jwt"}),
+        workspace=WORKSPACE,
+    )
+    st = e.start("t1", sub, plan_from_template("research", "Q"), 0.01, now=0.0)
+    assert st.submission.task.input_data == {"topic": "jwt"}
+    assert len(encode_state(st)) < 20_000
