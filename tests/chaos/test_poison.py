@@ -2,10 +2,11 @@
 
 Every service runs as a real process. Onto each subject one of them reads
 (JetStream work queues, the intake, step results, metrics, and the core
-subjects for cancels and heartbeats) go undecodable bytes, JSON of the wrong
-shape and JSON nested 10 000 deep. Each must come out as a dead letter on
-that subject; the cancel request gets an error answer; and afterwards every
-service is still running and a task still completes end to end.
+subjects for cancels, heartbeats and the broker's MaxDeliver advisory) go
+undecodable bytes, JSON of the wrong shape and JSON nested 10 000 deep. Each
+must come out as a dead letter on that subject (the advisory: only survived);
+the cancel request gets an error answer; and afterwards every service is
+still running and a task still completes end to end.
 """
 
 from __future__ import annotations
@@ -85,6 +86,11 @@ async def test_poison_on_every_consumed_subject_is_dead_lettered_and_every_servi
     await stream_poison(s.metrics("developer"), "metric")
     await core_poison(s.cancel("task_poisoned"), "cancel", readers=len(AGENT_ROLES))
     await core_poison(s.heartbeat("developer", "forged-1"), "heartbeat", readers=1)
+    # the broker's MaxDeliver advisory the orchestrator follows: a forged one is logged, not acted on
+    # (no dead letter is asked for: only the server may publish there under the deployed permissions)
+    advisory = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s.stream_work}.forged"
+    for data in [*poisons("advisory"), b'{"stream_seq": 999999999, "deliveries": 5}']:
+        await bus.nc.publish(advisory, data)
     await bus.nc.flush()
 
     # the request/reply subject: the sender gets an error answer at once
