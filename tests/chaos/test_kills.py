@@ -108,11 +108,16 @@ async def _all_stored(bus: Bus, task_ids: list[str], observer: Observer, timeout
     return done
 
 
-@pytest.mark.timeout(900)
-async def test_sigkills_and_a_broker_restart_lose_no_task_and_never_give_two_results(
-    tmp_path: Path, prefix: str, capsys: pytest.CaptureFixture[str]
+async def run_chaos(
+    tmp_path: Path,
+    prefix: str,
+    capsys: pytest.CaptureFixture[str],
+    n: int,
+    kills: int,
+    restarts: int,
+    seed: int,
 ) -> None:
-    n, kills, restarts, seed = _knobs()
+    """One chaos run: load, kills, broker restarts, then the checker's verdict (asserted)."""
     restart_at = {kills * (i + 1) // (restarts + 1) for i in range(restarts)} if kills else set()
     rng = random.Random(seed)
     cluster = ChaosCluster(tmp_path, prefix)
@@ -156,7 +161,7 @@ async def test_sigkills_and_a_broker_restart_lose_no_task_and_never_give_two_res
         stats = (
             f"chaos run: seed={seed} tasks={n} kills={len(cluster.kills)} "
             f"broker_restarts={cluster.broker_restarts} "
-            f"reconnect_after_broker_restart={'/'.join(f'{r:.1f}' for r in reconnects) or '-'}s "
+            f"reconnect_after_broker_restart={'/'.join(f'{r:.1f}s' for r in reconnects) or '-'} "
             f"duration={chaos_s:.0f}s"
         )
         with capsys.disabled():
@@ -172,3 +177,19 @@ async def test_sigkills_and_a_broker_restart_lose_no_task_and_never_give_two_res
     finally:
         await bus.close()
         cluster.stop()
+
+
+@pytest.mark.timeout(900)
+async def test_sigkills_and_a_broker_restart_lose_no_task_and_never_give_two_results(
+    tmp_path: Path, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n, kills, restarts, seed = _knobs()
+    await run_chaos(tmp_path, prefix, capsys, n, kills, restarts, seed)
+
+
+@pytest.mark.timeout(300)
+async def test_two_orchestrators_without_any_fault_give_every_task_one_result_and_a_contiguous_trace(
+    tmp_path: Path, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same load and checker with no kill: a failure here is not about faults at all."""
+    await run_chaos(tmp_path, prefix, capsys, n=20, kills=0, restarts=0, seed=0)
