@@ -133,6 +133,15 @@ def test_a_result_after_the_final_event_goes_to_the_dead_letters_not_the_trace()
     assert not e.on_step_message(st, _started("research", 2, "b", "run_9"), 3.0)
 
 
+def test_a_redelivered_copy_of_the_last_applied_result_is_not_a_dead_letter() -> None:
+    e = _engine()
+    st = _start(e)
+    e.on_step_message(st, _result("research", 1, run_id="run_1"), 1.0)
+    assert st.status == "completed"
+    assert not e.on_step_message(st, _result("research", 1, run_id="run_1"), 2.0)
+    assert not _dead_letters(st)
+
+
 def test_a_rerun_by_the_same_instance_is_traced_and_reported_with_the_applied_run() -> None:
     e = _engine()
     st = _start(e)
