@@ -303,3 +303,17 @@ def test_inline_files_packed_into_the_workspace_are_not_kept_twice_in_the_state(
     st = e.start("t1", sub, plan_from_template("research", "Q"), 0.01, now=0.0)
     assert st.submission.task.input_data == {"topic": "jwt"}
     assert len(encode_state(st)) < 20_000
+
+
+def test_a_final_result_with_thousands_of_findings_still_fits_its_bound() -> None:
+    e = _engine(max_message_bytes=256 * 1024)
+    st = _start(e, "review")
+    e.on_step_message(st, _result("research", 1), 1.0)
+    issues = [msgspec.structs.replace(ISSUE, id=f"i{n}", message="m" * 200) for n in range(2000)]
+    e.on_step_message(
+        st, _result("security_review", 1, role="reviewer", output=_review(10, issues), score=10), 2.0
+    )
+    assert e.cancel(st, 3.0, "enough")
+    result = _final(st)
+    assert len(encode(result)) <= e.config.max_result_bytes
+    assert [s.step_id for s in result.steps][:2] == ["research", "security_review"]
