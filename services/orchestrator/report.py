@@ -1,8 +1,9 @@
 """Aggregation: the final result and its Markdown report, built from the workflow state.
 
 The result is bounded: when its JSON would pass ``limit`` bytes, step outputs
-are shortened (their full text stays in each step's ``output_ref``) and the
-report is clipped, so it always fits one message.
+are shortened (their full text stays in each step's ``output_ref``), then
+dropped if that is not enough, and the report is clipped, so it fits one
+message.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def final_result(st: WorkflowState, limit: int = RESULT_LIMIT) -> FinalResult:
         for r in result.steps
     ]
     result = msgspec.structs.replace(result, steps=steps, report_markdown="")
+    if len(encode(result)) > limit:  # e.g. thousands of findings: keep the records, not the outputs
+        bare = [msgspec.structs.replace(r, output=None, issues=[]) for r in result.steps]
+        result = msgspec.structs.replace(result, steps=bare, needs_attention=result.needs_attention[:100])
     room = max(1024, limit - len(encode(result)) - 256)
     report = clip(markdown_report(result, st.late_results), room)
     return msgspec.structs.replace(result, report_markdown=report)

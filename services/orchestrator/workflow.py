@@ -265,8 +265,9 @@ class Engine:
         if isinstance(msg, StepStarted):
             return False  # an agent took the item just before the end; its result will tell
         key = f"{msg.step_id}:{msg.attempt}:{run_key(msg)}"
-        if key in st.late_results:
-            return False
+        step = st.step(msg.step_id)
+        if key in st.late_results or (step is not None and _run(step, run_key(msg)).outcome == "applied"):
+            return False  # already told, or a redelivered copy of a result the task applied
         st.late_results.append(key)
         reason = (
             f"late result: task {st.task_id} already {st.status}; {msg.role} result for {msg.step_id} "

@@ -133,6 +133,15 @@ def test_a_result_after_the_final_event_goes_to_the_dead_letters_not_the_trace()
     assert not e.on_step_message(st, _started("research", 2, "b", "run_9"), 3.0)
 
 
+def test_a_redelivered_copy_of_the_last_applied_result_is_not_a_dead_letter() -> None:
+    e = _engine()
+    st = _start(e)
+    e.on_step_message(st, _result("research", 1, run_id="run_1"), 1.0)
+    assert st.status == "completed"
+    assert not e.on_step_message(st, _result("research", 1, run_id="run_1"), 2.0)
+    assert not _dead_letters(st)
+
+
 def test_a_rerun_by_the_same_instance_is_traced_and_reported_with_the_applied_run() -> None:
     e = _engine()
     st = _start(e)
@@ -294,3 +303,17 @@ def test_inline_files_packed_into_the_workspace_are_not_kept_twice_in_the_state(
     st = e.start("t1", sub, plan_from_template("research", "Q"), 0.01, now=0.0)
     assert st.submission.task.input_data == {"topic": "jwt"}
     assert len(encode_state(st)) < 20_000
+
+
+def test_a_final_result_with_thousands_of_findings_still_fits_its_bound() -> None:
+    e = _engine(max_message_bytes=256 * 1024)
+    st = _start(e, "review")
+    e.on_step_message(st, _result("research", 1), 1.0)
+    issues = [msgspec.structs.replace(ISSUE, id=f"i{n}", message="m" * 200) for n in range(2000)]
+    e.on_step_message(
+        st, _result("security_review", 1, role="reviewer", output=_review(10, issues), score=10), 2.0
+    )
+    assert e.cancel(st, 3.0, "enough")
+    result = _final(st)
+    assert len(encode(result)) <= e.config.max_result_bytes
+    assert [s.step_id for s in result.steps][:2] == ["research", "security_review"]
