@@ -48,6 +48,9 @@ __all__ = [
     "StepStarted",
     "StepResult",
     "StepMessage",
+    "StepRun",
+    "RunOutcome",
+    "RecoveryKind",
     "PlanStep",
     "Plan",
     "Conflict",
@@ -325,7 +328,12 @@ class Timings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StepStarted(Message, frozen=True, kw_only=True, tag="step_started"):
-    """An agent instance took a work item (lets the orchestrator trace and health-check)."""
+    """An agent instance took a work item (lets the orchestrator trace and health-check).
+
+    ``run_id`` is unique per run: a redelivered item run again by the same
+    instance (a restarted container keeps its instance id) is a new run, so
+    the re-run is seen and traced instead of being swallowed by dedup.
+    """
 
     task_id: str
     step_id: str
@@ -333,6 +341,7 @@ class StepStarted(Message, frozen=True, kw_only=True, tag="step_started"):
     role: AgentRole
     instance_id: str
     started_at: float
+    run_id: str = ""
 
 
 class StepResult(Message, frozen=True, kw_only=True, tag="step_result"):
@@ -353,6 +362,13 @@ class StepResult(Message, frozen=True, kw_only=True, tag="step_result"):
     timings: Timings
     usage: Usage = Usage()
     error: str | None = None
+    # False when the error says another attempt cannot help (``CadreError.non_retryable``):
+    # the orchestrator then ends the step at once instead of re-dispatching it.
+    retryable: bool = True
+    run_id: str = ""
+    # the full output in the object store, when ``output`` was shortened to keep messages
+    # and the workflow state small (diffs, long texts): see shared/outputs.py
+    output_ref: ArtifactRef | None = None
 
 
 StepMessage = StepStarted | StepResult
@@ -394,8 +410,15 @@ class Conflict(msgspec.Struct, frozen=True, kw_only=True):
     decision: str
 
 
+RecoveryKind = Literal["timeout", "failure", "undeliverable"]
+
+
 class Recovery(msgspec.Struct, frozen=True, kw_only=True):
-    """One failure-recovery episode (spec: check health, re-assign, notify, adjust, log)."""
+    """One failure-recovery episode (spec: check health, re-assign, notify, adjust, log).
+
+    ``kind`` says what triggered it: a passed deadline, a failed result, or a
+    work item the broker gave up on (MaxDeliver).
+    """
 
     step_id: str
     reason: str
@@ -406,6 +429,7 @@ class Recovery(msgspec.Struct, frozen=True, kw_only=True):
     delay_s: float
     new_deadline: float
     at: float
+    kind: RecoveryKind = "failure"
 
 
 class TaskEvent(Message, frozen=True, kw_only=True, tag="event"):
@@ -429,6 +453,23 @@ class TaskEvent(Message, frozen=True, kw_only=True, tag="event"):
     detail: str = ""
 
 
+RunOutcome = Literal["applied", "not_applied", "no_result"]
+
+
+class StepRun(msgspec.Struct, frozen=True, kw_only=True):
+    """One run of a step by an agent instance: an attempt may run more than once (redelivery)."""
+
+    run_id: str
+    attempt: int
+    instance_id: str
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    # applied: its result is the step's result; not_applied: its result came late or
+    # for a superseded attempt; no_result: it started but no result was seen
+    outcome: RunOutcome = "no_result"
+    status: str = ""
+
+
 class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
     """The aggregated record of one executed step in the final result."""
 
@@ -446,6 +487,10 @@ class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
     duration_s: float = 0.0
     usage: Usage = Usage()
     error: str | None = None
+    # every run of the step (more than one when an attempt was re-run or retried)
+    runs: list[StepRun] = []
+    applied_run: str | None = None
+    output_ref: ArtifactRef | None = None
 
 
 class FinalResult(Message, frozen=True, kw_only=True, tag="result"):
@@ -468,6 +513,10 @@ class FinalResult(Message, frozen=True, kw_only=True, tag="result"):
     report_markdown: str = ""
     started_at: float = 0.0
     finished_at: float = 0.0
+    # findings a review loop left open: they need a human or an LLM developer
+    needs_attention: list[Issue] = []
+    # step ids that ran more than once (re-runs or retries): see each step's ``runs``
+    rerun_steps: list[str] = []
 
 
 # --- operations -----------------------------------------------------------------

@@ -31,11 +31,12 @@ from nats.micro.request import Request
 
 from services.orchestrator.plan import plan_from_template, templates, validate_plan
 from services.orchestrator.policy import ConflictPolicy
-from services.orchestrator.state import Outgoing, WorkflowState, encode_state, state_decoder
+from services.orchestrator.state import Outgoing, WorkflowState, state_decoder
 from services.orchestrator.workflow import Engine, EngineConfig
 from shared.bus import Bus
 from shared.consumer import DECODE_ERRORS, Delivery, KeyedLocks, Rejected, SupervisedConsumer
 from shared.errors import CadreError, InvalidSubjectToken, PlanError
+from shared.outputs import offload_step_output
 from shared.protocol import (
     CancelReply,
     FinalResult,
@@ -128,6 +129,7 @@ class OrchestratorService(Lifecycle):
             review_threshold=s.review_threshold,
             review_max_rounds=s.review_max_rounds,
             policy=ConflictPolicy(tuple(s.conflict_policy)),
+            max_message_bytes=self.bus.nc.max_payload or 1024 * 1024,  # engine: bounded state
         )
         self.engine = Engine(s.subjects, config, s.instance_id)
         self._shell = ServiceShell(self.bus, "orchestrator", s.instance_id, s.heartbeat_interval)
@@ -244,8 +246,12 @@ class OrchestratorService(Lifecycle):
 
     # --- the one way to change a workflow --------------------------------------------------------
     def _encode(self, st: WorkflowState) -> bytes:
-        """The bytes written to KV for ``st`` (the one place a state is encoded for storage)."""
-        return encode_state(st)
+        """The bytes written to KV for ``st`` (the one place a state is encoded for storage).
+
+        The engine's size guard: a state that would outgrow the message limit is compacted,
+        or its task ends failed with that reason (``Engine.encode``).
+        """
+        return self.engine.encode(st, now())
 
     async def _load(self, task_id: str) -> _Cached | None:
         try:
@@ -441,6 +447,7 @@ class OrchestratorService(Lifecycle):
         if isinstance(step_msg, StepStarted):
             await self._on_started(step_msg)
             return
+        step_msg = await offload_step_output(self.bus, step_msg)  # engine: large outputs by reference
         found = await self._mutate(
             step_msg.task_id, lambda st, t: self.engine.on_step_message(st, step_msg, t)
         )
