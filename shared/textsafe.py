@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["text", "name", "md_name"]
+__all__ = ["text", "name", "md_name", "md_code"]
 
 # C0 and C1 controls and DEL; Unicode bidi embedding/override/isolate marks
 _BIDI = "\u200e\u200f\u202a-\u202e\u2066-\u2069"
@@ -45,3 +45,13 @@ def name(value: str) -> str:
 def md_name(value: str) -> str:
     """A one-line name inside Markdown: controls shown and Markdown syntax characters escaped."""
     return _MARKDOWN.sub(r"\\\1", name(value))
+
+
+def md_code(value: str) -> str:
+    """A one-line name as a Markdown code span (controls shown; a backtick in it cannot end the span)."""
+    shown = name(value)
+    longest = max((len(run) for run in re.findall(r"`+", shown)), default=0)
+    if longest == 0:
+        return f"`{shown}`"
+    fence = "`" * (longest + 1)
+    return f"{fence} {shown} {fence}"

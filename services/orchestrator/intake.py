@@ -26,7 +26,8 @@ from nats.js.kv import KeyValue
 
 from shared import uploads
 from shared.bus import ArtifactRefused, Bus, check_artifact_ref
-from shared.protocol import FinalResult, TaskEvent, TaskSubmission, now
+from shared.consumer import DECODE_ERRORS
+from shared.protocol import BoundedDecoder, FinalResult, TaskEvent, TaskSubmission, now
 from shared.settings import Settings
 from shared.subjects import token
 from shared.workspace import UnpackLimits, WorkspaceRefused, inspect
@@ -198,7 +199,7 @@ class _LooseIds(msgspec.Struct):
     task_id: Any = None
 
 
-_loose_decoder = msgspec.json.Decoder(_LooseIds)
+_loose_decoder: BoundedDecoder[_LooseIds] = BoundedDecoder(_LooseIds)
 
 
 def _valid_id(value: Any) -> str | None:
@@ -233,18 +234,20 @@ async def refuse(
     *,
     task_id: str | None = None,
     sub: TaskSubmission | None = None,
+    dead_letter: bool = True,
 ) -> None:
-    """Dead-letter a refused submission and answer its sender.
+    """Dead-letter a refused submission (unless the caller did) and answer its sender.
 
     The answer is a ``FinalResult`` with status ``rejected``: always on
     ``refused.<message_id>`` when the message id is usable, and also as the
     task's own ``rejected`` event and ``result.<task_id>`` when that task id
     is free (never over another submission's task).
     """
-    await bus.dead_letter("orchestrator", msg.subject, msg.data, reason, dict(msg.headers or {}))
+    if dead_letter:
+        await bus.dead_letter("orchestrator", msg.subject, msg.data, reason, dict(msg.headers or {}))
     message_id = sub.message_id if sub else None
     if sub is None:
-        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        with contextlib.suppress(*DECODE_ERRORS):
             loose = _loose_decoder.decode(msg.data)
             message_id = _valid_id(loose.message_id)
             if loose.task_id:  # the id the sender chose, or none (never another one in its place)

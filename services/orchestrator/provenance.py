@@ -5,7 +5,7 @@ publish only on ``step.result.<its role>.<task>`` (deploy/nats/accounts.conf).
 This is the orchestrator's own check behind it, for deployments without those
 permissions and for what a subject cannot say: the message's role must be the
 subject's role and the step's role, its attempt must have been dispatched, and
-a result for the current attempt must come from the instance that started it.
+a result must come from an instance that started a run of its attempt.
 A refused message changes nothing but the trace: a ``result_refused`` event on
 the task, and a dead letter with the reason (the service sends that).
 """
@@ -45,17 +45,15 @@ def step_mismatch(st: WorkflowState, msg: StepMessage) -> str | None:
         return f"step {step.id} was given to the {step.role}, not to a {msg.role}"
     if msg.attempt < 1 or msg.attempt > step.attempt:
         return f"attempt {msg.attempt} of step {step.id} was never dispatched (latest attempt {step.attempt})"
-    if (
-        isinstance(msg, StepResult)
-        and msg.attempt == step.attempt
-        and step.status == "running"
-        and step.instance_id is not None
-        and msg.instance_id != step.instance_id
-    ):
-        return (
-            f"attempt {msg.attempt} of step {step.id} is held by instance {step.instance_id!r}, "
-            f"not by {msg.instance_id!r}"
-        )
+    if isinstance(msg, StepResult):
+        # every run of an attempt announces itself (StepStarted) before its result; a result
+        # from an instance that started no run of it is not that attempt's
+        starters = sorted({r.instance_id for r in step.runs if r.attempt == msg.attempt})
+        if starters and msg.instance_id not in starters:
+            return (
+                f"attempt {msg.attempt} of step {step.id} was started by {', '.join(starters)}, "
+                f"not by {msg.instance_id!r}"
+            )
     return None
 
 
@@ -78,6 +76,8 @@ class Guard:
         if reason is None:
             return self.engine.on_step_message(st, msg, now)
         self.refused = reason
+        if st.status != "running":  # nothing may follow a task's final event: the dead letter says it
+            return False
         kind = "started" if isinstance(msg, StepStarted) else "result"
         key = f"refused:{msg.step_id}:{msg.attempt}:{msg.instance_id}:{kind}:{msg.role}"
         if key in st.late_results:  # a redelivery of a message already refused: trace it once

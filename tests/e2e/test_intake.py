@@ -164,7 +164,7 @@ async def test_deeply_nested_input_is_rejected_and_a_decoder_stack_overflow_too(
     )
     await publish_raw(bus, payload)
     letter = await dead_letter(bus, "msg_overflow")
-    assert letter.reason == "invalid task: maximum recursion depth exceeded while deserializing an object"
+    assert "nested too deeply" in letter.reason, letter.reason
     after = submission(task=TaskBody(description=""))
     await bus.publish(bus.subjects.task_submit, after, msg_id=after.message_id)
     await rejected_with(bus, after, "task.description is empty")

@@ -93,7 +93,7 @@ async def test_forged_step_results_are_refused_with_an_event_and_a_dead_letter_a
         "the message claims role 'researcher' but was sent under role 'developer'",
         "step research was given to the researcher, not to a reviewer",
         "attempt 2 of step research was never dispatched (latest attempt 1)",
-        "attempt 1 of step research is held by instance 'researcher-1', not by 'researcher-2'",
+        "attempt 1 of step research was started by researcher-1, not by 'researcher-2'",
     ]
     letters = await stream_messages(
         bus.js, s.stream_dead_letters, s.dead_letter("orchestrator"), dead_letter_decoder

@@ -29,7 +29,7 @@ from nats.js.api import StreamConfig
 from shared import uploads
 from shared.bootstrap import bootstrap
 from shared.bus import Bus
-from shared.client import CadreClient
+from shared.client import CadreClient, NoService
 from shared.launcher import Stack
 from shared.natsserver import NatsServer
 from shared.protocol import (
@@ -384,7 +384,15 @@ async def test_every_service_runs_a_task_under_its_own_user_without_a_violation(
             # the client's read-only object-store rights suffice to download the result's code
             files = await client.workspace_files(result)
             assert "auth_api/app.py" in files
-            snapshot = await client.snapshot()
+            # the task can finish before the monitor process is up: wait for it to answer
+
+            async def answered() -> dict[str, Any] | None:
+                try:
+                    return await client.snapshot()
+                except NoService:
+                    return None
+
+            snapshot = await wait_for_value(answered, what="the monitor's snapshot")
             assert "orchestrator" in snapshot
             reply = await client.cancel(task_id)
             assert not reply.accepted  # already finished: the orchestrator answered, through its user
