@@ -612,7 +612,7 @@ class DeadLetter(Message, frozen=True, kw_only=True, tag="dead_letter"):
 
 
 class CancelRequest(Message, frozen=True, kw_only=True, tag="cancel"):
-    task_id: TaskId
+    task_id: str  # checked by the orchestrator, which answers a clear refusal for a non-id
     step_id: str | None = None
     attempt: int | None = None
     reason: str = "cancelled by user"

@@ -98,7 +98,7 @@ async def test_forged_step_results_are_refused_with_an_event_and_a_dead_letter_a
     letters = await stream_messages(
         bus.js, s.stream_dead_letters, s.dead_letter("orchestrator"), dead_letter_decoder
     )
-    assert sorted(d.reason for d in letters) == sorted(f"refused: {r}" for r in reasons)
+    assert sorted(d.reason for d in letters) == sorted(f"unroutable: refused: {r}" for r in reasons)
     # nothing forged was applied: the task is still running; the genuine result completes it
     assert await _kinds(bus, tid, "completed") is None
     await bus.js.publish(s.step_result("researcher", tid), encode(_result(tid, "researcher", "researcher-1")))

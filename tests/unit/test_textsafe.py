@@ -40,6 +40,12 @@ def test_markdown_names_escape_markdown_syntax_too() -> None:
     assert textsafe.md_name("a|b*c_`d`[e](f)<g>#\n") == "a\\|b\\*c\\_\\`d\\`\\[e\\](f)\\<g\\>\\#\\\\n"
 
 
+def test_a_code_span_name_cannot_be_closed_by_a_backtick_in_it() -> None:
+    assert textsafe.md_code("a.py") == "`a.py`"
+    assert textsafe.md_code("a`b``c.py") == "``` a`b``c.py ```"
+    assert textsafe.md_code("x\ny") == "`x\\ny`"
+
+
 def _review_result(file: str) -> StepResult:
     issue = Issue(
         id="i1", severity="HIGH", rule="B105", message="hard-coded secret", tool="bandit", file=file, line=3
@@ -82,7 +88,7 @@ def test_the_markdown_report_escapes_file_names_and_control_characters() -> None
     report = textsafe.text(markdown_report(result, []))
     assert "\x1b" not in report and "\x07" not in report and "\r" not in report
     line = next(line for line in report.splitlines() if "pwned" in line)
-    assert line.startswith("- evil\\\\e\\]0;pwned") and "line2" in line
+    assert line.startswith("- `evil\\e]0;pwned") and "line2" in line  # one code span, one line
 
 
 def test_the_cli_prints_event_texts_and_reports_without_control_characters() -> None:
