@@ -82,7 +82,9 @@ class BuiltinReviewer:
         counts = Counter(i.severity for i in issues)
         tally = ", ".join(f"{counts[sev]} {sev}" for sev in ("HIGH", "MEDIUM", "LOW"))
         notes = []
-        if tests is not None and not tests.ok:
+        if tests is not None and tests.environment_error:
+            notes.append(f"tests not run ({tests.environment_error}; not scored)")
+        elif tests is not None and not tests.ok:
             notes.append(f"tests failing ({tests.failed} failed, {tests.errors} errors)")
         if tests is not None and tests.coverage is not None and breakdown["coverage"]:
             notes.append(f"coverage {tests.coverage:.0f}% below target")

@@ -22,6 +22,7 @@ Score (``score``), out of 100, floor 0::
 
     100 - 4 per HIGH - 2 per MEDIUM - 1 per LOW (LOW total capped at 10)
         - 20 if the developer's tests failed or errored
+          (not when they could not run for an environment reason: ``TestReport.environment_error``)
         - 5 if their coverage (percent) is below 80
 
 Verdict (``verdict``): ``approved`` iff score >= threshold and no HIGH issue.
@@ -319,7 +320,8 @@ def score(issues: list[Issue], tests: TestReport | None) -> tuple[int, dict[str,
         "tests": 0,
         "coverage": 0,
     }
-    if tests is not None:
+    # tests that could not run for an environment reason say nothing about the code
+    if tests is not None and tests.environment_error is None:
         if not tests.ok:
             breakdown["tests"] = -TESTS_FAILED_PENALTY
         if tests.coverage is not None and tests.coverage < COVERAGE_TARGET:
