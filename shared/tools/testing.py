@@ -321,7 +321,7 @@ def run_suite(
         if not outcomes and res.returncode != 0:
             collection_errors = 1
             outcomes = {"<run>": "error"}
-        percent = _coverage_percent(rt, env.python, copy, out, child_env) if coverage else None
+        percent = _coverage_percent(rt, env.python, copy, out, child_env, ro) if coverage else None
     counts = {k: sum(1 for v in outcomes.values() if v == k) for k in ("passed", "failed", "error")}
     missing = missing_dependency(res.output, root, counts["passed"], counts["failed"])
     report = TestReport(
@@ -351,7 +351,7 @@ def run_suite(
 
 
 def _coverage_percent(
-    rt: TestRuntime, python: Path, copy: Path, out: Path, env: dict[str, str]
+    rt: TestRuntime, python: Path, copy: Path, out: Path, env: dict[str, str], ro: list[Path]
 ) -> float | None:
     """Coverage's JSON report, made inside the sandbox too (the data file is the workspace's output)."""
     report = out / "coverage.json"
@@ -359,6 +359,7 @@ def _coverage_percent(
         [str(python), "-m", "coverage", "json", "-q", "-o", str(report)],
         cwd=copy,
         rw=[copy, out],
+        ro=ro,
         env=env,
         limits=rt.sandbox.with_limits(wall_seconds=120.0),
     )
