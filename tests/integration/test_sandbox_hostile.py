@@ -22,7 +22,7 @@ from shared.tools.testing import TestRuntime, run_suite
 
 pytestmark = pytest.mark.skipif(Sandbox().unavailable() is not None, reason="bubblewrap cannot run here")
 
-CONFTEST = '''
+CONFTEST = """
 import os
 import pytest
 
@@ -41,9 +41,9 @@ STOLEN["self"] = repr(dict(os.environ)).encode()
 @pytest.fixture
 def stolen():
     return STOLEN
-'''
+"""
 
-ATTACKS = '''
+ATTACKS = """
 import os
 import socket
 import subprocess
@@ -100,7 +100,7 @@ def test_attack_leaves_a_process_running_forever():
     # double-forked, own session: outlives pytest unless the whole PID namespace dies
     subprocess.Popen(["sleep", "3600", MARKER], start_new_session=True)
     assert False, "started the runaway; it must be gone once the run ends"
-'''
+"""
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:
@@ -162,7 +162,9 @@ def test_every_attack_of_a_hostile_workspace_fails_while_its_honest_test_passes(
     assert sorted(p.name for p in ws.iterdir()) == ["conftest.py", "targets.txt", "test_attacks.py"]
 
 
-def test_a_test_that_runs_forever_is_stopped_by_the_wall_clock_and_leaves_nothing_behind(tmp_path: Path) -> None:
+def test_a_test_that_runs_forever_is_stopped_by_the_wall_clock_and_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
     marker = f"cadre-forever-{uuid.uuid4().hex[:8]}"
     ws = _write(
         tmp_path / "ws",

@@ -94,8 +94,13 @@ def test_an_undeclared_import_is_an_environment_error_the_score_does_not_punish(
     assert score([], broken)[1]["tests"] == -TESTS_FAILED_PENALTY
 
 
-def test_dependencies_that_cannot_be_installed_say_so_in_one_line(tmp_path: Path, runtime: TestRuntime) -> None:
-    ws = _write(tmp_path / "ws", {"requirements.txt": "flask==0.0.0.1\n", "app.py": FLASK_APP, "test_app.py": FLASK_TESTS})
+def test_dependencies_that_cannot_be_installed_say_so_in_one_line(
+    tmp_path: Path, runtime: TestRuntime
+) -> None:
+    ws = _write(
+        tmp_path / "ws",
+        {"requirements.txt": "flask==0.0.0.1\n", "app.py": FLASK_APP, "test_app.py": FLASK_TESTS},
+    )
     report = run_tests(ws, runtime=runtime)
     assert report is not None and report.environment_error is not None
     assert report.environment_error.startswith("the declared dependencies could not be installed")
