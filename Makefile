@@ -1,17 +1,35 @@
-# Cadre — every target sets itself up: the first run creates .venv and installs the project.
+# Cadre — every target sets itself up: the first run creates .venv and installs the project
+# from the committed lock (requirements/lock.txt: every package pinned with its hashes), so a new
+# release of any dependency cannot change what `make run` / `make test` install.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+LOCK    = requirements/lock.txt
 PYTEST_ARGS ?=
+# what `make lock` runs (tests/unit/test_lock.py checks each lock's header names its command):
+# the full lock (every extra: what make installs), then the runtime subset the container image
+# installs, constrained to the same versions
+LOCK_CMD = uv pip compile pyproject.toml requirements/build.in --all-extras --generate-hashes \
+	--universal --python-version 3.11 -o $(LOCK)
+RUNTIME_LOCK_CMD = uv pip compile pyproject.toml requirements/build.in --generate-hashes \
+	--universal --python-version 3.11 -c $(LOCK) -o requirements/runtime.txt
 
-.PHONY: run up test lint fmt typecheck bench schema test-deploy clean
+.PHONY: run up test test-system lint fmt typecheck bench schema lock test-deploy clean
 
-$(STAMP): pyproject.toml
+# A changed lock or pyproject rebuilds the venv from scratch: nothing stale survives an upgrade.
+$(STAMP): pyproject.toml $(LOCK) requirements/build.in
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
+
+## Upgrade every pinned dependency on purpose (needs the package index), then rebuild the venv.
+lock: $(STAMP)
+	$(BIN)/$(LOCK_CMD) --upgrade
+	$(BIN)/$(RUNTIME_LOCK_CMD)
 
 ## The embedded default: local nats-server + every service as a process + the example task.
 run: $(STAMP)
@@ -21,8 +39,13 @@ run: $(STAMP)
 up: $(STAMP)
 	$(BIN)/cadre up
 
+## The Debian packages the suite drives for real (headless Chromium for the dashboard, ...):
+## installed here, before pytest, when missing — never from inside a test.
+test-system:
+	deploy/scripts/system-packages.sh test
+
 # pytest exits 5 when it collected no tests: that fails here, loudly, never passes quietly
-test: $(STAMP)
+test: $(STAMP) test-system
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; fi; exit $$rc
 
@@ -38,6 +61,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
+	deploy/scripts/system-packages.sh bench
 	$(BIN)/python -m tests.bench
 
 schema: $(STAMP)

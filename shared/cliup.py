@@ -37,7 +37,7 @@ from shared.cliopts import (
     unless_stopped,
 )
 from shared.cliview import services_table
-from shared.embedded import Embedded, ServiceFailed, live_state, stop_recorded
+from shared.embedded import Embedded, PortTaken, ServiceFailed, live_state, stop_recorded
 from shared.launcher import SERVICES
 from shared.settings import Settings
 from shared.taskfile import load_task_file
@@ -85,9 +85,9 @@ def up(
         code = run(_serve(emb, settings, task_file, start_timeout, timeout))
     except typer.Exit as exc:  # a one-line error was printed already (click's Exit is a RuntimeError)
         code = exc.exit_code
-    except (ServiceFailed, FileNotFoundError) as exc:
+    except (ServiceFailed, FileNotFoundError, PortTaken) as exc:
         err.print(f"error: {exc}", markup=False)
-        code = EXIT_USAGE if isinstance(exc, FileNotFoundError) else EXIT_TASK
+        code = EXIT_TASK if isinstance(exc, ServiceFailed) else EXIT_USAGE
     except RuntimeError as exc:  # nats-server failed to start
         err.print("error: " + " ".join(str(exc).split()), markup=False)
         code = EXIT_USAGE
@@ -132,6 +132,8 @@ async def _serve(
     async with CadreClient.connect(settings, "cadre-up") as client:
         found = await unless_stopped(emb.wait_healthy(client, start_timeout), stop)
         out.print(services_table(found, "Healthy services"))
+        if emb.monitor_url:
+            out.print(f"monitor: {emb.monitor_url} (dashboard · /metrics · /status)", markup=False)
         if task_file is None:
             out.print("Cadre is up. Ctrl-C or `cadre down` stops it.")
             await _watch_processes(emb, stop)

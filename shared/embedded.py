@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -40,6 +41,8 @@ __all__ = [
     "stop_recorded",
     "pid_alive",
     "service_name",
+    "PortTaken",
+    "monitor_port",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,12 +70,64 @@ class UpState(msgspec.Struct, kw_only=True):
     pid: int
     started_at: float
     ready: bool = False
+    monitor_url: str = ""
     nats: ProcessRecord | None = None
     services: list[ProcessRecord] = []
 
 
 class ServiceFailed(CadreError):
     """A service process exited while the deployment was starting."""
+
+
+class PortTaken(CadreError):
+    """An explicitly configured port is already in use on this machine."""
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _last_line(path: Path | None) -> str:
+    """The last non-empty line of a service log: usually why it exited."""
+    if path is None:
+        return ""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 4096))
+            lines = [ln.strip() for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def monitor_port(settings: Settings) -> int:
+    """The HTTP port the embedded monitor gets: the configured one, or a free one when it is taken.
+
+    Only the default gives way: a port the user set (``CADRE_MONITOR_HTTP_PORT``) that is
+    taken is an error naming the port and the setting, never a silent move elsewhere.
+    """
+    host, port = settings.monitor_http_host, settings.monitor_http_port
+    if port != 0 and _port_free(host, port):
+        return port
+    if port != 0 and "monitor_http_port" in settings.model_fields_set:
+        raise PortTaken(
+            f"monitor HTTP port {port} on {host} is already in use "
+            "(set by CADRE_MONITOR_HTTP_PORT): free it or choose another port"
+        )
+    return _free_port(host)
 
 
 def pid_alive(pid: int) -> bool:
@@ -157,6 +212,9 @@ class Embedded:
         if not self.use_existing_server:
             self.server = NatsServer(store_dir=self.state_dir / "nats").start()
             self.settings = self.settings.model_copy(update={"nats_url": self.server.url})
+        if "monitor" in self.services:
+            port = monitor_port(self.settings)
+            self.settings = self.settings.model_copy(update={"monitor_http_port": port})
         self.stack = Stack(self.settings, log_dir=self.state_dir / "logs")
         self._write_state()  # early, so `cadre down` finds a half-started deployment too
         for name in self.services:
@@ -164,6 +222,13 @@ class Embedded:
                 self.stack.add(name)
         self._write_state()
         return self.settings
+
+    @property
+    def monitor_url(self) -> str:
+        """The monitor's dashboard URL, when this deployment runs a monitor."""
+        if "monitor" not in self.services:
+            return ""
+        return f"http://{self.settings.monitor_http_host}:{self.settings.monitor_http_port}/"
 
     def expected(self) -> Counter[str]:
         """How many instances of each micro service name should answer."""
@@ -176,7 +241,12 @@ class Embedded:
         for p in self.stack.processes:
             if not p.alive():
                 code = p.proc.returncode if p.proc else None
-                raise ServiceFailed(f"service {p.name} exited with code {code}; see its log {p.log_path}")
+                cause = _last_line(p.log_path)
+                raise ServiceFailed(
+                    f"service {p.name} exited with code {code}"
+                    + (f": {cause}" if cause else "")
+                    + f" (log: {p.log_path})"
+                )
 
     async def wait_healthy(self, client: CadreClient, within: float) -> list[ServiceInfo]:
         """Ping until every started instance answers; fail fast when a process dies."""
@@ -208,6 +278,7 @@ class Embedded:
             pid=os.getpid(),
             started_at=self.state.started_at if self.state else now(),
             ready=self.state.ready if self.state else False,
+            monitor_url=self.monitor_url,
             nats=(
                 ProcessRecord(name="nats-server", pid=self.server.proc.pid, log=str(self.server.store_dir))
                 if self.server and self.server.proc

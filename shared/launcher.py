@@ -22,52 +22,20 @@ __all__ = ["ServiceProcess", "Stack", "settings_env", "SERVICES"]
 
 SERVICES = ("orchestrator", "researcher", "developer", "reviewer", "monitor")
 
-# settings passed on to child services (the rest keep their defaults or come from the user's env)
-_PASSED = (
-    "nats_url",
-    "creds_file",
-    "nats_user",
-    "nats_password",
-    "prefix",
-    "ack_wait",
-    "max_deliver",
-    "heartbeat_interval",
-    "step_deadline",
-    "max_attempts",
-    "review_threshold",
-    "review_max_rounds",
-    "tick_interval",
-    "suspect_after",
-    "dead_after",
-    "drain_timeout",
-    "work_dir",
-    "index_path",
-    "corpus_dirs",
-    "include_installed_packages",
-    "llm_base_url",
-    "llm_model",
-    "llm_api_key",
-    "llm_timeout",
-    "llm_max_retries",
-    "llm_price_input_per_1k",
-    "llm_price_output_per_1k",
-    "llm_json_mode",
-    "llm_context_chars",
-    "log_level",
-    "brain",
-    "planner",
-    "instance_id",
-    "role",
-)
-
 
 def settings_env(settings: Settings, **overrides: object) -> dict[str, str]:
-    """The ``CADRE_*`` variables that hand ``settings`` (plus overrides) to a child."""
+    """The ``CADRE_*`` variables that hand every field of ``settings`` (plus overrides) to a child.
+
+    Every field, not a hand-kept list: a setting added later reaches the services without
+    anyone remembering to forward it (``tests/unit/test_launcher.py`` round-trips them all).
+    """
     env: dict[str, str] = {}
     values = settings.model_dump()
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {sorted(unknown)}")
     values.update(overrides)
-    for key in (*_PASSED, *overrides):
-        value = values.get(key)
+    for key, value in values.items():
         if value is None:
             continue
         if isinstance(value, list | tuple):

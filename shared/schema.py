@@ -9,6 +9,7 @@ when the files on disk drifted from the code. The output is deterministic
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -48,9 +49,32 @@ WIRE_TYPES: tuple[type[msgspec.Struct], ...] = (
 _DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
+def _normalise(node: Any) -> Any:
+    """The schema in one canonical form, whatever msgspec release rendered it.
+
+    Every ``description`` (a docstring) in ``inspect.cleandoc`` form (0.23 keeps the
+    indentation), and the alternatives of an ``anyOf`` in a fixed order (releases differ on
+    where ``null`` goes; the order means nothing). The files in git are our contract, not a
+    library's formatting choices.
+    """
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            if k == "description" and isinstance(v, str):
+                out[k] = inspect.cleandoc(v)
+            elif k == "anyOf" and isinstance(v, list):
+                out[k] = sorted((_normalise(x) for x in v), key=lambda x: json.dumps(x, sort_keys=True))
+            else:
+                out[k] = _normalise(v)
+        return out
+    if isinstance(node, list):
+        return [_normalise(v) for v in node]
+    return node
+
+
 def schema_for(tp: type[msgspec.Struct]) -> dict[str, Any]:
     """The JSON Schema of one message type (with its nested types under ``$defs``)."""
-    schema = msgspec.json.schema(tp)
+    schema = _normalise(msgspec.json.schema(tp))
     return {
         "$schema": _DIALECT,
         "$id": f"cadre/v{PROTOCOL_VERSION}/{tp.__name__}.json",
