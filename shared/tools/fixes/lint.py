@@ -16,7 +16,7 @@ __all__ = ["ruff_plan", "ruff_rows", "run_ruff"]
 
 def run_ruff(root: Path, rel: str, text: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - fixed argv from the current interpreter, no shell
-        [sys.executable, "-m", "ruff", *args, "--isolated", "--no-cache", "--stdin-filename", rel, "-"],
+        [sys.executable, "-P", "-m", "ruff", *args, "--isolated", "--no-cache", "--stdin-filename", rel, "-"],
         cwd=root,
         input=text,
         capture_output=True,
