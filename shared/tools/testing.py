@@ -307,7 +307,10 @@ def run_suite(
             return failed_run(f"{output}\n[cadre] the test run timed out after {limits.wall_seconds:.0f}s")
         durations: dict[str, float] = {}
         if layout.runner == "django":
-            outcomes, collection_errors = parse_unittest_verbose(res.stderr).outcomes, 0
+            parsed = parse_unittest_verbose(res.stderr)
+            if parsed.ran == 0:  # Django found no tests ("Ran 0 tests")
+                return None
+            outcomes, collection_errors = parsed.outcomes, 0
         else:
             if res.returncode == 5:  # pytest: no tests collected
                 return None
