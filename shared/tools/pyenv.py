@@ -248,6 +248,8 @@ class EnvBuilder:
         env.update(
             UV_CACHE_DIR=str(uv_cache), UV_NO_CONFIG="1", UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1"
         )
+        # the system trust store (read-only /etc): a deployment's own CA, e.g. its proxy's, is honoured
+        env.update(UV_SYSTEM_CERTS="1", UV_NATIVE_TLS="1")
         limits = self.sandbox.with_limits(memory_bytes=None, cpu_seconds=None, wall_seconds=600.0)
         base = Path(_BASE_PYTHON).resolve()
         steps = [
