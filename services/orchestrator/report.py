@@ -75,6 +75,8 @@ def final_result(st: WorkflowState) -> FinalResult:
     artifacts: dict[str, ArtifactRef] = {}
     if st.workspace is not None:
         artifacts["workspace"] = st.workspace
+    if st.submission.workspace is not None:  # what `cadre result --patch` diffs against
+        artifacts["submitted_workspace"] = st.submission.workspace
     for s in st.steps:
         if s.result is not None:
             for name, ref in s.result.artifacts.items():
@@ -108,8 +110,9 @@ def _clock(ts: float) -> str:
 def markdown_report(r: FinalResult, late: list[str]) -> str:
     """A readable report of everything that happened."""
     out = [f"# {r.description}", ""]
-    verdict = "approved" if r.approved else "not approved"
-    out.append(f"- **Task**: `{r.task_id}` ({r.task_type}) — **{r.status}**, {verdict}")
+    reviewed = r.score_history or any(s.role == "reviewer" for s in r.steps)  # no verdict without a review
+    verdict = (", approved" if r.approved else ", not approved") if reviewed else ""
+    out.append(f"- **Task**: `{r.task_id}` ({r.task_type}) — **{r.status}**{verdict}")
     if r.reason:
         out.append(f"- **Reason**: {r.reason}")
     out.append(
