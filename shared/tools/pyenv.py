@@ -3,7 +3,8 @@
 ``declared(root)`` reads the dependencies a project declares, without running
 any of its code: ``pyproject.toml`` (``[project].dependencies``, the
 ``test``/``tests``/``testing``/``dev`` extras and dependency groups),
-``requirements*.txt`` (and ``requirements/*.txt``, following ``-r`` inside
+Poetry's ``[tool.poetry.dependencies]`` and test/dev groups (translated by
+``shared.tools.poetry_deps``), ``requirements*.txt`` (and ``requirements/*.txt``, following ``-r`` inside
 the workspace) and ``setup.cfg`` (``install_requires`` and the same extras).
 Only plain index requirements are kept: options (``-i``, ``-e``, ...) and
 direct URLs are ignored and listed, so a workspace cannot point the installer
@@ -39,6 +40,7 @@ from packaging.utils import canonicalize_name
 
 from shared.errors import CadreError
 from shared.sandbox import Sandbox
+from shared.tools.poetry_deps import poetry_requirements
 
 __all__ = ["Declared", "EnvBuilder", "EnvUnavailable", "PythonEnv", "declared"]
 
@@ -142,6 +144,11 @@ class _Collector:
             if isinstance(table, dict):
                 groups += [table.get(n, []) for n in EXTRA_NAMES]
         found = False
+        poetry, skipped = poetry_requirements(data)
+        self.ignored += skipped
+        for req in poetry:
+            self.add(req, "pyproject.toml [tool.poetry]")
+            found = True
         for group in groups:
             for entry in group if isinstance(group, list) else []:
                 if isinstance(

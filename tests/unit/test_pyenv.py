@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from shared.tools.poetry_deps import poetry_constraint
 from shared.tools.pyenv import declared
 from shared.tools.runners import detect_layout, missing_dependency, parse_unittest_verbose
 
@@ -132,3 +133,41 @@ def test_a_missing_third_party_module_is_the_environment_but_a_missing_own_modul
     assert "'flask'" in (missing_dependency(out, ws, passed=0, failed=0) or "")
     assert missing_dependency("No module named 'myapp.views'", ws, passed=0, failed=0) is None
     assert missing_dependency(out, ws, passed=1, failed=0) is None
+
+
+def test_poetry_constraints_are_translated_to_pep_508() -> None:
+    cases = {
+        "^1.2.3": ">=1.2.3,<2.0.0",
+        "^0.2.3": ">=0.2.3,<0.3.0",
+        "^0.0.3": ">=0.0.3,<0.0.4",
+        "~1.2.3": ">=1.2.3,<1.3.0",
+        "~1": ">=1,<2",
+        "*": "",
+        "1.2": "==1.2",
+        ">= 1.2, <2": ">=1.2,<2",
+    }
+    assert {k: poetry_constraint(k) for k in cases} == cases
+
+
+def test_a_poetry_project_declares_its_main_and_test_groups_and_not_git_dependencies(tmp_path: Path) -> None:
+    ws = make(
+        tmp_path,
+        {
+            "pyproject.toml": """
+                [tool.poetry]
+                name = "svc"
+                [tool.poetry.dependencies]
+                python = "^3.11"
+                flask = "^3.0"
+                requests = {version = "~2.31", extras = ["socks"]}
+                mylib = {git = "https://example.invalid/mylib.git"}
+                [tool.poetry.group.test.dependencies]
+                pytest-mock = "*"
+                [tool.poetry.group.docs.dependencies]
+                sphinx = "*"
+            """
+        },
+    )
+    decl = declared(ws)
+    assert decl.requirements == ("flask<4.0,>=3.0", "pytest-mock", "requests[socks]<2.32,>=2.31")
+    assert any("mylib" in i for i in decl.ignored)
