@@ -24,6 +24,7 @@ from __future__ import annotations
 import configparser
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ from shared.errors import CadreError
 from shared.sandbox import Sandbox
 from shared.tools.poetry_deps import poetry_requirements
 
-__all__ = ["Declared", "EnvBuilder", "EnvUnavailable", "PythonEnv", "declared"]
+__all__ = ["Declared", "EnvBuilder", "EnvUnavailable", "PythonEnv", "declared", "satisfied_here"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,22 @@ class PythonEnv:
     python: Path
     root: Path | None
     description: str
+    note: str = ""
+
+
+def satisfied_here(requirements: tuple[str, ...]) -> bool:
+    """Whether the service's own interpreter has every requirement installed at an accepted version."""
+    for text in requirements:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            version = importlib.metadata.version(req.name)
+        except importlib.metadata.PackageNotFoundError:
+            return False
+        if not req.specifier.contains(version, prereleases=True):
+            return False
+    return True
 
 
 def _read(path: Path) -> str | None:
@@ -221,7 +238,13 @@ class EnvBuilder:
         self.install = install
 
     def ensure(self, decl: Declared) -> PythonEnv:
-        """The environment for ``decl``; ``EnvUnavailable`` with a one-line reason when it cannot be made."""
+        """The environment for ``decl``; ``EnvUnavailable`` with a one-line reason when it cannot be made.
+
+        When the project's environment cannot be built (installing is off, the
+        index cannot be reached) but the service's own interpreter already
+        satisfies every declared requirement, that interpreter is used instead
+        and ``PythonEnv.note`` says so (offline development, the example).
+        """
         if not decl.requirements:
             return PythonEnv(Path(sys.executable), None, "the service's interpreter (nothing declared)")
         names = ", ".join(decl.requirements[:5]) + (" ..." if len(decl.requirements) > 5 else "")
@@ -229,6 +252,17 @@ class EnvBuilder:
         python = env_dir / "venv" / "bin" / "python"
         if (env_dir / ".complete").is_file():
             return PythonEnv(python, env_dir, f"cached environment {decl.digest} ({names})")
+        try:
+            self._build_locked(decl, env_dir, names)
+        except EnvUnavailable as exc:
+            if not satisfied_here(decl.requirements):
+                raise
+            note = f"{exc.reason}; the service's own environment satisfies every declared requirement: used instead"
+            logger.warning("environment fallback digest=%s: %s", decl.digest, note)
+            return PythonEnv(Path(sys.executable), None, "the service's interpreter", note)
+        return PythonEnv(python, env_dir, f"environment {decl.digest} built from {', '.join(decl.sources)}")
+
+    def _build_locked(self, decl: Declared, env_dir: Path, names: str) -> None:
         if not self.install:
             raise EnvUnavailable(
                 f"the project declares dependencies ({names}) and installing is off (CADRE_ENV_INSTALL=false)"
@@ -241,7 +275,6 @@ class EnvBuilder:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one build per hash; others wait and reuse it
             if not (env_dir / ".complete").is_file():
                 self._build(uv, decl, env_dir)
-        return PythonEnv(python, env_dir, f"environment {decl.digest} built from {', '.join(decl.sources)}")
 
     def _build(self, uv: str, decl: Declared, env_dir: Path) -> None:
         shutil.rmtree(env_dir, ignore_errors=True)

@@ -288,7 +288,7 @@ def run_suite(
         res = rt.sandbox.run(
             argv, cwd=copy, rw=[copy, out], ro=ro, env=child_env, limits=limits, tail_chars=_PARSE_LIMIT
         )
-        output = _tail(res.output)
+        output = (f"[cadre] {env.note}\n" if env.note else "") + _tail(res.output)
 
         def failed_run(tail: str) -> TestRun:
             report = TestReport(

@@ -204,3 +204,20 @@ def test_unittest_style_tests_py_files_are_found_and_run(tmp_path: Path) -> None
     assert report is not None and (report.passed, report.failed, report.errors) == (1, 0, 0), (
         report.output_tail
     )
+
+
+def test_without_the_index_the_services_own_env_is_used_when_it_satisfies_the_declarations(
+    tmp_path: Path,
+) -> None:
+    # pyyaml is one of the service's own dependencies; with installing off no venv can be built
+    ws = make(
+        tmp_path / "ws",
+        {
+            "requirements.txt": "pyyaml>=6\n",
+            "test_yaml.py": "import yaml\n\n\ndef test_loads():\n    assert yaml.safe_load('a: 1') == {'a': 1}\n",
+        },
+    )
+    report = run_tests(ws, runtime=_runtime(tmp_path, Sandbox(), install=False))
+    assert report is not None and report.environment_error is None
+    assert (report.passed, report.failed, report.errors) == (1, 0, 0), report.output_tail
+    assert "installing is off" in report.output_tail and "used instead" in report.output_tail
