@@ -36,16 +36,28 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shared.errors import CadreError
+
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-__all__ = ["Limits", "Sandbox", "SandboxResult", "read_tail"]
+__all__ = ["Limits", "Sandbox", "SandboxResult", "SandboxUnavailable", "read_tail"]
 
 logger = logging.getLogger(__name__)
 
 _TAIL = 4000
 _SYSTEM_RO = ("/usr", "/etc")
 _MERGED = ("bin", "sbin", "lib", "lib64", "lib32", "libx32")
+
+
+class SandboxUnavailable(CadreError):
+    """Workspace code was not run: the sandbox cannot run here and unsandboxed runs are not allowed."""
+
+    non_retryable = True
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"sandbox unavailable: {reason}")
 
 
 @dataclass(frozen=True)
@@ -190,7 +202,7 @@ class Sandbox:
         reason = self.unavailable()
         if reason is not None:
             if not self.allow_unsandboxed:
-                raise RuntimeError(f"sandbox unavailable: {reason}")
+                raise SandboxUnavailable(reason)
             logger.warning(
                 "RUNNING WORKSPACE CODE UNSANDBOXED (CADRE_SANDBOX_ALLOW_UNSANDBOXED=true): %s (%s)",
                 " ".join(argv[:4]),

@@ -40,7 +40,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from shared.errors import CadreError
-from shared.sandbox import Sandbox
+from shared.sandbox import Sandbox, SandboxUnavailable
 from shared.tools.poetry_deps import poetry_requirements
 
 __all__ = ["Declared", "EnvBuilder", "EnvUnavailable", "PythonEnv", "declared", "satisfied_here"]
@@ -306,9 +306,13 @@ class EnvBuilder:
             ],
         ]
         for argv in steps:
-            res = self.sandbox.run(
-                argv, cwd=env_dir, rw=[env_dir, uv_cache], env=env, network=True, limits=limits
-            )
+            try:
+                res = self.sandbox.run(
+                    argv, cwd=env_dir, rw=[env_dir, uv_cache], env=env, network=True, limits=limits
+                )
+            except SandboxUnavailable as exc:
+                shutil.rmtree(env_dir, ignore_errors=True)
+                raise EnvUnavailable(f"installing needs the sandbox: {exc.reason}") from exc
             if res.returncode != 0 or res.timed_out:
                 lines = [ln.strip(" ×╰─▶│") for ln in res.output.splitlines() if ln.strip(" ×╰─▶│")]
                 detail = " ".join(lines)[-400:] or f"exit {res.returncode}"
