@@ -8,12 +8,14 @@ STAMP   = $(VENV)/.installed
 LOCK    = requirements/lock.txt
 PYTEST_ARGS ?=
 # what `make lock` runs (tests/unit/test_lock.py checks each lock's header names its command):
-# the full lock (every extra: what make installs), then the runtime subset the container image
-# installs, constrained to the same versions
+# the full lock (every extra: what make installs), then two subsets at the same versions: what
+# the container image installs (every service and the CLI) and the SDK alone (the base install)
 LOCK_CMD = uv pip compile pyproject.toml requirements/build.in --all-extras --generate-hashes \
 	--universal --python-version 3.11 -o $(LOCK)
-RUNTIME_LOCK_CMD = uv pip compile pyproject.toml requirements/build.in --generate-hashes \
-	--universal --python-version 3.11 -c $(LOCK) -o requirements/runtime.txt
+RUNTIME_LOCK_CMD = uv pip compile pyproject.toml requirements/build.in --extra services \
+	--generate-hashes --universal --python-version 3.11 -c $(LOCK) -o requirements/runtime.txt
+SDK_LOCK_CMD = uv pip compile pyproject.toml requirements/build.in --generate-hashes \
+	--universal --python-version 3.11 -c $(LOCK) -o requirements/sdk.txt
 
 .PHONY: run up test test-system lint fmt typecheck bench schema lock test-deploy clean
 
@@ -30,6 +32,7 @@ $(STAMP): pyproject.toml $(LOCK) requirements/build.in
 lock: $(STAMP)
 	$(BIN)/$(LOCK_CMD) --upgrade
 	$(BIN)/$(RUNTIME_LOCK_CMD)
+	$(BIN)/$(SDK_LOCK_CMD)
 
 ## The embedded default: local nats-server + every service as a process + the example task.
 run: $(STAMP)

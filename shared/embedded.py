@@ -92,13 +92,6 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _last_line(path: Path | None) -> str:
     """The last non-empty line of a service log: usually why it exited."""
     if path is None:
@@ -113,21 +106,23 @@ def _last_line(path: Path | None) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def monitor_port(settings: Settings) -> int:
-    """The HTTP port the embedded monitor gets: the configured one, or a free one when it is taken.
+def monitor_port(settings: Settings) -> dict[str, object]:
+    """The monitor settings ``cadre up`` hands on: the configured port, given way when taken.
 
-    Only the default gives way: a port the user set (``CADRE_MONITOR_HTTP_PORT``) that is
-    taken is an error naming the port and the setting, never a silent move elsewhere.
+    Only the default gives way (the monitor binds a free port when it finds its port taken,
+    even if another ``cadre up`` took it a moment after this check). A port the user set
+    (``CADRE_MONITOR_HTTP_PORT``) that is taken is an error naming the port and the setting,
+    never a silent move elsewhere.
     """
     host, port = settings.monitor_http_host, settings.monitor_http_port
-    if port != 0 and _port_free(host, port):
-        return port
-    if port != 0 and "monitor_http_port" in settings.model_fields_set:
+    if "monitor_http_port" not in settings.model_fields_set:
+        return {"monitor_http_port_fallback": True}
+    if port != 0 and not _port_free(host, port):
         raise PortTaken(
             f"monitor HTTP port {port} on {host} is already in use "
             "(set by CADRE_MONITOR_HTTP_PORT): free it or choose another port"
         )
-    return _free_port(host)
+    return {}
 
 
 def pid_alive(pid: int) -> bool:
@@ -205,6 +200,7 @@ class Embedded:
     server: NatsServer | None = field(default=None, init=False)
     stack: Stack | None = field(default=None, init=False)
     state: UpState | None = field(default=None, init=False)
+    monitor_url: str = field(default="", init=False)  # the URL the monitor bound, once healthy
 
     def start(self) -> Settings:
         """Start the server and the services; returns the settings clients should use."""
@@ -213,8 +209,7 @@ class Embedded:
             self.server = NatsServer(store_dir=self.state_dir / "nats").start()
             self.settings = self.settings.model_copy(update={"nats_url": self.server.url})
         if "monitor" in self.services:
-            port = monitor_port(self.settings)
-            self.settings = self.settings.model_copy(update={"monitor_http_port": port})
+            self.settings = self.settings.model_copy(update=monitor_port(self.settings))
         self.stack = Stack(self.settings, log_dir=self.state_dir / "logs")
         self._write_state()  # early, so `cadre down` finds a half-started deployment too
         for name in self.services:
@@ -222,13 +217,6 @@ class Embedded:
                 self.stack.add(name)
         self._write_state()
         return self.settings
-
-    @property
-    def monitor_url(self) -> str:
-        """The monitor's dashboard URL, when this deployment runs a monitor."""
-        if "monitor" not in self.services:
-            return ""
-        return f"http://{self.settings.monitor_http_host}:{self.settings.monitor_http_port}/"
 
     def expected(self) -> Counter[str]:
         """How many instances of each micro service name should answer."""
@@ -258,6 +246,9 @@ class Embedded:
             seen = await client.services(wait=0.3, names=sorted(want))
             got = Counter(s.name for s in {s.id: s for s in seen}.values())
             if all(got[name] >= n for name, n in want.items()):
+                monitors = [s for s in seen if s.name == service_name("monitor")]
+                if monitors and monitors[0].metadata.get("http_url"):
+                    self.monitor_url = monitors[0].metadata["http_url"].rstrip("/") + "/"
                 self.mark_ready()
                 return seen
             if time.monotonic() > deadline:

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     # --- monitor ------------------------------------------------------------------
     monitor_http_host: str = "127.0.0.1"
     monitor_http_port: int = 8080
+    monitor_http_port_fallback: bool = Field(
+        False,
+        description="when monitor_http_port is taken, bind a free port instead"
+        " (cadre up turns this on unless the port was set explicitly)",
+    )
     suspect_after: float = 2.5
     dead_after: float = 5.0
     monitor_check_interval: float = Field(0.5, description="how often health is re-evaluated (s)")

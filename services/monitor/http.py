@@ -8,6 +8,7 @@ global leaks between monitors in one process). Port 0 binds a free port;
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable, Iterator
 from importlib import resources
@@ -138,10 +139,13 @@ def _dashboard_page() -> bytes:
 class MonitorHTTP:
     """The aiohttp server; ``start()`` binds, ``stop()`` closes."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot], host: str, port: int) -> None:
+    def __init__(
+        self, snapshot: Callable[[], Snapshot], host: str, port: int, *, fallback: bool = False
+    ) -> None:
         self._snapshot = snapshot
         self._host = host
         self._port = port
+        self._fallback = fallback  # a taken port gives way to a free one
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(snapshot))
         self._runner: web.AppRunner | None = None
@@ -158,8 +162,13 @@ class MonitorHTTP:
     async def start(self) -> str:
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        try:
+            await web.TCPSite(self._runner, self._host, self._port).start()
+        except OSError as exc:
+            if not (self._fallback and self._port and exc.errno == errno.EADDRINUSE):
+                raise
+            logger.warning("monitor http port %d is taken; binding a free port instead", self._port)
+            await web.TCPSite(self._runner, self._host, 0).start()
         host, port = self._runner.addresses[0][:2]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{port}"

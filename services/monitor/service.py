@@ -134,7 +134,12 @@ class MonitorService(Lifecycle):
         )
         self.alerts: deque[Alert] = deque(maxlen=settings.monitor_recent_alerts)
         self.services: list[ServiceView] = []
-        self.http = MonitorHTTP(self.snapshot, settings.monitor_http_host, settings.monitor_http_port)
+        self.http = MonitorHTTP(
+            self.snapshot,
+            settings.monitor_http_host,
+            settings.monitor_http_port,
+            fallback=settings.monitor_http_port_fallback,
+        )
         self.ready = asyncio.Event()  # set once replayed and serving
         self._caught_up = asyncio.Event()
         self.replayed_events = 0

@@ -11,8 +11,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from services.monitor.http import MonitorHTTP
+from services.monitor.snapshot import Snapshot
 from shared.embedded import PortTaken, monitor_port, read_state
 from shared.settings import Settings
 from tests.helpers import wait_for_value
@@ -25,6 +28,10 @@ def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CADRE_")}
     env.update(PYTHONPATH=str(ROOT), NO_COLOR="1", **extra)
     return env
+
+
+def _unused_snapshot() -> Snapshot:
+    raise AssertionError("these tests only ask /healthz")
 
 
 @pytest.fixture
@@ -42,14 +49,31 @@ def default_port_taken() -> Iterator[int]:
         sock.close()
 
 
-def test_a_taken_default_monitor_port_gives_way_to_a_free_one(
+async def test_a_taken_default_monitor_port_gives_way_to_a_free_one(
     default_port_taken: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CADRE_MONITOR_HTTP_PORT", raising=False)
-    port = monitor_port(Settings())
-    assert port != default_port_taken and port > 0
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", port))  # it really is free
+    settings = Settings(**monitor_port(Settings()))  # what cadre up hands the monitor
+    http = MonitorHTTP(
+        _unused_snapshot,
+        settings.monitor_http_host,
+        settings.monitor_http_port,
+        fallback=settings.monitor_http_port_fallback,
+    )
+    url = await http.start()
+    try:
+        assert not url.endswith(f":{default_port_taken}")
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/healthz") as resp:
+            assert resp.status == 200
+    finally:
+        await http.stop()
+
+
+async def test_without_the_fallback_a_taken_port_fails_the_monitor(default_port_taken: int) -> None:
+    http = MonitorHTTP(_unused_snapshot, "127.0.0.1", default_port_taken)
+    with pytest.raises(OSError, match="address already in use"):
+        await http.start()
+    await http.stop()
 
 
 def test_a_taken_port_the_user_chose_is_an_error_naming_the_port_and_the_setting(
