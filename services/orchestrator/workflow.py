@@ -152,12 +152,14 @@ class Engine:
             progressed = False
             done = {s.id for s in st.steps if s.status == "completed"}
             for step in st.steps:
+                if st.status != "running":
+                    return
                 if step.status == "pending" and set(step.depends_on) <= done:
                     if step.role == "orchestrator":
                         run_inline(self.emit, st, step, now)
                         progressed = True
                     else:
-                        dispatch(self.config, self.emit, st, step, now)
+                        self._end(st, now, dispatch(self.config, self.emit, st, step, now))
         if all(s.status == "completed" for s in st.steps):
             self.finish(st, now, "completed", "")
 
