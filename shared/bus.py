@@ -143,6 +143,8 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
             subjects=[f"{s.prefix}.events.>", s.result_all],
             retention=RetentionPolicy.LIMITS,
             max_age=settings.events_max_age,
+            max_bytes=settings.events_max_bytes,
+            discard=DiscardPolicy.OLD,
             duplicate_window=dedup,
             storage=StorageType.FILE,
             num_replicas=r,
@@ -152,6 +154,8 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
             subjects=[s.metrics_all],
             retention=RetentionPolicy.LIMITS,
             max_age=settings.metrics_max_age,
+            max_bytes=settings.metrics_max_bytes,
+            discard=DiscardPolicy.OLD,
             storage=StorageType.FILE,
             num_replicas=r,
         ),
@@ -159,7 +163,8 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
             name=s.stream_dead_letters,
             subjects=[s.dead_letter_all],
             retention=RetentionPolicy.LIMITS,
-            max_age=settings.events_max_age,
+            max_age=settings.dead_letters_max_age,
+            max_bytes=settings.dead_letters_max_bytes,
             discard=DiscardPolicy.OLD,
             storage=StorageType.FILE,
             num_replicas=r,
@@ -189,11 +194,15 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
     try:
         await js.key_value(s.kv_workflows)
     except (NotFoundError, BadRequestError):
-        await js.create_key_value(KeyValueConfig(bucket=s.kv_workflows, history=5, replicas=r))
+        await js.create_key_value(
+            KeyValueConfig(bucket=s.kv_workflows, history=settings.kv_history, replicas=r)
+        )
     try:
         await js.object_store(s.object_store)
     except (NotFoundError, BadRequestError):
-        await js.create_object_store(s.object_store, ObjectStoreConfig(replicas=r))
+        await js.create_object_store(
+            s.object_store, ObjectStoreConfig(replicas=r, ttl=settings.artifacts_max_age)
+        )
 
 
 @dataclass

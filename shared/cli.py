@@ -43,13 +43,15 @@ from shared.cliopts import (
     run,
     signals,
     unless_stopped,
+    workspace_changes,
 )
 from shared.cliup import down, up
 from shared.cliview import print_result, services_table, snapshot_view
 from shared.errors import TaskNotFound
-from shared.protocol import ROLES, encode
+from shared.protocol import ROLES, FinalResult, encode
 from shared.settings import Settings
 from shared.taskfile import TaskFile, TaskFileError, load_task_file, parse_task
+from shared.wstree import UnsafeWorkspace
 
 __all__ = ["app", "EXIT_OK", "EXIT_TASK", "EXIT_USAGE", "EXIT_UNKNOWN_TASK", "EXIT_PENDING"]
 
@@ -182,20 +184,63 @@ async def result(
     fmt: Annotated[ResultFormat, typer.Option("--format", "-f")] = ResultFormat.markdown,
     wait: Annotated[bool, typer.Option("--wait", help="wait for a running task's result")] = False,
     timeout: Timeout = None,  # noqa: ASYNC109 - the --timeout option, passed on as a bound
+    workspace: Annotated[
+        Path | None,
+        typer.Option("--workspace", "-w", metavar="DIR", help="write the patched code tree into DIR"),
+    ] = None,
+    patch: Annotated[
+        str | None,
+        typer.Option(
+            "--patch", metavar="FILE", help="write a git diff (submitted → patched) to FILE; - = stdout"
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="write into a non-empty DIR / over an existing FILE")
+    ] = False,
 ) -> int:
-    """Print a task's final result: the Markdown report, the JSON, or a summary."""
+    """Print a task's final result (Markdown report, JSON or summary), or download its code."""
     try:
         res = await client.result(task_id, timeout=timeout if wait else 0)
     except TimeoutError as exc:
         raise TimeoutError(f"task {task_id} has no result yet: it is still running") from exc
-    if fmt is ResultFormat.json:
+    if workspace is not None or patch is not None:
+        await _download(client, res, workspace, patch, force)
+    elif fmt is ResultFormat.json:
         sys.stdout.write(msgspec.json.format(encode(res)).decode() + "\n")
     elif fmt is ResultFormat.summary:
-        print_result(out, res)
+        print_result(out, res, changes=await workspace_changes(client, res))
     else:
         text = res.report_markdown or f"# Task {res.task_id}: {res.status}\n\n{res.reason}\n"
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return EXIT_OK if res.status == "completed" else EXIT_TASK
+
+
+async def _download(
+    client: CadreClient, res: FinalResult, workspace: Path | None, patch: str | None, force: bool
+) -> None:
+    """``result --workspace`` / ``--patch``: write the code, say what was written (on stderr with ``--patch -``)."""
+    note = err if patch == "-" else out
+    if patch is not None and patch != "-" and Path(patch).exists() and not force:
+        raise UnsafeWorkspace(f"{patch} exists: choose another file, or pass --force")
+    if workspace is not None:
+        done = await client.download_workspace(res, workspace, force=force)
+        note.print(
+            f"wrote {len(done.files)} files to {workspace} (workspace sha256 {done.artifact.sha256})",
+            markup=False,
+            soft_wrap=True,
+        )
+    if patch is not None:
+        text = await client.workspace_patch(res)
+        if patch == "-":
+            sys.stdout.write(text)
+        else:
+            Path(patch).write_text(text, encoding="utf-8")
+        changed = sum(1 for line in text.splitlines() if line.startswith("diff --git "))
+        note.print(
+            f"wrote {'the patch' if patch == '-' else patch}: {changed} file(s) changed",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()

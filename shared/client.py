@@ -11,15 +11,19 @@ stream, so a late reader replays a task from its first event.
         async for event in client.events(task_id):
             print(event.text)
         result = await client.result(task_id, timeout=60)
+        await client.download_workspace(task_id, Path("fixed"))     # the patched tree
+        Path("fix.patch").write_text(await client.workspace_patch(task_id))
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +38,7 @@ from nats.micro.service import DEFAULT_PREFIX as SRV_PREFIX
 from shared.bus import Bus
 from shared.errors import CadreError, NotConnected, TaskNotFound
 from shared.protocol import (
+    ArtifactRef,
     CancelReply,
     CancelRequest,
     FinalResult,
@@ -48,8 +53,18 @@ from shared.protocol import (
 from shared.settings import Settings
 from shared.subjects import Subjects
 from shared.workspace import pack_dir
+from shared.wstree import FileChange, changed_files, git_patch, read_tree, write_tree
 
-__all__ = ["CadreClient", "ServiceInfo", "FINAL_KINDS", "NoService", "NoDeployment"]
+__all__ = [
+    "CadreClient",
+    "ServiceInfo",
+    "Download",
+    "FINAL_KINDS",
+    "NoService",
+    "NoDeployment",
+    "NoWorkspace",
+    "ArtifactCorrupt",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +92,32 @@ class NoDeployment(CadreError):
             f"no Cadre deployment with prefix {settings.prefix!r} at {settings.nats_url} "
             f"(stream {stream} does not exist): start one with `cadre up`"
         )
+
+
+class NoWorkspace(CadreError):
+    """The task's result names no workspace of the kind asked for (e.g. a research task without code)."""
+
+    def __init__(self, task_id: str, which: str) -> None:
+        self.task_id = task_id
+        self.which = which
+        super().__init__(f"task {task_id} has no {which.replace('_', ' ')} artifact in its result")
+
+
+class ArtifactCorrupt(CadreError):
+    """A downloaded artifact whose bytes do not match the sha256 (or size) it is named by."""
+
+    def __init__(self, ref: ArtifactRef, detail: str) -> None:
+        self.ref = ref
+        super().__init__(f"artifact {ref.name} is corrupt: {detail}; nothing was written")
+
+
+@dataclass(frozen=True)
+class Download:
+    """What ``download_workspace`` wrote: the folder, the files, the artifact it came from."""
+
+    dest: Path
+    files: list[Path]
+    artifact: ArtifactRef
 
 
 class ServiceInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -286,6 +327,58 @@ class CadreClient:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         return result_decoder.decode(msg.data)
+
+    # --- the task's code: the patched workspace, the patch ------------------------------------------
+    async def artifact(self, ref: ArtifactRef) -> bytes:
+        """An artifact's bytes, checked against the sha256 and size it is named by (``ArtifactCorrupt``)."""
+        try:
+            store = await self.bus.store()
+            data = (await store.get(ref.name)).data or b""
+        except NotFoundError as exc:
+            raise CadreError(f"artifact {ref.name} is not in the object store (expired or deleted)") from exc
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != ref.sha256 or digest != ref.name:
+            raise ArtifactCorrupt(ref, f"its sha256 is {digest}")
+        if len(data) != ref.size:
+            raise ArtifactCorrupt(ref, f"{len(data)} bytes, {ref.size} expected")
+        return data
+
+    async def workspace_files(self, task: str | FinalResult, which: str = "workspace") -> dict[str, bytes]:
+        """A task's workspace as ``{path: content}``: ``workspace`` (the final, patched
+        tree) or ``submitted_workspace`` (what was submitted). ``NoWorkspace`` when
+        the result names none; ``ArtifactCorrupt`` / ``UnsafeWorkspace`` for bad bytes."""
+        result = task if isinstance(task, FinalResult) else await self.result(task, timeout=0)
+        ref = result.artifacts.get(which)
+        if ref is None:
+            raise NoWorkspace(result.task_id, which)
+        return await asyncio.to_thread(read_tree, await self.artifact(ref))
+
+    async def download_workspace(
+        self, task: str | FinalResult, dest: Path, *, force: bool = False
+    ) -> Download:
+        """Write the task's final (patched) workspace into ``dest``.
+
+        ``dest`` must be missing or empty unless ``force`` (then same-named files
+        are overwritten, nothing is deleted); no path is written outside ``dest``.
+        """
+        result = task if isinstance(task, FinalResult) else await self.result(task, timeout=0)
+        files = await self.workspace_files(result, "workspace")
+        written = await asyncio.to_thread(write_tree, files, Path(dest), force=force)
+        return Download(Path(dest), written, result.artifacts["workspace"])
+
+    async def workspace_patch(self, task: str | FinalResult) -> str:
+        """A git-apply-able unified diff from the submitted workspace to the final one ("" when unchanged)."""
+        result = task if isinstance(task, FinalResult) else await self.result(task, timeout=0)
+        before = await self.workspace_files(result, "submitted_workspace")
+        after = await self.workspace_files(result, "workspace")
+        return await asyncio.to_thread(git_patch, before, after)
+
+    async def workspace_changes(self, task: str | FinalResult) -> list[FileChange]:
+        """Per changed file: added / modified / deleted and lines in and out (submitted → final)."""
+        result = task if isinstance(task, FinalResult) else await self.result(task, timeout=0)
+        before = await self.workspace_files(result, "submitted_workspace")
+        after = await self.workspace_files(result, "workspace")
+        return changed_files(before, after)
 
     # --- control and queries ---------------------------------------------------------------------
     async def cancel(

@@ -30,9 +30,10 @@ from shared.client import CadreClient, NoDeployment, NoService
 from shared.cliview import StepBoard, print_result, trace_text
 from shared.embedded import live_state
 from shared.errors import CadreError, InvalidSubjectToken, NotConnected, TaskNotFound
-from shared.protocol import TaskEvent
+from shared.protocol import FinalResult, TaskEvent
 from shared.settings import Settings
 from shared.taskfile import TaskFileError
+from shared.wstree import FileChange
 
 __all__ = [
     "EXIT_OK",
@@ -56,6 +57,7 @@ __all__ = [
     "connected",
     "follow",
     "follow_and_report",
+    "workspace_changes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -226,5 +228,21 @@ async def follow_and_report(client: CadreClient, task_id: str, bound: float | No
     await follow(client, task_id, replay=True, bound=bound)
     result = await client.result(task_id, timeout=30)
     out.print()
-    print_result(out, result, report=report)
+    print_result(out, result, report=report, changes=await workspace_changes(client, result))
     return EXIT_OK if result.status == "completed" else EXIT_TASK
+
+
+async def workspace_changes(client: CadreClient, result: FinalResult) -> list[FileChange] | None:
+    """The per-file summary of what the task changed in its workspace; None when it has none to compare.
+
+    A result without both workspaces (a research task, no code attached) has
+    nothing to summarise; an artifact that cannot be read is reported on stderr
+    and the result is still shown.
+    """
+    if not {"workspace", "submitted_workspace"} <= result.artifacts.keys():
+        return None
+    try:
+        return await client.workspace_changes(result)
+    except CadreError as exc:
+        err.print(f"warning: cannot summarise the changed files: {exc}", markup=False)
+        return None

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shared.protocol import FinalResult, Plan, TaskEvent
+from shared.wstree import FileChange
 
 __all__ = [
     "trace_text",
@@ -27,6 +28,8 @@ __all__ = [
     "print_result",
     "snapshot_view",
     "services_table",
+    "changes_table",
+    "without_diffs",
     "STATUS_STYLE",
 ]
 
@@ -162,8 +165,38 @@ class StepBoard:
         return table
 
 
-def result_summary(result: FinalResult, *, report: bool = True) -> RenderableType:
-    """The final result: status, scores, steps, conflicts, recoveries, then the Markdown report."""
+# a fenced diff block of the Markdown report (diff lines never are a bare fence)
+_DIFF_BLOCK = re.compile(r"^```diff\n.*?^```[ \t]*\n?", re.S | re.M)
+
+
+def without_diffs(markdown: str) -> str:
+    """The Markdown report without its fenced diff blocks (the per-file table and ``--patch`` have them)."""
+    return _DIFF_BLOCK.sub("", markdown)
+
+
+def changes_table(changes: list[FileChange], task_id: str) -> RenderableType:
+    """One row per changed file (status, lines in/out), and how to get the code itself."""
+    table = Table(title=f"Changed files ({len(changes)})", title_justify="left")
+    for col in ("file", "change", "+", "-"):
+        table.add_column(col, overflow="fold")
+    for c in changes:
+        plus, minus = ("binary", "") if c.binary else (str(c.added), str(c.removed))
+        table.add_row(c.path, c.status, Text(plus, style="green"), Text(minus, style="red"))
+    how = Text(
+        f"The code: cadre result {task_id} --workspace DIR (the patched tree) or --patch FILE (a git diff)",
+        style="dim",
+    )
+    return Group(table, how) if changes else Text("No file changed.", style="dim")
+
+
+def result_summary(
+    result: FinalResult, *, report: bool = True, changes: list[FileChange] | None = None
+) -> RenderableType:
+    """The final result: status, scores, steps, conflicts, recoveries, then the Markdown report.
+
+    With ``changes`` (the per-file summary of the workspace) the report is shown
+    without its diffs: a long fix run prints a table, not thousands of diff lines.
+    """
     style = STATUS_STYLE.get(result.status, "")
     head = Text.assemble(
         ("Task ", "bold"),
@@ -207,7 +240,10 @@ def result_summary(result: FinalResult, *, report: bool = True) -> RenderableTyp
     if result.artifacts:
         parts.append(Text("Artifacts: " + ", ".join(sorted(result.artifacts)), style="dim"))
     if report and result.report_markdown:
-        parts.append(Markdown(result.report_markdown))
+        text = result.report_markdown if changes is None else without_diffs(result.report_markdown)
+        parts.append(Markdown(text))
+    if changes is not None:
+        parts.append(changes_table(changes, result.task_id))
     return Group(*parts)
 
 
@@ -263,5 +299,7 @@ def services_table(services: list[Any], title: str = "Services") -> Table:
     return table
 
 
-def print_result(console: Console, result: FinalResult, *, report: bool = True) -> None:
-    console.print(result_summary(result, report=report))
+def print_result(
+    console: Console, result: FinalResult, *, report: bool = True, changes: list[FileChange] | None = None
+) -> None:
+    console.print(result_summary(result, report=report, changes=changes))

@@ -36,6 +36,8 @@ __all__ = [
     "Library",
     "Change",
     "TestReport",
+    "Setting",
+    "FollowUp",
     "ResearchOutput",
     "DevelopmentOutput",
     "ReviewOutput",
@@ -254,6 +256,25 @@ class ResearchOutput(msgspec.Struct, frozen=True, kw_only=True, tag="research"):
     libraries: list[Library] = []
 
 
+class Setting(msgspec.Struct, frozen=True, kw_only=True):
+    """An environment variable the changed code now needs before it can run (e.g. a secret moved out)."""
+
+    name: str
+    file: str
+    line: int | None = None
+    purpose: str = ""
+    required: bool = True
+
+
+class FollowUp(msgspec.Struct, frozen=True, kw_only=True):
+    """Something a fix left for a human, e.g. a hash now longer than the column that stores it."""
+
+    file: str
+    line: int | None = None
+    message: str
+    addresses: str | None = None
+
+
 class DevelopmentOutput(msgspec.Struct, frozen=True, kw_only=True, tag="development"):
     summary: str
     files: list[str] = []
@@ -261,6 +282,9 @@ class DevelopmentOutput(msgspec.Struct, frozen=True, kw_only=True, tag="developm
     refused: list[Change] = []
     tests: TestReport | None = None
     disputes: list[Dispute] = []
+    # configure before running: environment variables the changed code reads
+    configure: list[Setting] = []
+    follow_ups: list[FollowUp] = []
 
 
 class ReviewOutput(msgspec.Struct, frozen=True, kw_only=True, tag="review"):
@@ -270,6 +294,8 @@ class ReviewOutput(msgspec.Struct, frozen=True, kw_only=True, tag="review"):
     issues: list[Issue] = []
     breakdown: dict[str, int] = {}
     tests: TestReport | None = None
+    # ids of the open findings that block approval whatever the score (HIGH, or MEDIUM+ security)
+    blocking: list[str] = []
 
 
 class DesignOutput(msgspec.Struct, frozen=True, kw_only=True, tag="design"):
@@ -505,6 +531,8 @@ class Heartbeat(Message, frozen=True, kw_only=True, tag="heartbeat"):
     in_flight: int = 0
     current: list[str] = []
     interval: float = 2.0
+    # the instance's consumer loop is alive and taking work (None: a service that consumes nothing)
+    pulling: bool | None = None
 
 
 class MetricEvent(Message, frozen=True, kw_only=True, tag="metric"):

@@ -14,18 +14,19 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import FetchTimeoutError
 from nats.micro.request import Request
 
 from shared.brains import Brain, BrainResult, StepContext, load_brain
 from shared.bus import Bus
-from shared.errors import CadreError
+from shared.consumer import DECODE_ERRORS, Delivery, Puller, Rejected, SupervisedConsumer
+from shared.errors import CadreError, InvalidSubjectToken
 from shared.outputs import offload_output
 from shared.protocol import (
     PRIORITIES,
@@ -35,22 +36,27 @@ from shared.protocol import (
     Timings,
     WorkItem,
     cancel_decoder,
+    encode,
     new_id,
     now,
     work_decoder,
 )
 from shared.service import Lifecycle, Pulse, ServiceShell
 from shared.settings import Settings
+from shared.subjects import token
 
 __all__ = ["AgentService", "run_agent", "run_service"]
 
 logger = logging.getLogger(__name__)
 
-# How long one empty pull waits; an idle instance also wakes on the doorbell.
+# A pull on a priority that just rang waits this long for the message to be stored.
 _PULL_WAIT = 0.05
+# An idle agent blocks on its doorbell; it also looks every _IDLE_WAIT s for what rings no bell.
 _IDLE_WAIT = 1.0
 # An item that names this instance in avoid_instances is handed back this many times at most.
 _AVOID_HANDBACKS = 3
+# How many cancelled tasks / steps an agent remembers (work of older ones has long left the queue).
+_CANCEL_MEMORY = 1000
 
 
 class _Envelope(msgspec.Struct):
@@ -71,6 +77,14 @@ class _InFlight:
     ctx: StepContext
     task: asyncio.Task[BrainResult]
     started_at: float
+    announce: asyncio.Task[None]
+
+
+def _remember(seen: OrderedDict[Any, None], key: Any) -> None:
+    seen[key] = None
+    seen.move_to_end(key)
+    while len(seen) > _CANCEL_MEMORY:
+        seen.popitem(last=False)
 
 
 @dataclass
@@ -85,9 +99,13 @@ class AgentService(Lifecycle):
     _shell: ServiceShell = field(init=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _doorbell: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _slot_free: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _inflight: dict[str, _InFlight] = field(default_factory=dict, init=False)
-    _cancelled_tasks: set[str] = field(default_factory=set, init=False)
-    _cancelled_steps: set[tuple[str, str, int]] = field(default_factory=set, init=False)
+    _rung: set[str] = field(default_factory=set, init=False)
+    _pulling: bool = field(default=False, init=False)
+    # recent cancels (bounded, oldest forgotten first): an item of a cancelled task not started yet
+    _cancelled_tasks: OrderedDict[str, None] = field(default_factory=OrderedDict, init=False)
+    _cancelled_steps: OrderedDict[tuple[str, str, int], None] = field(default_factory=OrderedDict, init=False)
     completed: int = field(default=0, init=False)
     failed: int = field(default=0, init=False)
 
@@ -99,16 +117,28 @@ class AgentService(Lifecycle):
     # --- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.bus.subjects
-        self._pulls = {}
-        for priority in PRIORITIES:
-            self._pulls[priority] = await self.bus.js.pull_subscribe_bind(
-                durable=s.work_consumer(self.role, priority), stream=s.stream_work
-            )
+        self.consumer = SupervisedConsumer(
+            bus=self.bus,
+            name=f"work-{self.role}",
+            service=f"agent-{self.role}",
+            decoder=work_decoder.decode,
+            handler=self._on_item,
+            on_reject=self._tell_sender,
+            max_deliver=self.settings.max_deliver,
+        )
+        self._pullers = {
+            p: await Puller(self.bus, s.stream_work, s.work_consumer(self.role, p)).start()
+            for p in PRIORITIES
+        }
         await self._shell.subscribe(s.work_all(self.role), self._ring)
         await self._shell.subscribe(s.cancel_all, self._on_cancel)
         status = f"{s.prefix}.svc.{self.role}.{self.instance_id}.status"
-        await self._shell.add_micro(f"Cadre {self.role} agent", {"status": (status, self._status)})
-        self._shell.spawn(self._pull_loop(), "pull-loop")
+        await self._shell.add_micro(
+            f"Cadre {self.role} agent",
+            {"status": (status, self._status)},
+            stats={"status": self._stats},
+        )
+        self._shell.supervise(self._pull_loop, "pull-loop")
         self._shell.heartbeat_loop(self._pulse)
         logger.info("agent started role=%s instance=%s", self.role, self.instance_id)
 
@@ -118,6 +148,7 @@ class AgentService(Lifecycle):
             return
         self._stopping.set()
         self._doorbell.set()
+        self._slot_free.set()
         if self._inflight:
             logger.info(
                 "draining in_flight=%d timeout=%.1fs", len(self._inflight), self.settings.drain_timeout
@@ -131,68 +162,115 @@ class AgentService(Lifecycle):
             waiters = [t for t in self._shell.tasks if t.get_name().startswith("step-")]
             await asyncio.gather(*waiters, return_exceptions=True)
         await self._shell.close()
+        for puller in getattr(self, "_pullers", {}).values():
+            await puller.close()
         logger.info("agent stopped role=%s instance=%s", self.role, self.instance_id)
 
+    @property
+    def fatal(self) -> asyncio.Event:
+        """Set when the pull loop keeps dying: the process should exit non-zero."""
+        return self._shell.fatal
+
     # --- pulling -------------------------------------------------------------------
-    async def _ring(self, _msg: Msg) -> None:
+    async def _ring(self, msg: Msg) -> None:
+        priority = msg.subject.rsplit(".", 1)[-1]
+        if priority in PRIORITIES:
+            self._rung.add(priority)
         self._doorbell.set()
 
     async def _pull_loop(self) -> None:
-        while not self._stopping.is_set():
-            if len(self._inflight) >= self.settings.concurrency:
-                await self._wait_doorbell()
-                continue
-            self._doorbell.clear()
-            msg = await self._next_message()
-            if msg is None:
-                await self._wait_doorbell()
-                continue
-            await self._accept(msg)
+        """Block on the doorbell; on a ring, drain in priority order with no-wait pulls.
+
+        Each message goes through the consumer's error boundary, so no work item can end
+        this loop; if something else does, the shell restarts it (and gives up loudly).
+        """
+        self._pulling = self.consumer.stats.pulling = True
+        try:
+            while not self._stopping.is_set():
+                if len(self._inflight) >= self.settings.concurrency:
+                    await self._wait_slot()
+                    continue
+                rung = self._rung.copy()
+                self._rung.clear()
+                self._doorbell.clear()
+                msg = await self._next_message(rung)
+                if msg is None:
+                    await self._wait_doorbell()
+                    continue
+                await self.consumer.process(msg)
+        finally:
+            self._pulling = self.consumer.stats.pulling = False
+
+    async def _wait_slot(self) -> None:
+        # a ring while busy must not spin the loop: wait for a step to finish instead
+        self._slot_free.clear()
+        if len(self._inflight) >= self.settings.concurrency and not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_free.wait(), _IDLE_WAIT)
 
     async def _wait_doorbell(self) -> None:
+        # the timeout covers what rings no bell: redeliveries after AckWait and delayed naks
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._doorbell.wait(), _IDLE_WAIT)
 
-    async def _next_message(self) -> Msg | None:
+    async def _next_message(self, rung: set[str]) -> Msg | None:
+        """Highest priority first, without waiting; then a short wait on a priority that rang.
+
+        The wait covers a ring that overtook the stream's store of the message it announces.
+        """
         for priority in PRIORITIES:
             if self._stopping.is_set():
                 return None
-            try:
-                msgs = await self._pulls[priority].fetch(1, timeout=_PULL_WAIT)
-            except (NatsTimeoutError, FetchTimeoutError, TimeoutError):
-                continue
-            except Exception as exc:  # connection trouble: log, back off, keep the loop alive
-                logger.warning("pull failed priority=%s err=%s", priority, exc)
-                await asyncio.sleep(_IDLE_WAIT)
-                return None
-            if msgs:
-                return msgs[0]
+            msg = await self._pull(priority, None)
+            if msg is not None:
+                return msg
+        for priority in PRIORITIES:
+            if priority in rung and not self._stopping.is_set():
+                msg = await self._pull(priority, _PULL_WAIT)
+                if msg is not None:
+                    return msg
         return None
 
-    async def _accept(self, msg: Msg) -> None:
+    async def _pull(self, priority: str, wait: float | None) -> Msg | None:
         try:
-            item = work_decoder.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await self._reject(msg, f"invalid work item: {exc}")
-            return
+            return await self._pullers[priority].pull(wait)
+        except Exception as exc:  # connection trouble: log, back off, keep the loop alive
+            logger.warning("pull failed priority=%s err=%s", priority, exc)
+            await asyncio.sleep(_IDLE_WAIT)
+            return None
+
+    async def _on_item(self, item: WorkItem, delivery: Delivery) -> None:
+        """Take one decoded work item: check it can be routed, then run it (the consumer acks or not)."""
         if item.to_agent != self.role:
-            await self._reject(msg, f"work item for role {item.to_agent!r} reached a {self.role} agent")
-            return
-        delivered = msg.metadata.num_delivered if msg.metadata else 1
-        if self.instance_id in item.avoid_instances and delivered <= _AVOID_HANDBACKS:
+            raise Rejected(f"work item for role {item.to_agent!r} reached a {self.role} agent")
+        try:
+            token(item.task_id)  # it names the subject the result goes to
+        except InvalidSubjectToken as exc:
+            raise Rejected(f"work item with an unusable task id: {exc}") from exc
+        msg = delivery.msg
+        if self.instance_id in item.avoid_instances and delivery.num_delivered <= _AVOID_HANDBACKS:
             # re-assignment: let another instance of the role take it
+            delivery.take()
             await msg.nak(delay=0.2)
             return
-        if item.task_id in self._cancelled_tasks or (
-            (item.task_id, item.step_id, item.attempt) in self._cancelled_steps
-        ):
+        if self._is_cancelled(item):
             await self._publish_result(
                 item, BrainResult("failed", "cancelled before start"), now(), "cancelled"
             )
-            await msg.ack_sync()
-            return
+            return  # the consumer acks: the result is stored
+        delivery.take()
         ctx = StepContext(item=item, settings=self.settings, instance_id=self.instance_id, bus=self.bus)
         started = now()
+        # announced without waiting for the store's ack; the result waits for it (order on the stream)
+        announce = asyncio.create_task(
+            self._announce(item, started, ctx.run_id), name=f"started-{item.step_id}"
+        )
+        brain_task = asyncio.create_task(self._run_brain(item, ctx), name=f"brain-{item.step_id}")
+        key = f"{item.task_id}/{item.step_id}/{item.attempt}"
+        self._inflight[key] = _InFlight(item, msg, ctx, brain_task, started, announce)
+        self._shell.spawn(self._supervise(key), f"step-{key}")
+
+    async def _announce(self, item: WorkItem, started: float, run_id: str) -> None:
         await self.bus.publish(
             self.bus.subjects.step_result(item.task_id),
             StepStarted(
@@ -202,23 +280,22 @@ class AgentService(Lifecycle):
                 role=item.to_agent,
                 instance_id=self.instance_id,
                 started_at=started,
-                run_id=ctx.run_id,
+                run_id=run_id,
             ),
-            msg_id=f"{item.task_id}.{item.step_id}.{item.attempt}.started.{ctx.run_id}",
+            msg_id=f"{item.task_id}.{item.step_id}.{item.attempt}.started.{run_id}",
         )
-        brain_task = asyncio.create_task(self._run_brain(item, ctx), name=f"brain-{item.step_id}")
-        key = f"{item.task_id}/{item.step_id}/{item.attempt}"
-        self._inflight[key] = _InFlight(item, msg, ctx, brain_task, started)
-        self._shell.spawn(self._supervise(key), f"step-{key}")
 
-    async def _reject(self, msg: Msg, reason: str) -> None:
-        await self.bus.dead_letter(
-            f"agent-{self.role}", msg.subject, msg.data, reason, dict(msg.headers or {})
+    def _is_cancelled(self, item: WorkItem) -> bool:
+        return item.task_id in self._cancelled_tasks or (
+            (item.task_id, item.step_id, item.attempt) in self._cancelled_steps
         )
-        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-            env = _envelope_decoder.decode(msg.data)
+
+    async def _tell_sender(self, delivery: Delivery, reason: str) -> None:
+        """A work item went to the dead letters: tell the orchestrator, so the step fails now."""
+        with contextlib.suppress(*DECODE_ERRORS):
+            env = _envelope_decoder.decode(delivery.msg.data)
             if env.task_id and env.step_id and env.attempt:
-                # the orchestrator sent it: tell it why, so the step fails instead of timing out
+                subject = self.bus.subjects.step_result(env.task_id)  # raises on an unusable id
                 result = StepResult(
                     message_id=new_id("res"),
                     task_id=env.task_id,
@@ -231,8 +308,7 @@ class AgentService(Lifecycle):
                     timings=Timings(queued_at=now(), started_at=now(), finished_at=now()),
                     error=reason,
                 )
-                await self.bus.publish(self.bus.subjects.step_result(env.task_id), result)
-        await msg.ack_sync()
+                await self.bus.publish(subject, result)
 
     # --- one step ------------------------------------------------------------------------
     async def _run_brain(self, item: WorkItem, ctx: StepContext) -> BrainResult:
@@ -266,17 +342,27 @@ class AgentService(Lifecycle):
             except asyncio.CancelledError:
                 await self._hand_back_or_cancel(flight)
                 return
+            await self._settle_announce(flight)
             await self._publish_result(flight.item, result, flight.started_at, run_id=flight.ctx.run_id)
-            await flight.msg.ack_sync()
+            await flight.msg.ack()  # the result is stored: the item is done
         except Exception:
             logger.exception("step supervision failed key=%s; item will be redelivered", key)
         finally:
             flight.ctx.cleanup()
             self._inflight.pop(key, None)
+            self._slot_free.set()
             self._doorbell.set()
+
+    async def _settle_announce(self, flight: _InFlight) -> None:
+        """Wait for the StepStarted publish (so it is stored before the result); a failed one is only logged."""
+        try:
+            await flight.announce
+        except Exception as exc:  # the orchestrator learns the holder from the result instead
+            logger.warning("started notice not stored step=%s err=%s", flight.item.step_id, exc)
 
     async def _hand_back_or_cancel(self, flight: _InFlight) -> None:
         item = flight.item
+        await self._settle_announce(flight)
         if flight.ctx.cancelled.is_set():
             await self._publish_result(
                 item,
@@ -285,7 +371,7 @@ class AgentService(Lifecycle):
                 "cancelled",
                 run_id=flight.ctx.run_id,
             )
-            await flight.msg.ack_sync()
+            await flight.msg.ack()
             logger.info("step cancelled step=%s attempt=%d", item.step_id, item.attempt)
         else:
             await flight.msg.nak()
@@ -344,8 +430,10 @@ class AgentService(Lifecycle):
             issues_found=len(result.issues) if item.to_agent == "reviewer" else None,
             usage=result.usage,
         )
-        with contextlib.suppress(Exception):
-            await self.bus.publish(self.bus.subjects.metrics(self.role), metric)
+        try:  # core NATS: the metrics stream stores it without a round trip on the step's path
+            await self.bus.nc.publish(self.bus.subjects.metrics(self.role), encode(metric))
+        except Exception as exc:  # noqa: BLE001 - a lost metric must not fail the step
+            logger.warning("metric not sent step=%s err=%s", item.step_id, exc)
         logger.info(
             "step done task=%s step=%s attempt=%d status=%s secs=%.2f",
             item.task_id,
@@ -359,13 +447,16 @@ class AgentService(Lifecycle):
     async def _on_cancel(self, msg: Msg) -> None:
         try:
             req = cancel_decoder.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await self.bus.dead_letter(f"agent-{self.role}", msg.subject, msg.data, f"invalid cancel: {exc}")
+        except DECODE_ERRORS as exc:
+            with contextlib.suppress(Exception):  # a core callback: nothing may escape it
+                await self.bus.dead_letter(
+                    f"agent-{self.role}", msg.subject, msg.data, f"invalid cancel: {exc}"
+                )
             return
         if req.step_id is None:
-            self._cancelled_tasks.add(req.task_id)
+            _remember(self._cancelled_tasks, req.task_id)
         elif req.attempt is not None:
-            self._cancelled_steps.add((req.task_id, req.step_id, req.attempt))
+            _remember(self._cancelled_steps, (req.task_id, req.step_id, req.attempt))
         for flight in list(self._inflight.values()):
             it = flight.item
             if it.task_id != req.task_id:
@@ -383,6 +474,7 @@ class AgentService(Lifecycle):
             "role": self.role,
             "instance_id": self.instance_id,
             "status": "draining" if self._stopping.is_set() else ("busy" if self._inflight else "idle"),
+            "pulling": self._pulling and not self._stopping.is_set(),
             "in_flight": sorted(self._inflight),
             "completed": self.completed,
             "failed": self.failed,
@@ -394,24 +486,48 @@ class AgentService(Lifecycle):
 
     def _pulse(self) -> Pulse:
         st = self.status()
-        return Pulse(st["status"], len(self._inflight), st["in_flight"])
+        return Pulse(st["status"], len(self._inflight), st["in_flight"], pulling=st["pulling"])
+
+    def _stats(self) -> dict[str, Any]:
+        return {
+            "consumers": {self.consumer.name: self.consumer.stats.as_dict()},
+            "loop_restarts": sum(self._shell.restarts.values()),
+        }
 
 
-async def run_service(service: Any, settings: Settings) -> None:
-    """Run a started/stoppable service until SIGINT or SIGTERM, then stop it (drain, bounded)."""
+async def run_service(service: Any, settings: Settings) -> int:
+    """Run a started/stoppable service until SIGINT or SIGTERM, then stop it (drain, bounded).
+
+    Returns the process exit code: 0 after a signal, 1 when the service gave up on itself
+    (its ``fatal`` event: a supervised loop kept dying) so its supervisor restarts it.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
+    fatal: asyncio.Event = getattr(service, "fatal", None) or asyncio.Event()
+    code = 0
     try:
-        await stop.wait()
-        logger.info("signal received, draining")
+        waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(fatal.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        if fatal.is_set() and not stop.is_set():
+            code = 1
+            logger.critical("service failed, exiting non-zero so it is restarted")
+        else:
+            logger.info("signal received, draining")
     finally:
         try:
             await asyncio.wait_for(service.stop(), settings.drain_timeout + 5)
         except TimeoutError:
             logger.error("stop did not finish within %.0fs; exiting anyway", settings.drain_timeout + 5)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return code
 
 
 def run_agent(role: str, brains: dict[str, str]) -> None:
@@ -421,15 +537,15 @@ def run_agent(role: str, brains: dict[str, str]) -> None:
     settings = Settings(role=role)
     setup_logging(f"{role}:{settings.instance_id}", settings.log_level)
 
-    async def main() -> None:
+    async def main() -> int:
         brain = load_brain(settings, brains)
         bus = await Bus.open(settings, f"cadre-{role}-{settings.instance_id}")
         try:
-            await run_service(AgentService(bus, brain, settings), settings)
+            return await run_service(AgentService(bus, brain, settings), settings)
         finally:
             close = getattr(brain, "aclose", None)
             if close is not None:
                 await close()
             await bus.close()
 
-    asyncio.run(main())
+    sys.exit(asyncio.run(main()))

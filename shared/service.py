@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -20,18 +21,22 @@ from typing import Any, Literal, Self
 from nats.aio.msg import Msg
 from nats.micro import add_service
 from nats.micro.request import Handler
-from nats.micro.service import Service
+from nats.micro.service import EndpointStats, Service
 
 from shared import __version__
 from shared.bus import Bus
 from shared.protocol import Heartbeat, encode, now
 
-__all__ = ["Lifecycle", "Pulse", "ServiceShell", "STOP_STEP_BOUND"]
+__all__ = ["Lifecycle", "Pulse", "ServiceShell", "STOP_STEP_BOUND", "RESTART_LIMIT", "RESTART_WINDOW"]
 
 logger = logging.getLogger(__name__)
 
 # How long one shutdown step (micro stop, one unsubscribe...) may take before we go on without it.
 STOP_STEP_BOUND = 5.0
+# A supervised loop that dies this many times within the window makes the process exit non-zero.
+RESTART_LIMIT = 5
+RESTART_WINDOW = 60.0
+RESTART_BACKOFF_CAP = 5.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class Pulse:
     status: Literal["idle", "busy", "draining"] = "idle"
     in_flight: int = 0
     current: list[str] = field(default_factory=list)
+    # True while the instance's consumer loop is alive and taking work; None: it has no consumer
+    pulling: bool | None = None
 
 
 class Lifecycle(ABC):
@@ -82,6 +89,10 @@ class ServiceShell:
         self.tasks: set[asyncio.Task[Any]] = set()  # the live ones; a finished task drops out
         self._subs: list[Any] = []
         self._closed = False
+        self.restarts: dict[str, int] = {}
+        # resolved with a reason when a supervised loop keeps dying: the process should exit non-zero
+        self.fatal = asyncio.Event()
+        self.fatal_reason = ""
 
     @property
     def closed(self) -> bool:
@@ -89,11 +100,58 @@ class ServiceShell:
 
     # --- what the service starts -------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """Run ``coro`` in the background until it ends or ``close()`` cancels it."""
+        """Run ``coro`` in the background until it ends or ``close()`` cancels it.
+
+        A task that dies of an exception is logged with its traceback (never silently).
+        """
         task = asyncio.create_task(coro, name=name)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._reap)
         return task
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            logger.error("%s background task %s died: %s", self.role, task.get_name(), exc, exc_info=exc)
+
+    def supervise(self, factory: Callable[[], Coroutine[Any, Any, Any]], name: str) -> asyncio.Task[Any]:
+        """Run a loop that must live as long as the service: restarted (with backoff) when it dies.
+
+        A loop that returns has ended on purpose (e.g. the service is draining).
+
+        A loop that keeps dying (``RESTART_LIMIT`` times within ``RESTART_WINDOW`` seconds)
+        sets ``fatal``: ``run_service`` then stops the service and the process exits
+        non-zero, so its supervisor restarts it, instead of heartbeating while doing nothing.
+        """
+
+        async def keeper() -> None:
+            failures: list[float] = []
+            while True:
+                try:
+                    await factory()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    why = f"died: {type(exc).__name__}: {exc}"
+                    logger.exception("%s loop %s died; restarting", self.role, name)
+                else:
+                    logger.info("%s loop %s ended", self.role, name)  # on purpose (e.g. draining)
+                    return
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                t = time.monotonic()
+                failures = [f for f in failures if t - f < RESTART_WINDOW] + [t]
+                if len(failures) >= RESTART_LIMIT:
+                    reason = f"loop {name} {why} {len(failures)} times within {RESTART_WINDOW:.0f}s"
+                    logger.critical("%s is giving up: %s", self.role, reason)
+                    self.fatal_reason = self.fatal_reason or reason
+                    self.fatal.set()
+                    return
+                await asyncio.sleep(min(RESTART_BACKOFF_CAP, 0.1 * 2 ** (len(failures) - 1)))
+
+        return self.spawn(keeper(), name)
 
     async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]], *, queue: str = "") -> Any:
         """A core NATS subscription that ``close()`` unsubscribes."""
@@ -110,8 +168,19 @@ class ServiceShell:
         endpoints: Mapping[str, tuple[str, Handler]],
         *,
         metadata: Mapping[str, str] | None = None,
+        stats: Mapping[str, Callable[[], Any]] | None = None,
     ) -> Service:
-        """Register nats micro ``cadre-<role>`` (found by ``$SRV.*`` and the monitor by its ``prefix``)."""
+        """Register nats micro ``cadre-<role>`` (found by ``$SRV.*`` and the monitor by its ``prefix``).
+
+        ``stats`` maps an endpoint name to a function whose value ``$SRV.STATS`` shows as
+        that endpoint's ``data`` (the consumers' counters).
+        """
+        extra = dict(stats or {})
+
+        def stats_handler(ep: EndpointStats) -> Any:
+            fn = extra.get(ep.name)
+            return fn() if fn is not None else None
+
         self.micro = await add_service(
             self.bus.nc,
             name=f"cadre-{self.role}",
@@ -123,6 +192,7 @@ class ServiceShell:
                 "prefix": self.bus.subjects.prefix,
                 **(metadata or {}),
             },
+            stats_handler=stats_handler,
         )
         for name, (subject, handler) in endpoints.items():
             await self.micro.add_endpoint(name=name, subject=subject, handler=handler)
@@ -141,6 +211,7 @@ class ServiceShell:
             in_flight=p.in_flight,
             current=p.current,
             interval=self.heartbeat_interval,
+            pulling=p.pulling,
         )
         try:
             await self.bus.nc.publish(self.bus.subjects.heartbeat(self.role, self.instance_id), encode(hb))

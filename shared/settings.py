@@ -43,8 +43,15 @@ class Settings(BaseSettings):
     dedup_window: float = 120.0
     ack_wait: float = 30.0
     max_deliver: int = 5
-    events_max_age: float = 7 * 24 * 3600.0
-    metrics_max_age: float = 7 * 24 * 3600.0
+    # --- retention: bounds on the server's disk and memory for a long-running deployment ------
+    events_max_age: float = Field(3 * 24 * 3600.0, description="task traces and final results (s)")
+    events_max_bytes: int = Field(256 * 1024**2, description="events stream size cap; oldest dropped")
+    metrics_max_age: float = Field(3 * 24 * 3600.0, description="metric events the monitor replays (s)")
+    metrics_max_bytes: int = Field(128 * 1024**2, description="metrics stream size cap; oldest dropped")
+    dead_letters_max_age: float = Field(7 * 24 * 3600.0, description="dead letters (s)")
+    dead_letters_max_bytes: int = Field(64 * 1024**2, description="dead-letter stream size cap")
+    kv_history: int = Field(1, description="revisions kept per workflow key (writes are revision-checked)")
+    artifacts_max_age: float = Field(7 * 24 * 3600.0, description="workspaces and large outputs (s)")
     connect_timeout: float = 5.0
     log_level: str = "INFO"
 
@@ -87,7 +94,7 @@ class Settings(BaseSettings):
     ]
     tick_interval: float = 1.0
     workflow_retention: float = Field(
-        7 * 24 * 3600.0,
+        24 * 3600.0,
         description="delete a finished workflow's KV key this long after it ended (s); its trace"
         " and final result stay on the events stream for events_max_age",
     )
@@ -105,6 +112,9 @@ class Settings(BaseSettings):
     dead_after: float = 5.0
     monitor_check_interval: float = Field(0.5, description="how often health is re-evaluated (s)")
     monitor_discovery_interval: float = Field(10.0, description="how often $SRV.INFO/STATS is asked (s)")
+    monitor_stall_interval: float = Field(
+        2.0, description="how often each role's pending work is compared with its pulling instances (s)"
+    )
     monitor_roles: Annotated[list[str], NoDecode] = ["orchestrator", "researcher", "developer", "reviewer"]
     monitor_forget_after: float = Field(3600.0, description="drop a dead instance from the table after (s)")
     monitor_recent_tasks: int = 20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from services.monitor.service import MonitorService
 from shared.bus import Bus
@@ -15,14 +16,14 @@ def main() -> None:
     settings = Settings(role="monitor")
     setup_logging(f"monitor:{settings.instance_id}", settings.log_level)
 
-    async def run() -> None:
+    async def run() -> int:
         bus = await Bus.open(settings, f"cadre-monitor-{settings.instance_id}")
         try:
-            await run_service(MonitorService(bus, settings), settings)
+            return await run_service(MonitorService(bus, settings), settings)
         finally:
             await bus.close()
 
-    asyncio.run(run())
+    sys.exit(asyncio.run(run()))
 
 
 if __name__ == "__main__":

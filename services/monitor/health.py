@@ -34,7 +34,9 @@ __all__ = [
 
 InstanceState = Literal["alive", "suspect", "dead"]
 RoleState = Literal["unknown", "up", "degraded", "down"]
-AlertKind = Literal["instance_dead", "instance_recovered", "role_down", "role_recovered"]
+AlertKind = Literal[
+    "instance_dead", "instance_recovered", "role_down", "role_recovered", "role_stalled", "role_unstalled"
+]
 
 
 class Clock(Protocol):
@@ -80,6 +82,8 @@ class Alert(Message, frozen=True, kw_only=True, tag="alert"):
 
     ``instance_dead`` / ``instance_recovered`` name the instance;
     ``role_down`` / ``role_recovered`` leave ``instance_id`` empty.
+    ``role_stalled``: the role has ``pending`` work items and no live instance
+    whose heartbeat says it is pulling; ``role_unstalled`` when that ends.
     ``last_seen_s`` is the heartbeat age that triggered it (None for roles).
     """
 
@@ -93,6 +97,7 @@ class Alert(Message, frozen=True, kw_only=True, tag="alert"):
     last_seen_s: float | None = None
     live_instances: int = 0
     monitor: str = ""
+    pending: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ class Transition:
     instance_id: str | None
     last_seen_s: float | None
     live_instances: int
+    pending: int = 0
 
 
 @dataclass
@@ -124,6 +130,7 @@ class HealthBoard:
     forget_after: float = 3600.0
     _instances: dict[str, _Instance] = field(default_factory=dict, init=False)
     _role_state: dict[str, RoleState] = field(default_factory=dict, init=False)
+    _stalled: set[str] = field(default_factory=set, init=False)
     _started: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -205,6 +212,29 @@ class HealthBoard:
                 out.append(Transition("role_recovered", role, None, None, alive + suspect))
             self._role_state[role] = new
         return out
+
+    def pulling(self, role: str) -> int:
+        """Live instances of ``role`` whose last heartbeat says they take work.
+
+        A heartbeat without the field (an older agent) counts as pulling.
+        """
+        return sum(
+            1
+            for i in self._instances.values()
+            if i.beat.role == role and i.state != "dead" and i.beat.pulling is not False
+        )
+
+    def stall(self, role: str, pending: int) -> list[Transition]:
+        """``role_stalled`` when work waits and nobody pulls; ``role_unstalled`` when that ends."""
+        pullers = self.pulling(role)
+        stalled = pending > 0 and pullers == 0
+        if stalled and role not in self._stalled:
+            self._stalled.add(role)
+            return [Transition("role_stalled", role, None, None, self.live(role), pending)]
+        if not stalled and role in self._stalled:
+            self._stalled.discard(role)
+            return [Transition("role_unstalled", role, None, None, pullers, pending)]
+        return []
 
     def role_health(self) -> dict[str, RoleHealth]:
         """Every expected or seen role with its state and counts."""

@@ -28,7 +28,16 @@ from services.monitor.health import Alert, Clock, HealthBoard, SystemClock, Tran
 from services.monitor.http import MonitorHTTP
 from services.monitor.snapshot import MonitorInfo, ServiceView, Snapshot
 from shared.bus import Bus
-from shared.protocol import ErrorReply, encode, heartbeat_decoder, metric_decoder, new_id, now
+from shared.protocol import (
+    AGENT_ROLES,
+    PRIORITIES,
+    ErrorReply,
+    encode,
+    heartbeat_decoder,
+    metric_decoder,
+    new_id,
+    now,
+)
 from shared.service import Lifecycle, ServiceShell
 from shared.settings import Settings
 
@@ -157,7 +166,7 @@ class MonitorService(Lifecycle):
         s = self.bus.subjects
         await self._shell.subscribe(s.heartbeat_all, self._on_heartbeat)
         self._shell.heartbeat_loop()
-        self._shell.spawn(self._check_loop(), "monitor-check")
+        self._shell.supervise(self._check_loop, "monitor-check")
         await self._replay()
         await self.http.start()
         await self._shell.add_micro(
@@ -165,7 +174,8 @@ class MonitorService(Lifecycle):
             {"snapshot": (s.monitor_snapshot, self._on_snapshot)},
             metadata={"http_url": self.url or ""},
         )
-        self._shell.spawn(self._discovery_loop(), "monitor-discovery")
+        self._shell.supervise(self._discovery_loop, "monitor-discovery")
+        self._shell.supervise(self._stall_loop, "monitor-stall")
         self.ready.set()
         logger.info(
             "monitor started instance=%s replayed=%d url=%s", self.instance_id, self.replayed_events, self.url
@@ -274,11 +284,14 @@ class MonitorService(Lifecycle):
             "instance_recovered": f"{who} recovered after {t.last_seen_s or 0:.1f}s of silence",
             "role_down": f"role {t.role} has no live instance",
             "role_recovered": f"role {t.role} is back with {t.live_instances} live instance(s)",
+            "role_stalled": f"role {t.role} has {t.pending} pending work item(s) and no instance pulling"
+            f" ({t.live_instances} live)",
+            "role_unstalled": f"role {t.role} is pulling again ({t.pending} pending)",
         }
         return Alert(
             alert_id=new_id("alert"),
             kind=t.kind,
-            severity="critical" if t.kind in ("instance_dead", "role_down") else "info",
+            severity="critical" if t.kind in ("instance_dead", "role_down", "role_stalled") else "info",
             role=t.role,
             instance_id=t.instance_id,
             text=texts[t.kind],
@@ -286,7 +299,30 @@ class MonitorService(Lifecycle):
             last_seen_s=None if t.last_seen_s is None else round(t.last_seen_s, 3),
             live_instances=t.live_instances,
             monitor=self.instance_id,
+            pending=t.pending,
         )
+
+    async def _stall_loop(self) -> None:
+        """Every ``monitor_stall_interval``: a role with pending work and no instance pulling is stalled."""
+        s = self.bus.subjects
+        roles = [r for r in AGENT_ROLES if r in self.settings.monitor_roles]
+        while True:
+            await asyncio.sleep(self.settings.monitor_stall_interval)
+            for role in roles:
+                try:
+                    pending = 0
+                    for priority in PRIORITIES:
+                        info = await self.bus.js.consumer_info(s.stream_work, s.work_consumer(role, priority))
+                        pending += info.num_pending or 0
+                except Exception as exc:  # e.g. no permission or the stream's leader moving: next round
+                    logger.warning("pending work of role=%s unknown err=%s", role, exc)
+                    continue
+                await self._raise(self.board.stall(role, pending))
+
+    @property
+    def fatal(self) -> asyncio.Event:
+        """Set when a loop of the monitor keeps dying: the process should exit non-zero."""
+        return self._shell.fatal
 
     async def _discovery_loop(self) -> None:
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
@@ -18,7 +19,7 @@ def main() -> None:
     settings = Settings(role="orchestrator")
     setup_logging(f"orchestrator:{settings.instance_id}", settings.log_level)
 
-    async def run() -> None:
+    async def run() -> int:
         async with AsyncExitStack() as stack:
             planner: Callable[[TaskSubmission], Awaitable[Plan]] | None = None
             if settings.llm_base_url:
@@ -39,9 +40,9 @@ def main() -> None:
 
             bus = await Bus.open(settings, f"cadre-orchestrator-{settings.instance_id}")
             stack.push_async_callback(bus.close)
-            await run_service(OrchestratorService(bus, settings, planner=planner), settings)
+            return await run_service(OrchestratorService(bus, settings, planner=planner), settings)
 
-    asyncio.run(run())
+    sys.exit(asyncio.run(run()))
 
 
 if __name__ == "__main__":

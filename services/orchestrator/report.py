@@ -111,6 +111,8 @@ def _full_result(st: WorkflowState) -> FinalResult:
     artifacts: dict[str, ArtifactRef] = {}
     if st.workspace is not None:
         artifacts["workspace"] = st.workspace
+    if st.submission.workspace is not None:  # what `cadre result --patch` diffs against
+        artifacts["submitted_workspace"] = st.submission.workspace
     for s in st.steps:
         if s.result is not None:
             for name, ref in s.result.artifacts.items():
@@ -143,11 +145,30 @@ def _clock(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
+def _configure_section(r: FinalResult) -> list[str]:
+    """Environment variables the changed code needs and follow-ups the fixes left, from every step."""
+    settings: dict[str, str] = {}
+    follow: list[str] = []
+    for s in r.steps:
+        if isinstance(s.output, DevelopmentOutput):
+            for v in s.output.configure:
+                need = "required" if v.required else "optional: random per process when unset"
+                settings.setdefault(v.name, f"- `{v.name}` — {v.purpose} (`{v.file}`; {need})")
+            follow += [f"- `{f.file}:{f.line}` — {f.message}" for f in s.output.follow_ups]
+    out: list[str] = []
+    if settings:
+        out += ["", "## Configure before running", "", *settings.values()]
+    if follow:
+        out += ["", "## Follow-ups for a human", "", *dict.fromkeys(follow)]
+    return out
+
+
 def markdown_report(r: FinalResult, late: list[str]) -> str:
     """A readable report of everything that happened."""
     out = [f"# {r.description}", ""]
-    verdict = "approved" if r.approved else "not approved"
-    out.append(f"- **Task**: `{r.task_id}` ({r.task_type}) — **{r.status}**, {verdict}")
+    reviewed = r.score_history or any(s.role == "reviewer" for s in r.steps)  # no verdict without a review
+    verdict = (", approved" if r.approved else ", not approved") if reviewed else ""
+    out.append(f"- **Task**: `{r.task_id}` ({r.task_type}) — **{r.status}**{verdict}")
     if r.reason:
         out.append(f"- **Reason**: {r.reason}")
     out.append(
@@ -161,6 +182,7 @@ def markdown_report(r: FinalResult, late: list[str]) -> str:
             f"- **Model usage**: {r.usage.prompt_tokens}+{r.usage.completion_tokens} tokens, "
             f"${r.usage.cost_usd:.4f}"
         )
+    out += _configure_section(r)
     out += [
         "",
         "## Steps",
@@ -180,17 +202,23 @@ def markdown_report(r: FinalResult, late: list[str]) -> str:
             out += [f"- library: **{lib.name}** {lib.version or ''} — {lib.reason}" for lib in o.libraries]
         elif isinstance(o, ReviewOutput):
             out.append(f"\nScore **{o.score}/100**, verdict **{o.verdict}**\n")
-            out += [f"- **{i.severity}** `{i.rule}` {i.file}:{i.line} — {i.message}" for i in o.issues]
+            out += [
+                f"- **{i.severity}** `{i.rule}` `{i.file}:{i.line}`{' (blocking)' if i.id in o.blocking else ''}"
+                f" — {i.message}"
+                for i in o.issues
+            ]
         elif isinstance(o, DevelopmentOutput):
             for c in o.changes:
-                out.append(f"- {c.file}: {c.description}")
+                out.append(f"- `{c.file}`: {c.description}")
                 if c.diff:
                     out += ["", "```diff", c.diff.rstrip(), "```"]
             if s.output_ref is not None:
                 out.append(
                     f"- full output (diffs): artifact `{s.output_ref.name}` ({s.output_ref.size} bytes)"
                 )
-            out += [f"- refused: {c.file}: {c.description}" for c in o.refused]
+            out += [f"- refused: `{c.file}`: {c.description}" for c in o.refused]
+            out += [f"- configure: `{v.name}` ({v.purpose})" for v in o.configure]
+            out += [f"- follow-up: `{f.file}:{f.line}` {f.message}" for f in o.follow_ups]
             if o.tests is not None:
                 cov = f", coverage {o.tests.coverage:.1f}%" if o.tests.coverage is not None else ""
                 out.append(

@@ -24,6 +24,7 @@ from services.orchestrator.emit import Emitter
 from services.orchestrator.policy import ConflictPolicy
 from services.orchestrator.state import StepState, WorkflowState
 from shared.protocol import DevelopmentOutput, Dispute, Issue, ReviewOutput
+from shared.tools.scoring import blocks
 
 __all__ = ["review_verdict", "resolve_disputes", "insert_after", "no_progress"]
 
@@ -35,7 +36,7 @@ def review_verdict(
 ) -> Ending | None:
     """Approve, or insert the next fix round and re-review, or end the task at the round cap."""
     st.score_history.append(out.score)
-    blocking = [i for i in out.issues if i.severity == "HIGH" and i.id not in st.waived]
+    blocking = [i for i in out.issues if (blocks(i) or i.id in out.blocking) and i.id not in st.waived]
     approved = out.score >= config.review_threshold and not blocking
     origin = step.origin or step.id
     emit.metric(

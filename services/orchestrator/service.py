@@ -1,9 +1,18 @@
 """The orchestrator service: intake, step results, deadlines, cancel — all state in KV.
 
-Every change to a workflow goes through ``_mutate``: read the state and its
-revision, apply one engine transition, write back only if the revision is
-unchanged (else re-read and retry), then flush the outbox. That makes a
-killed orchestrator resumable and lets two instances run side by side.
+Every change to a workflow goes through ``_mutate``, under that task's lock:
+take the task's state and revision from memory (read KV only for a task not
+cached, or after a revision conflict), apply one engine transition, write it
+back once if it changed (revision-checked), then publish the outbox with dedup
+ids, all at once, awaiting the acks together. The outbox is cleared lazily: a
+published entry leaves the state with the task's next write (or a final write
+when the task ends); a crash in between re-publishes it, which the stream's
+dedup window absorbs. A ``StepStarted`` is a transition like any other (one
+write): applied only in memory, a second orchestrator (or this one after a
+reload) would number the next event with the same ``seq`` and lose the run from
+``StepRecord.runs``. Different tasks run concurrently; messages of one
+task are applied in stream order. That keeps a killed orchestrator resumable
+and lets two instances run side by side, adding throughput.
 """
 
 from __future__ import annotations
@@ -19,22 +28,23 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import FetchTimeoutError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.micro.request import Request
 
 from services.orchestrator.plan import plan_from_template, templates, validate_plan
 from services.orchestrator.policy import ConflictPolicy
-from services.orchestrator.state import Outgoing, WorkflowState, encode_state, state_decoder
+from services.orchestrator.state import Outgoing, WorkflowState, state_decoder
 from services.orchestrator.workflow import Engine, EngineConfig
 from shared.bus import Bus
-from shared.errors import CadreError, PlanError
+from shared.consumer import DECODE_ERRORS, Delivery, KeyedLocks, Rejected, SupervisedConsumer
+from shared.errors import CadreError, InvalidSubjectToken, PlanError
 from shared.outputs import offload_step_output
 from shared.protocol import (
     CancelReply,
     FinalResult,
     Heartbeat,
     Plan,
+    StepMessage,
     TaskEvent,
     TaskSubmission,
     cancel_decoder,
@@ -47,6 +57,7 @@ from shared.protocol import (
 )
 from shared.service import Lifecycle, Pulse, ServiceShell
 from shared.settings import Settings
+from shared.subjects import token
 from shared.workspace import pack_files
 
 __all__ = ["OrchestratorService"]
@@ -54,6 +65,11 @@ __all__ = ["OrchestratorService"]
 logger = logging.getLogger(__name__)
 
 _MUTATE_RETRIES = 50
+# How many step messages / submissions are handled at once (different tasks run concurrently).
+_RESULTS_CONCURRENCY = 64
+_INTAKE_CONCURRENCY = 8
+# Bound on waiting for the store's acks of one outbox flush.
+_PUBLISH_BOUND = 10.0
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 
 
@@ -75,6 +91,15 @@ class _MaxDeliverAdvisory(msgspec.Struct):
 _max_deliver_decoder = msgspec.json.Decoder(_MaxDeliverAdvisory)
 
 
+@dataclass
+class _Cached:
+    """One open task as this instance last wrote or read it."""
+
+    state: WorkflowState
+    revision: int
+    sent: set[str] = field(default_factory=set)  # outbox ids published, still in the KV copy
+
+
 def task_id_for(sub_task_id: str, message_id: str) -> str:
     """The user's task id, or one derived from the message id (so a re-publish maps to the same task)."""
     raw = sub_task_id or f"task_{message_id}"
@@ -91,6 +116,8 @@ class OrchestratorService(Lifecycle):
     _heartbeats: dict[str, Heartbeat] = field(default_factory=dict, init=False)
     _hb_seen: dict[str, float] = field(default_factory=dict, init=False)
     _open: set[str] = field(default_factory=set, init=False)
+    _cache: dict[str, _Cached] = field(default_factory=dict, init=False)
+    _locks: KeyedLocks = field(default_factory=KeyedLocks, init=False)
     # finished and fully flushed, with when they ended: periodic resumes skip them and
     # delete their keys once ``workflow_retention`` has passed
     _settled: dict[str, float] = field(default_factory=dict, init=False)
@@ -117,37 +144,89 @@ class OrchestratorService(Lifecycle):
         self._results = await self.bus.js.pull_subscribe_bind(
             durable=s.results_consumer, stream=s.stream_results
         )
+        self.intake = SupervisedConsumer(
+            bus=self.bus,
+            name="intake",
+            service="orchestrator",
+            decoder=task_decoder.decode,
+            handler=self._on_submission,
+            on_reject=self._on_intake_reject,
+            max_deliver=self.settings.max_deliver,
+        )
+        self.results = SupervisedConsumer(
+            bus=self.bus,
+            name="results",
+            service="orchestrator",
+            decoder=step_decoder.decode,
+            handler=self._on_step_message,
+            max_deliver=self.settings.max_deliver,
+        )
         await self._shell.subscribe(s.heartbeat_all, self._on_heartbeat)
         advisory = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s.stream_work}.*"
         await self._shell.subscribe(advisory, self._on_max_deliveries, queue="orchestrator")
         await self._shell.add_micro(
             "Cadre orchestrator: decompose, delegate, review loop, conflicts, recovery",
             {"cancel": (s.task_cancel, self._on_cancel)},
+            stats={"cancel": self._stats},
         )
         await self.resume()
-        self._shell.spawn(self._loop(self._intake, self._on_submission), "intake")
-        self._shell.spawn(self._loop(self._results, self._on_step_message), "results")
-        self._shell.spawn(self._tick_loop(), "ticks")
+        self._shell.supervise(
+            lambda: self.intake.run(self._intake, concurrency=_INTAKE_CONCURRENCY), "intake"
+        )
+        self._shell.supervise(
+            lambda: self.results.run(self._results, concurrency=_RESULTS_CONCURRENCY, batch=32), "results"
+        )
+        self._shell.supervise(self._tick_loop, "ticks")
         self._shell.heartbeat_loop(self._pulse)
         logger.info(
             "orchestrator started instance=%s open_workflows=%d", self.settings.instance_id, len(self._open)
         )
+
+    @property
+    def fatal(self) -> asyncio.Event:
+        """Set when a consumer or tick loop keeps dying: the process should exit non-zero."""
+        return self._shell.fatal
+
+    def _stats(self) -> dict[str, Any]:
+        return {
+            "consumers": {c.name: c.stats.as_dict() for c in (self.intake, self.results)},
+            "loop_restarts": sum(self._shell.restarts.values()),
+            "open_tasks": len(self._open),
+            "cached_tasks": len(self._cache),
+        }
 
     async def stop(self) -> None:
         if await self._shell.close():
             logger.info("orchestrator stopped")
 
     async def resume(self) -> None:
-        """Pick up every open workflow in KV: flush what a crash left unpublished."""
+        """Pick up every open workflow in KV: flush what a crash left unpublished.
+
+        A task cached here is re-read only when KV holds a newer revision (another
+        instance moved it on).
+        """
         try:
             keys = await self.kv.keys()
         except Exception:  # nats raises NoKeysError on an empty bucket
             keys = []
         for key in keys:
-            if key not in self._settled:
+            if key in self._settled:
+                continue
+            try:
+                await self._refresh(key)
                 await self._mutate(key, lambda st, t: False)
+            except Exception as exc:  # one bad workflow must not stop the others resuming
+                logger.warning("resume failed task=%s err=%s", key, exc)
         logger.debug("resumed workflows=%d open=%d", len(keys), len(self._open))
         await self._purge_expired()
+
+    async def _refresh(self, task_id: str) -> None:
+        cached = self._cache.get(task_id)
+        if cached is None:
+            return
+        entry = await self.kv.get(task_id)
+        if entry.revision is not None and entry.revision != cached.revision:
+            self._cache.pop(task_id, None)
 
     async def _purge_expired(self) -> None:
         """Delete the keys of workflows that ended more than ``workflow_retention`` ago.
@@ -167,108 +246,122 @@ class OrchestratorService(Lifecycle):
                 logger.info("workflow purged task=%s ended_at=%.0f", task_id, finished_at)
 
     # --- the one way to change a workflow --------------------------------------------------------
+    def _encode(self, st: WorkflowState) -> bytes:
+        """The bytes written to KV for ``st`` (the one place a state is encoded for storage).
+
+        The engine's size guard: a state that would outgrow the message limit is compacted,
+        or its task ends failed with that reason (``Engine.encode``).
+        """
+        return self.engine.encode(st, now())
+
+    async def _load(self, task_id: str) -> _Cached | None:
+        try:
+            entry = await self.kv.get(task_id)
+        except KeyNotFoundError:
+            return None
+        assert entry.value is not None and entry.revision is not None
+        return _Cached(state_decoder.decode(entry.value), entry.revision)
+
     async def _mutate(
         self, task_id: str, transition: Callable[[WorkflowState, float], bool]
     ) -> WorkflowState | None:
-        for _ in range(_MUTATE_RETRIES):
-            try:
-                entry = await self.kv.get(task_id)
-            except KeyNotFoundError:
-                return None
-            assert entry.value is not None and entry.revision is not None
-            st = state_decoder.decode(entry.value)
-            changed = transition(st, now())
-            if changed:
+        async with self._locks.hold(task_id):
+            for _ in range(_MUTATE_RETRIES):
+                cached = self._cache.get(task_id) or await self._load(task_id)
+                if cached is None:
+                    return None
+                st = cached.state
+                # entries published already leave the state with this write (lazy clear)
+                st.outbox = [o for o in st.outbox if o.id not in cached.sent]
+                cached.sent.clear()
                 try:
-                    await self.kv.update(task_id, self.engine.encode(st, now()), last=entry.revision)
+                    changed = transition(st, now())
+                    if changed:
+                        cached.revision = await self.kv.update(
+                            task_id, self._encode(st), last=cached.revision
+                        )
                 except KeyWrongLastSequenceError:
+                    self._cache.pop(task_id, None)
                     continue  # another instance moved it on: re-read and decide again
-            if st.status == "running":
-                self._open.add(task_id)
-            else:
-                self._open.discard(task_id)
-            if st.outbox:
-                await self._flush(task_id, st.outbox)
-            elif st.status != "running":
-                self._settled[task_id] = st.finished_at
-            return st
-        raise CadreError(f"workflow {task_id}: too many concurrent updates")
+                except BaseException:
+                    self._cache.pop(task_id, None)  # half-applied in memory: never reuse it
+                    raise
+                self._cache[task_id] = cached
+                await self._flush(task_id, cached)
+                return st
+            raise CadreError(f"workflow {task_id}: too many concurrent updates")
 
-    async def _flush(self, task_id: str, outbox: list[Outgoing]) -> None:
+    async def _flush(self, task_id: str, cached: _Cached) -> None:
+        """Publish the unsent outbox at once and await the acks together; settle a finished task."""
+        st = cached.state
+        pending = [o for o in st.outbox if o.id not in cached.sent]
+        if pending:
+            await self._publish_all(pending)
+            cached.sent.update(o.id for o in pending)
+        if st.status == "running":
+            self._open.add(task_id)
+            return
+        self._open.discard(task_id)
+        if st.outbox:
+            # the one extra write of a task: a finished state keeps no outbox to re-publish later
+            st.outbox = []
+            try:
+                cached.revision = await self.kv.update(task_id, self._encode(st), last=cached.revision)
+            except KeyWrongLastSequenceError:
+                pass  # another instance wrote it; its resume clears what is left
+            except Exception as exc:  # the next resume re-publishes (deduplicated) and tries again
+                logger.warning("clearing the outbox of task=%s failed err=%s", task_id, exc)
+                self._cache.pop(task_id, None)
+                return
+        self._cache.pop(task_id, None)
+        self._settled[task_id] = st.finished_at
+
+    async def _publish_all(self, outbox: list[Outgoing]) -> None:
+        """Send every record in order without waiting in between; then wait for all the acks."""
+        acks = []
         for out in outbox:
             if out.stream:
-                await self.bus.js.publish(out.subject, out.data, headers={"Nats-Msg-Id": out.id})
+                acks.append(
+                    await self.bus.js.publish_async(out.subject, out.data, headers={"Nats-Msg-Id": out.id})
+                )
             else:
                 await self.bus.nc.publish(out.subject, out.data)
-        sent = {o.id for o in outbox}
-
-        def clear(st: WorkflowState, _t: float) -> bool:
-            before = len(st.outbox)
-            st.outbox = [o for o in st.outbox if o.id not in sent]
-            return len(st.outbox) != before
-
-        for _ in range(_MUTATE_RETRIES):
-            try:
-                entry = await self.kv.get(task_id)
-            except KeyNotFoundError:
-                return
-            assert entry.value is not None
-            st = state_decoder.decode(entry.value)
-            if not clear(st, 0.0):
-                return
-            try:
-                await self.kv.update(task_id, encode_state(st), last=entry.revision)
-                return
-            except KeyWrongLastSequenceError:
-                continue
+        if acks:
+            done = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), _PUBLISH_BOUND)
+            errors = [d for d in done if isinstance(d, BaseException)]
+            if errors:
+                raise errors[0]
 
     # --- intake ----------------------------------------------------------------------------------------
-    async def _loop(self, psub: Any, handler: Callable[[Msg], Any]) -> None:
-        while True:
-            try:
-                msgs = await psub.fetch(10, timeout=1.0)
-            except (NatsTimeoutError, FetchTimeoutError, TimeoutError):
-                continue
-            except Exception as exc:
-                logger.warning("fetch failed err=%s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            for msg in msgs:
-                try:
-                    await handler(msg)
-                    await msg.ack()
-                except Exception:  # the error boundary: log; the message is redelivered
-                    logger.exception("handling failed subject=%s; will be redelivered", msg.subject)
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=1.0)
-
-    async def _on_submission(self, msg: Msg) -> None:
+    async def _on_submission(self, sub: TaskSubmission, delivery: Delivery) -> None:
         t0 = time.perf_counter()
-        try:
-            sub = task_decoder.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await self._reject(msg, f"invalid task: {exc}")
-            return
+        msg = delivery.msg
         task_id = task_id_for(sub.task_id, sub.message_id)
         sub = msgspec.structs.replace(sub, task_id=task_id, created_at=sub.created_at or now())
-        try:
-            sub = await self._attach_inline_files(sub)
-            plan, note = await self._plan(sub)
-        except (PlanError, ValueError) as exc:
-            await self._reject(msg, str(exc), task_id=task_id, sub=sub)
-            return
-        decompose_s = time.perf_counter() - t0
-        st = self.engine.start(task_id, sub, plan, decompose_s, now(), note=note)
-        try:
-            await self.kv.create(task_id, self.engine.encode(st, now()))
-        except KeyWrongLastSequenceError:
-            logger.info(
-                "duplicate submission task=%s message_id=%s: already running", task_id, sub.message_id
-            )
-            return
-        self._open.add(task_id)
-        await self._flush(task_id, st.outbox)
+        async with self._locks.hold(task_id):
+            try:
+                sub = await self._attach_inline_files(sub)
+                plan, note = await self._plan(sub)
+            except (PlanError, ValueError) as exc:
+                await self._reject(msg, str(exc), task_id=task_id, sub=sub)
+                return
+            decompose_s = time.perf_counter() - t0
+            st = self.engine.start(task_id, sub, plan, decompose_s, now(), note=note)
+            try:
+                revision = await self.kv.create(task_id, self._encode(st))
+            except KeyWrongLastSequenceError:
+                logger.info(
+                    "duplicate submission task=%s message_id=%s: already running", task_id, sub.message_id
+                )
+                return
+            cached = _Cached(st, revision)
+            self._cache[task_id] = cached
+            await self._flush(task_id, cached)
         logger.info("task accepted task=%s type=%s steps=%d", task_id, sub.task_type, len(plan.steps))
+
+    async def _on_intake_reject(self, delivery: Delivery, reason: str) -> None:
+        """A submission went to the dead letters: tell the submitter (when it named a task)."""
+        await self._reject(delivery.msg, reason, dead_letter=False)
 
     async def _attach_inline_files(self, sub: TaskSubmission) -> TaskSubmission:
         files = sub.task.input_data.get("files")
@@ -302,11 +395,18 @@ class OrchestratorService(Lifecycle):
             return plan_from_template(fallback, sub.task.description), note
 
     async def _reject(
-        self, msg: Msg, reason: str, *, task_id: str | None = None, sub: TaskSubmission | None = None
+        self,
+        msg: Msg,
+        reason: str,
+        *,
+        task_id: str | None = None,
+        sub: TaskSubmission | None = None,
+        dead_letter: bool = True,
     ) -> None:
-        await self.bus.dead_letter("orchestrator", msg.subject, msg.data, reason, dict(msg.headers or {}))
+        if dead_letter:
+            await self.bus.dead_letter("orchestrator", msg.subject, msg.data, reason, dict(msg.headers or {}))
         if task_id is None:
-            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            with contextlib.suppress(*DECODE_ERRORS):
                 loose = _loose_decoder.decode(msg.data)
                 if isinstance(loose.task_id, str) and loose.task_id:
                     task_id = task_id_for(loose.task_id, "")
@@ -340,20 +440,17 @@ class OrchestratorService(Lifecycle):
         logger.warning("task rejected task=%s reason=%s", task_id, reason)
 
     # --- agent messages -------------------------------------------------------------------------------
-    async def _on_step_message(self, msg: Msg) -> None:
+    async def _on_step_message(self, step_msg: StepMessage, delivery: Delivery) -> None:
         try:
-            step_msg = step_decoder.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await self.bus.dead_letter("orchestrator", msg.subject, msg.data, f"invalid step message: {exc}")
-            return
+            token(step_msg.task_id)
+        except InvalidSubjectToken as exc:
+            raise Rejected(f"step message with an unusable task id: {exc}") from exc
         step_msg = await offload_step_output(self.bus, step_msg)  # engine: large outputs by reference
         found = await self._mutate(
             step_msg.task_id, lambda st, t: self.engine.on_step_message(st, step_msg, t)
         )
         if found is None:
-            await self.bus.dead_letter(
-                "orchestrator", msg.subject, msg.data, f"unknown task {step_msg.task_id!r}"
-            )
+            raise Rejected(f"unknown task {step_msg.task_id!r}")
 
     async def _on_max_deliveries(self, msg: Msg) -> None:
         """JetStream gave up redelivering a work item: take it off the queue and re-plan the step."""
@@ -367,21 +464,33 @@ class OrchestratorService(Lifecycle):
         logger.warning(
             "work item undeliverable task=%s step=%s attempt=%d", item.task_id, item.step_id, item.attempt
         )
-        await self._mutate(
-            item.task_id,
-            lambda st, t: self.engine.on_undeliverable(
-                st, item.step_id, item.attempt, advisory.deliveries, t, self.health
-            ),
-        )
+        try:
+            await self._mutate(
+                item.task_id,
+                lambda st, t: self.engine.on_undeliverable(
+                    st, item.step_id, item.attempt, advisory.deliveries, t, self.health
+                ),
+            )
+        except Exception:  # a core callback: nothing may escape; the step's deadline still recovers it
+            logger.exception("re-planning an undeliverable item failed task=%s", item.task_id)
+            return
         with contextlib.suppress(Exception):
             await self.bus.js.delete_msg(self.bus.subjects.stream_work, advisory.stream_seq)
 
     # --- deadlines and health --------------------------------------------------------------------------
     async def _on_heartbeat(self, msg: Msg) -> None:
-        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+        with contextlib.suppress(*DECODE_ERRORS):
             hb = heartbeat_decoder.decode(msg.data)
             self._heartbeats[hb.instance_id] = hb
             self._hb_seen[hb.instance_id] = time.monotonic()
+
+    def _forget_silent(self) -> None:
+        """Drop instances silent for longer than ``monitor_forget_after`` (no slow leak)."""
+        horizon = time.monotonic() - max(self.settings.monitor_forget_after, self.settings.dead_after)
+        for instance_id, seen in list(self._hb_seen.items()):
+            if seen < horizon:
+                del self._hb_seen[instance_id]
+                self._heartbeats.pop(instance_id, None)
 
     def health(self, instance_id: str | None) -> str:
         """Spec recovery step 1: the agent's health, from its heartbeats."""
@@ -402,29 +511,53 @@ class OrchestratorService(Lifecycle):
         while True:
             await asyncio.sleep(self.settings.tick_interval)
             n += 1
-            try:
-                if n % refresh_every == 0:
-                    await self.resume()  # workflows another instance accepted
-                for task_id in list(self._open):
+            if n % refresh_every == 0:
+                self._forget_silent()
+                try:
+                    await self.resume()  # workflows another instance accepted or moved on
+                except Exception:
+                    logger.exception("resume failed")
+            for task_id in list(self._open):
+                try:
                     await self._mutate(task_id, lambda st, t: self.engine.on_tick(st, t, self.health))
-            except Exception:
-                logger.exception("tick failed")
+                except Exception:  # one task's failure must not stop the others' deadlines
+                    logger.exception("tick failed task=%s", task_id)
 
     def _pulse(self) -> Pulse:
-        return Pulse("busy" if self._open else "idle", len(self._open), sorted(self._open)[:20])
+        pulling = self.intake.stats.pulling and self.results.stats.pulling
+        return Pulse(
+            "busy" if self._open else "idle", len(self._open), sorted(self._open)[:20], pulling=pulling
+        )
 
     # --- cancel ------------------------------------------------------------------------------------------
     async def _on_cancel(self, req: Request) -> None:
+        """Answer every cancel request with a ``CancelReply`` (or a 400 for an undecodable one)."""
         try:
-            cancel = cancel_decoder.decode(req.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await req.respond_error("400", f"invalid cancel request: {exc}")
-            return
-        st = await self._mutate(cancel.task_id, lambda s, t: self.engine.cancel(s, t, cancel.reason))
+            try:
+                cancel = cancel_decoder.decode(req.data)
+            except DECODE_ERRORS as exc:
+                await req.respond_error("400", f"invalid cancel request: {exc}")
+                return
+            reply = await self._cancel(cancel.task_id, cancel.reason)
+            await req.respond(encode(reply))
+        except Exception:  # the boundary: log; the requester gets what we could send
+            logger.exception("cancel request failed")
+
+    async def _cancel(self, task_id: str, reason: str) -> CancelReply:
+        try:
+            token(task_id)
+        except InvalidSubjectToken:
+            why = "an empty task id" if not task_id else f"{task_id!r} is not a task id"
+            return CancelReply(task_id=task_id, accepted=False, reason=f"cancel refused: {why}")
+        try:
+            st = await self._mutate(task_id, lambda s, t: self.engine.cancel(s, t, reason))
+        except Exception as exc:
+            logger.exception("cancel failed task=%s", task_id)
+            return CancelReply(
+                task_id=task_id, accepted=False, reason=f"cancel failed: {type(exc).__name__}: {exc}"
+            )
         if st is None:
-            reply = CancelReply(task_id=cancel.task_id, accepted=False, reason="unknown task id")
-        elif st.status == "cancelled":
-            reply = CancelReply(task_id=cancel.task_id, accepted=True, reason=cancel.reason)
-        else:
-            reply = CancelReply(task_id=cancel.task_id, accepted=False, reason=f"task already {st.status}")
-        await req.respond(encode(reply))
+            return CancelReply(task_id=task_id, accepted=False, reason="unknown task id")
+        if st.status == "cancelled":
+            return CancelReply(task_id=task_id, accepted=True, reason=reason)
+        return CancelReply(task_id=task_id, accepted=False, reason=f"task already {st.status}")

@@ -72,7 +72,7 @@ class LLMResearcher:
         await self.client.aclose()
 
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
-        found = await self.retriever.retrieve(item)
+        found = await self.retriever.retrieve(item, ctx)
         passages, libraries = found.passages, found.libraries
         if not passages:
             text = no_match(found.question) + " The model was not asked: it would have nothing to cite."

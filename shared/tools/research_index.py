@@ -42,7 +42,8 @@ DOC_SUFFIXES = (".md", ".markdown", ".rst", ".txt")
 _MAX_FILE_BYTES = 1_000_000
 _MAX_TERMS = 32
 
-# English function words plus the verbs people wrap a question in; they carry no topic.
+# English function words, the verbs people wrap a question in and the manner adverbs
+# ("securely") they qualify it with; they carry no topic.
 _STOP = frozenset(
     """a about above after again against all also am an and any are as at be because been before being below
     between both but by can could did do does doing down during each few for from further had has have having
@@ -50,7 +51,8 @@ _STOP = frozenset(
     or other our out over own same she should so some such than that the their them then there these they this
     those through to too under until up very was we were what when where which while who whom why will with
     would you your yours research find investigate explain describe please best practice practices standard
-    standards using use used need want""".split()
+    standards using use used need want securely safely properly correctly efficiently reliably
+    effectively easily quickly""".split()
 )
 
 # Words that describe almost any library: they never decide which one to recommend.
@@ -330,10 +332,14 @@ class ResearchIndex:
         matches = {t: rows(f"{scope} : {fts_query([t])}" if scope else fts_query([t])) for t in terms}
         wanted = {t for t, found in matches.items() if found and 2 * len(found) < total} or set(terms)
         idf = {t: math.log(1 + total / len(matches[t])) if matches[t] else 0.0 for t in terms}
+        # a passage answers a question of several topic words only if it shares two of them:
+        # one qualifier ("Flask" in "this Flask app") alone pulls in any README with a Flask example
+        topical = wanted - _GENERIC
+        need = 2 if table == "passages" and len(topical) >= 2 else 1
         hits = []
         for rowid, rank, *columns in con.execute(sql, (fts_query(terms), fetch)):
             decisive = [t for t in terms if t in wanted and rowid in matches[t]]
-            if decisive:
+            if decisive and len([t for t in decisive if t in topical]) >= min(need, len(decisive)):
                 weight = round(sum(idf[t] for t in decisive), 4)
                 hits.append(_Hit(tuple(columns), round(-rank, 4), decisive, weight))
         return hits

@@ -12,7 +12,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-__all__ = ["RELEASE_NOTES", "clean_inline", "pack_passages", "package_text", "sentences", "split_sections"]
+__all__ = [
+    "RELEASE_NOTES",
+    "clean_inline",
+    "pack_passages",
+    "package_text",
+    "sentences",
+    "sentence_units",
+    "split_sections",
+]
 
 
 _TARGET, _HARD = 1500, 2000  # passage size aimed at / never exceeded
@@ -152,12 +160,19 @@ def package_text(description: str) -> str:
 
 def sentences(text: str) -> Iterator[str]:
     """Prose sentences of a passage: code, headings and tables skipped, list items kept apart."""
-    units: list[str] = []
+    for sentence, _ in sentence_units(text):
+        yield sentence
+
+
+def sentence_units(text: str) -> Iterator[tuple[str, bool]]:
+    """``sentences`` with a flag: True for the first sentence of a list item."""
+    units: list[tuple[str, bool]] = []
     cur: list[str] = []
+    item = False
 
     def flush() -> None:
         if cur:
-            units.append(" ".join(cur))
+            units.append((" ".join(cur), item))
             cur.clear()
 
     fence = False
@@ -169,15 +184,19 @@ def sentences(text: str) -> Iterator[str]:
         stripped = line.strip().lstrip("> ").strip()
         if fence or not stripped or stripped.startswith(("#", "|", "..")) or _ADORN.match(stripped):
             flush()
+            item = False
             continue
         if _LIST.match(line):
             flush()
+            item = True
             stripped = _LIST.sub("", stripped)
+        elif not cur:
+            item = False
         cur.append(stripped)
     flush()
-    for unit in units:
+    for unit, is_item in units:
         if unit.startswith(_NOT_PROSE) or len(unit.split()) < 4:
             continue
-        for sentence in _SENT.split(clean_inline(unit)):
+        for n, sentence in enumerate(_SENT.split(clean_inline(unit))):
             if 25 <= len(sentence) <= 400:
-                yield sentence
+                yield sentence, is_item and n == 0

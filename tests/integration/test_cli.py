@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
@@ -23,12 +25,14 @@ import pytest
 from nats.js.api import DeliverPolicy
 
 from shared.bus import Bus
-from shared.client import CadreClient
+from shared.client import ArtifactCorrupt, CadreClient
 from shared.embedded import pid_alive, read_state
 from shared.errors import TaskNotFound
 from shared.launcher import Stack
-from shared.protocol import TaskBody, TaskSubmission, event_decoder, new_id
+from shared.protocol import ArtifactRef, TaskBody, TaskSubmission, event_decoder, new_id
 from shared.settings import Settings
+from shared.workspace import SKIP_DIRS, pack_dir, pack_files
+from shared.wstree import read_tree
 from tests.helpers import wait_for_value
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +86,11 @@ def one_line_error(ran: Ran, code: int, *fragments: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), ran.err
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def tree_of(folder: Path) -> dict[str, bytes]:
+    """A folder's files as a workspace carries them (caches and VCS data left out)."""
+    return read_tree(pack_dir(folder))
 
 
 def research_file(tmp_path: Path, description: str, **input_data: object) -> Path:
@@ -218,8 +227,84 @@ async def test_submit_wait_prints_the_trace_then_the_result_and_watch_replays_it
     assert msgspec.json.decode(as_json.out)["status"] == "completed"
     report = await cadre("result", task_id, settings=settings, cwd=tmp_path)
     assert report.rc == 0 and report.out.startswith("#"), report.out
+    assert "approved" not in report.out  # a research task has no review, so no verdict
+    no_code = await cadre(
+        "result", task_id, "--workspace", str(tmp_path / "x"), settings=settings, cwd=tmp_path
+    )
+    one_line_error(no_code, 1, f"task {task_id} has no workspace artifact")
+    assert not (tmp_path / "x").exists()
     too_late = await cadre("cancel", task_id, settings=settings, cwd=tmp_path)
     one_line_error(too_late, 1, f"cannot cancel {task_id}", "already completed")
+
+
+SMALL_APP = {
+    "app/passwords.py": (
+        "import hashlib\n\n\n"
+        "def hash_password(password: str) -> str:\n"
+        "    return hashlib.md5(password.encode()).hexdigest()\n"
+    ),
+    "app/__init__.py": "",
+    "README.md": "A small app.\n",
+}
+
+
+async def test_result_writes_the_patched_tree_and_a_patch_that_git_applies_to_the_submitted_code(
+    bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
+) -> None:
+    stack.add("orchestrator", step_deadline=600.0)  # a loaded 2-core machine: real tools take a while
+    for name in ("researcher", "developer", "reviewer"):
+        stack.add(name)
+    original = tmp_path / "small-app"
+    for name, text in SMALL_APP.items():
+        (original / name).parent.mkdir(parents=True, exist_ok=True)
+        (original / name).write_text(text)
+    ran = await cadre(
+        "submit", "-t", "review", "-d", "Harden the password storage", "-w", str(original), "--wait",
+        "--timeout", "600", settings=settings, cwd=tmp_path, timeout=660,
+    )  # fmt: skip
+    assert ran.rc == 0, ran.out[-3000:] + ran.err[-3000:]
+    task_id = ran.out.splitlines()[0].strip()
+    result = await CadreClient(bus).result(task_id, timeout=0)
+    assert {"workspace", "submitted_workspace"} <= result.artifacts.keys()
+    # --wait ends with a per-file summary, not the diffs
+    assert "Changed files (1)" in ran.out and "app/passwords.py" in ran.out, ran.out[-3000:]
+    assert "```diff" not in ran.out and "\n@@ -" not in ran.out
+
+    fixed = tmp_path / "fixed"
+    got = await cadre("result", task_id, "--workspace", str(fixed), settings=settings, cwd=tmp_path)
+    assert got.rc == 0, got.err
+    assert f"workspace sha256 {result.artifacts['workspace'].sha256}" in got.out
+    downloaded = tree_of(fixed)
+    assert downloaded.keys() == tree_of(original).keys()
+    assert downloaded["README.md"] == b"A small app.\n"
+    assert b"hashlib.md5(" not in downloaded["app/passwords.py"]  # the reviewer's HIGH finding, fixed
+
+    again = await cadre("result", task_id, "--workspace", str(fixed), settings=settings, cwd=tmp_path)
+    one_line_error(again, 1, "is not empty", "--force")
+
+    patch = tmp_path / "fix.patch"
+    made = await cadre("result", task_id, "--patch", str(patch), settings=settings, cwd=tmp_path)
+    assert made.err == "" and "fix.patch: 1 file(s) changed" in made.out, made
+    assert patch.read_text().startswith("diff --git a/app/passwords.py b/app/passwords.py\n")
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    applied = subprocess.run(["git", "apply", str(patch)], cwd=copy, capture_output=True, text=True)  # noqa: S603, S607
+    assert applied.returncode == 0, applied.stderr
+    assert tree_of(copy) == downloaded
+
+
+async def test_an_artifact_whose_bytes_do_not_match_its_sha256_name_is_refused(
+    bus: Bus, tmp_path: Path
+) -> None:
+    client = CadreClient(bus)
+    good = await bus.put_artifact(pack_files({"a.py": "x = 1\n"}))
+    assert read_tree(await client.artifact(good)) == {"a.py": b"x = 1\n"}
+    # an object stored under a hash that is not its own: a damaged or tampered store
+    forged = "f" * 64
+    await (await bus.store()).put(forged, pack_files({"a.py": "import os; os.system('rm -rf ~')\n"}))
+    ref = ArtifactRef(name=forged, size=good.size, sha256=forged)
+    with pytest.raises(ArtifactCorrupt, match="its sha256 is"):
+        await client.artifact(ref)
 
 
 async def test_a_rejected_task_exits_1_with_its_reason(
@@ -433,17 +518,58 @@ async def test_up_example_runs_the_offline_example_to_an_approved_result(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # three agents running real tools; minutes on a loaded 2-core machine
 async def test_submit_wait_on_the_example_task_prints_the_trace_and_an_approved_result(
     bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
 ) -> None:
-    for name in ("orchestrator", "researcher", "developer", "reviewer"):
+    stack.add("orchestrator", step_deadline=600.0)  # a loaded 2-core machine: fix steps can take minutes
+    for name in ("researcher", "developer", "reviewer"):
         stack.add(name)
     example = ROOT / "examples" / "tasks" / "harden-auth-api.yaml"
     ran = await cadre(
-        "submit", str(example), "--wait", "--timeout", "300", settings=settings, cwd=tmp_path, timeout=360
+        "submit", str(example), "--wait", "--timeout", "600", settings=settings, cwd=tmp_path, timeout=660
     )
     assert ran.rc == 0, ran.out[-3000:] + ran.err[-3000:]
     assert "[Reviewer] → [Orchestrator]:" in ran.out
     assert "Security score:" in ran.out
     assert "[Orchestrator] → [Developer]:" in ran.out  # the fix round
     assert ": COMPLETED (approved)" in ran.out
+    # a per-file summary, not every diff
+    assert "Changed files (" in ran.out and "auth_api/passwords.py" in ran.out
+    assert "```diff" not in ran.out and "\n@@ -" not in ran.out and "+++ b/" not in ran.out
+    task_id = ran.out.splitlines()[0].strip()
+
+    # the patched tree, as the user gets it
+    fixed = tmp_path / "fixed"
+    got = await cadre("result", task_id, "--workspace", str(fixed), settings=settings, cwd=tmp_path)
+    assert got.rc == 0, got.err
+    result = await CadreClient(bus).result(task_id, timeout=0)
+    assert f"workspace sha256 {result.artifacts['workspace'].sha256}" in got.out
+    downloaded = tree_of(fixed)
+    original = tree_of(ROOT / "examples" / "auth-api")
+    assert downloaded != original and downloaded.keys() >= {"auth_api/passwords.py", "tests/test_auth.py"}
+    assert b"hashlib.md5(" not in downloaded["auth_api/passwords.py"]  # the reviewer's HIGH finding, fixed
+
+    # a non-empty folder is refused (nothing written) unless --force
+    again = await cadre("result", task_id, "--workspace", str(fixed), settings=settings, cwd=tmp_path)
+    one_line_error(again, 1, "is not empty", "--force")
+    forced = await cadre("result", task_id, "-w", str(fixed), "--force", settings=settings, cwd=tmp_path)
+    assert forced.rc == 0, forced.err
+
+    # the patch applies with git to a copy of the submitted code and gives the downloaded tree
+    patch = tmp_path / "fix.patch"
+    made = await cadre("result", task_id, "--patch", str(patch), settings=settings, cwd=tmp_path)
+    assert made.rc == 0, made.err
+    assert patch.read_text().startswith("diff --git a/")
+    copy = tmp_path / "copy"
+    shutil.copytree(
+        ROOT / "examples" / "auth-api", copy, ignore=shutil.ignore_patterns(*SKIP_DIRS, ".coverage")
+    )
+    applied = subprocess.run(  # noqa: S603
+        ["git", "apply", "--whitespace=nowarn", str(patch)],  # noqa: S607
+        cwd=copy,
+        capture_output=True,
+        text=True,
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert tree_of(copy) == downloaded

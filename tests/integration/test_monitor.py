@@ -515,3 +515,39 @@ async def test_the_dashboard_in_headless_chromium_shows_live_agents_and_updates_
         )
         data = png.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+async def test_a_role_with_pending_work_and_no_instance_pulling_raises_a_stalled_alert_until_one_pulls(
+    bus: Bus, stack: Stack, settings: Settings
+) -> None:
+    from shared.protocol import Heartbeat, encode
+
+    feed = await AlertFeed().start(bus)
+    stop = asyncio.Event()
+
+    async def stuck_reviewer() -> None:
+        """What issue 12 saw: an instance that heartbeats while its pull loop is dead."""
+        started = now()
+        while not stop.is_set():
+            hb = Heartbeat(
+                role="reviewer", instance_id="reviewer-stuck", at=now(), started_at=started, pulling=False
+            )
+            await bus.nc.publish(bus.subjects.heartbeat("reviewer", "reviewer-stuck"), encode(hb))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.heartbeat_interval)  # the beat's cadence
+
+    beats = asyncio.create_task(stuck_reviewer())
+    try:
+        async with MonitorService(bus, monitor_settings(settings, monitor_stall_interval=0.2)):
+            await bus.publish(bus.subjects.work("reviewer", "normal"), echo_item("reviewer", "waiting"))
+            _, stalled = await feed.wait("role_stalled", role="reviewer")
+            assert stalled.severity == "critical" and stalled.pending == 1 and stalled.live_instances == 1
+            assert "no instance pulling" in stalled.text
+            assert not any(a.kind == "role_stalled" and a.role != "reviewer" for _, a in feed.alerts)
+
+            stack.add("reviewer", brain=ECHO)
+            _, back = await feed.wait("role_unstalled", role="reviewer")
+            assert back.severity == "info" and back.pending == 0
+    finally:
+        stop.set()
+        await beats

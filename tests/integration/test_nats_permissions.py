@@ -26,7 +26,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import StreamConfig
 
 from shared.bootstrap import bootstrap
-from shared.client import CadreClient
+from shared.client import CadreClient, NoService
 from shared.launcher import Stack
 from shared.natsserver import NatsServer
 from shared.protocol import (
@@ -323,7 +323,15 @@ async def test_every_service_runs_a_task_under_its_own_user_without_a_violation(
             result = await client.result(task_id, timeout=90)
             assert result.status == "completed", result.reason
             assert result.plan is not None and result.plan.steps[0].id == "analyze"
-            snapshot = await client.snapshot()
+            # the task can finish before the monitor process is up: wait for it to answer
+
+            async def answered() -> dict[str, Any] | None:
+                try:
+                    return await client.snapshot()
+                except NoService:
+                    return None
+
+            snapshot = await wait_for_value(answered, what="the monitor's snapshot")
             assert "orchestrator" in snapshot
             reply = await client.cancel(task_id)
             assert not reply.accepted  # already finished: the orchestrator answered, through its user

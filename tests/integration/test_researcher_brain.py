@@ -9,6 +9,7 @@ from pathlib import Path
 from shared.bus import Bus
 from shared.launcher import Stack
 from shared.protocol import ResearchOutput, WorkItem
+from shared.workspace import pack_dir
 from tests.helpers import make_item, step_result
 
 
@@ -109,3 +110,93 @@ async def test_researcher_searches_user_corpus_dirs_and_says_plainly_when_nothin
     assert nothing.output.passages == []
     assert nothing.summary.startswith("No passages in the local corpus match")
     assert "CADRE_CORPUS_DIRS" in nothing.summary
+
+
+FLASK_APP = '''"""A small Flask app: users, login, sessions."""
+
+import hashlib
+
+from flask import Flask, request, session
+
+app = Flask(__name__)
+app.secret_key = "dev"
+
+USERS = {}
+
+
+def hash_password(password):
+    return hashlib.md5(password.encode()).hexdigest()
+
+
+def seed():
+    USERS["admin"] = {"password": "admin123", "hash": hash_password("admin123")}
+
+
+@app.post("/login")
+def login():
+    user = USERS.get(request.form["username"])
+    if user and user["hash"] == hash_password(request.form["password"]):
+        session["user"] = request.form["username"]
+        return "ok"
+    return "no", 401
+'''
+PROPER_HASHES = ("argon2", "scrypt", "bcrypt", "pbkdf2")
+# the libraries docs/knowledge/password-hashing.md names for the job
+PASSWORD_LIBRARIES = {"argon2-cffi", "bcrypt", "passlib", "pwdlib"}
+
+
+async def test_researcher_reads_the_workspace_and_answers_the_password_question_from_the_knowledge(
+    bus: Bus, stack: Stack, tmp_path: Path
+) -> None:
+    workspace = tmp_path / "flask-app"
+    workspace.mkdir()
+    (workspace / "app.py").write_text(FLASK_APP)
+    (workspace / "tests").mkdir()
+    (workspace / "tests" / "test_app.py").write_text('PASSWORD = "made-up-for-tests"\n')
+    ref = await bus.put_artifact(pack_dir(workspace), description="workspace (flask-app)")
+    stack.add("researcher")
+    item = make_item(
+        "researcher",
+        "research",
+        "flask",
+        task_id="task_research",
+        description="How should this Flask app store passwords and sessions securely?",
+        context={"language": "python", "framework": "flask"},
+        workspace=ref,
+    )
+    await bus.publish(bus.subjects.work("researcher", "normal"), item)
+    result = await step_result(bus, "flask", timeout=60.0)
+    assert result.status == "completed", result.error
+    output = result.output
+    assert isinstance(output, ResearchOutput)
+    answer = output.summary.split("\n\nSources:")[0]
+    sources = [p.source for p in output.passages]
+
+    # grounded in the code: the md5 password hash is found, named with its file and line, and leads
+    md5_line = next(n for n, line in enumerate(FLASK_APP.splitlines(), 1) if "hashlib.md5" in line)
+    assert result.summary.splitlines()[0].startswith("app.py:"), result.summary
+    assert f"app.py:{md5_line}: Passwords are hashed with hashlib.md5 in hash_password()" in answer
+    assert "workspace/app.py" in sources
+    assert "workspace/tests/test_app.py" not in sources  # test code's made-up passwords are not findings
+    assert "plain text" in answer  # the seeded plaintext password
+
+    # answered with the knowledge about it: a proper password hash, cited to the note
+    note = "knowledge/password-hashing.md"
+    assert note in sources
+    hashes = [line for line in answer.splitlines() if any(h in line.lower() for h in PROPER_HASHES)]
+    assert hashes, answer
+    for line in hashes:  # each such sentence cites the password-hashing note
+        cited = output.passages[int(re.search(r"\[(\d+)\]$", line).group(1)) - 1]  # type: ignore[union-attr]
+        assert cited.source == note, (line, cited)
+    # every sentence cites a source that exists
+    for line in answer.splitlines():
+        if line.startswith("Note:"):
+            continue
+        number = int(re.fullmatch(r".+ \[(\d+)\]", line).group(1))  # type: ignore[union-attr]
+        assert 1 <= number <= len(output.passages), line
+
+    # no library that does not serve the question (truststore for "store", bandit for "securely"...)
+    assert {lib.name.lower() for lib in output.libraries} <= PASSWORD_LIBRARIES, output.libraries
+    assert not any(s.startswith("package:openai") or s.startswith("package:aiohttp") for s in sources), (
+        sources
+    )

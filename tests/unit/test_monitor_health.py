@@ -140,3 +140,27 @@ def test_long_dead_instances_are_forgotten(clock: ManualClock) -> None:
 def test_thresholds_must_be_ordered(clock: ManualClock) -> None:
     with pytest.raises(ValueError, match="suspect_after < dead_after"):
         HealthBoard(suspect_after=5.0, dead_after=5.0, clock=clock)
+
+
+def test_a_role_with_pending_work_is_stalled_only_while_no_live_instance_pulls(
+    board: HealthBoard, clock: ManualClock
+) -> None:
+    board.beat(hb("dev-1", pulling=False))
+    assert board.stall("developer", 0) == []  # nothing waits: not stalled
+    stalled = board.stall("developer", 3)
+    assert kinds(stalled) == [("role_stalled", "developer", None)]
+    assert stalled[0].pending == 3 and stalled[0].live_instances == 1
+    assert board.stall("developer", 4) == []  # raised once, not on every check
+    board.beat(hb("dev-2"))  # an older agent without the field counts as pulling
+    back = board.stall("developer", 4)
+    assert kinds(back) == [("role_unstalled", "developer", None)] and back[0].live_instances == 1
+
+
+def test_a_dead_pulling_instance_does_not_keep_a_role_from_stalling(
+    board: HealthBoard, clock: ManualClock
+) -> None:
+    board.beat(hb("dev-1", pulling=True))
+    assert board.stall("developer", 1) == []
+    clock.advance(6.0)
+    board.check()
+    assert kinds(board.stall("developer", 1)) == [("role_stalled", "developer", None)]

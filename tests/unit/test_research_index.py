@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from shared.protocol import Passage
+from shared.tools.code_facts import relevant_facts, scan_workspace
 from shared.tools.research_index import ResearchIndex, fts_query, query_terms, split_sections
 from shared.tools.summary import summarize
 
@@ -286,3 +287,71 @@ def test_concurrent_searches_from_threads_share_one_index(index: ResearchIndex) 
 
     with ThreadPoolExecutor(4) as pool:
         assert set(pool.map(probe, range(16))) == {"Hashing"}
+
+
+LISTED = """\
+Never keep passwords with a fast digest such as MD5.
+Use a password hashing function that is deliberately slow and salted:
+
+- Argon2id is the first choice for new systems.
+- scrypt is memory-hard and in the standard library as hashlib.scrypt.
+
+An unrelated closing remark about the weather in spring.
+"""
+
+
+def test_a_quoted_sentence_that_introduces_a_list_brings_the_list_items_with_it() -> None:
+    passage = Passage(source="n.md", section="Password hashing", text=LISTED, score=1.0)
+    summary = summarize("password hashing function slow", [passage], max_sentences=1, cite=[7])
+    assert summary.splitlines() == [
+        "Use a password hashing function that is deliberately slow and salted: [7]",
+        "Argon2id is the first choice for new systems. [7]",
+        "scrypt is memory-hard and in the standard library as hashlib.scrypt. [7]",
+    ]
+
+
+CODE = """\
+import hashlib
+import random
+from hashlib import sha1
+
+SECRET_KEY = "dev-secret"
+
+def hash_password(password):
+    return hashlib.md5(password.encode()).hexdigest()
+
+def etag(body):
+    return sha1(body).hexdigest()
+
+def make_reset_token():
+    return "".join(random.choice("abc") for _ in range(8))
+
+def check(user, given):
+    return user.token_hash == given
+
+USERS = [{"name": "admin", "password": "admin123"}]
+"""
+
+
+def test_the_workspace_scan_finds_what_the_code_does_with_secrets_and_skips_tests(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(CODE)
+    (tmp_path / "broken.py").write_text("def (:\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_app.py").write_text('PASSWORD = "made-up"\n')
+    facts, files = scan_workspace(tmp_path)
+    assert files == 2  # app.py and the unparsable file; tests are not read
+    found = {(f.line, f.finding) for f in facts}
+    assert (
+        8,
+        "Passwords are hashed with hashlib.md5 in hash_password(), a fast general-purpose digest.",
+    ) in found
+    assert not any(line == 11 for line, _ in found)  # sha1 for an ETag is no secret matter
+    assert any(line == 5 and "SECRET_KEY" in text and "session cookies" in text for line, text in found)
+    assert any(line == 14 and "random.choice in make_reset_token()" in text for line, text in found)
+    assert any(line == 17 and "not constant-time" in text for line, text in found)
+    assert any(line == 19 and "password is written in the code in plain text" in text for line, text in found)
+    assert all(f.file == "app.py" for f in facts)
+
+    about_passwords = relevant_facts(facts, "How should we store passwords?")
+    assert {f.line for f in about_passwords} == {8, 17, 19}
+    assert relevant_facts(facts, "Which message broker fits?") == []

@@ -1,0 +1,346 @@
+"""The one supervised JetStream consumer: decode, handle, ack — and never die of a message.
+
+Agents and the orchestrator consume JetStream through ``SupervisedConsumer``.
+Every message passes one error boundary (modelled on nats micro's
+``Endpoint._handle_request``, which counts and answers instead of raising):
+
+- undecodable (any decode error, including a too-deep JSON ``RecursionError``)
+  or unroutable (the handler raises ``Rejected`` or a ``CadreError`` with
+  ``non_retryable``): a dead letter with the reason, the sender told when the
+  consumer has a ``on_reject`` hook, then acked — on the first delivery;
+- any other handler error: a nak with exponential backoff, and a dead letter
+  once the delivery count reaches ``max_deliver`` (nothing is left behind in
+  the stream);
+- if even the dead letter or the ack fails (e.g. a stream leader election),
+  the error is logged and counted; the message is redelivered after AckWait.
+
+A handler may take the message over (``ctx.take()``) and ack it later itself,
+as the agent does once the brain's result is stored. ``run()`` is the fetch
+loop for consumers that take batches (the orchestrator); the agent calls
+``process()`` from its own priority-aware pull loop. Counters feed the
+service's nats micro ``$SRV.STATS`` (``stats()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import FetchTimeoutError
+
+from shared.bus import Bus
+from shared.errors import CadreError
+
+__all__ = [
+    "DECODE_ERRORS",
+    "ConsumerStats",
+    "Delivery",
+    "KeyedLocks",
+    "Puller",
+    "Rejected",
+    "SupervisedConsumer",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# What a decoder may raise on hostile bytes: msgspec's own errors, and RecursionError on deep nesting.
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    msgspec.DecodeError,
+    msgspec.ValidationError,
+    RecursionError,
+    UnicodeDecodeError,
+    ValueError,
+)
+
+# Backoff for a message whose handler failed: 0.5s, 1s, 2s ... capped.
+_BACKOFF_FIRST = 0.5
+_BACKOFF_CAP = 30.0
+# A fetch that fails (connection trouble, leader election) is retried after this pause.
+_FETCH_RETRY = 1.0
+# How long past its own expiry a pull may take to be answered before we give up on it.
+_PULL_REPLY_BOUND = 2.0
+
+
+class Rejected(CadreError):
+    """Raised by a handler: this message can never be handled (unroutable); dead-letter it now."""
+
+    non_retryable = True
+
+
+@dataclass
+class Delivery:
+    """What a handler knows about the message besides its body (the handler's context)."""
+
+    msg: Msg
+    subject: str
+    headers: dict[str, str]
+    num_delivered: int
+    stream_seq: int | None
+    taken: bool = False
+
+    def take(self) -> None:
+        """The handler now owns the message and will ack / nak it itself (the consumer will not)."""
+        self.taken = True
+
+
+@dataclass
+class ConsumerStats:
+    """Counters of one consumer, as ``$SRV.STATS`` shows them in the endpoint's ``data``."""
+
+    received: int = 0
+    handled: int = 0
+    dead_lettered: int = 0
+    retried: int = 0
+    errors: int = 0
+    last_error: str = ""
+    loop_restarts: int = 0
+    processing_time_s: float = 0.0
+    pulling: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SupervisedConsumer(Generic[T]):
+    """One durable pull consumer with a per-message error boundary.
+
+    ``handler(value, delivery)`` gets the decoded message. ``on_reject(delivery, reason)``
+    (optional) tells the sender why its message went to the dead letters.
+    """
+
+    bus: Bus
+    name: str
+    service: str  # the dead-letter subject token: <prefix>.deadletter.<service>
+    decoder: Callable[[bytes], T]
+    handler: Callable[[T, Delivery], Awaitable[None]]
+    on_reject: Callable[[Delivery, str], Awaitable[None]] | None = None
+    max_deliver: int = 5
+    stats: ConsumerStats = field(default_factory=ConsumerStats)
+
+    # --- the error boundary ---------------------------------------------------------------------
+    async def process(self, msg: Msg) -> None:
+        """Decode, handle, ack one message. Never raises (except cancellation)."""
+        t0 = time.perf_counter()
+        self.stats.received += 1
+        meta = None
+        with contextlib.suppress(Exception):
+            meta = msg.metadata
+        delivery = Delivery(
+            msg=msg,
+            subject=msg.subject,
+            headers={k: str(v) for k, v in (msg.headers or {}).items()},
+            num_delivered=(meta.num_delivered or 1) if meta else 1,
+            stream_seq=meta.sequence.stream if meta and meta.sequence else None,
+        )
+        try:
+            try:
+                value = self.decoder(msg.data)
+            except DECODE_ERRORS as exc:
+                await self._dead(delivery, f"undecodable: {_describe(exc)}")
+                return
+            try:
+                await self.handler(value, delivery)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if isinstance(exc, CadreError) and exc.non_retryable:
+                    await self._dead(delivery, f"unroutable: {exc}")
+                else:
+                    await self._retry(delivery, exc)
+                return
+            self.stats.handled += 1
+            if not delivery.taken:
+                await msg.ack()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the dead letter, nak or ack itself failed: redelivered after AckWait
+            self._error(exc)
+            logger.warning(
+                "consumer %s could not settle a message subject=%s err=%s; it will be redelivered",
+                self.name,
+                delivery.subject,
+                _describe(exc),
+            )
+        finally:
+            self.stats.processing_time_s += time.perf_counter() - t0
+
+    async def _dead(self, delivery: Delivery, reason: str) -> None:
+        msg = delivery.msg
+        await self.bus.dead_letter(self.service, msg.subject, msg.data, reason, delivery.headers)
+        self.stats.dead_lettered += 1
+        if self.on_reject is not None:
+            try:
+                await self.on_reject(delivery, reason)
+            except Exception as exc:  # telling the sender is best effort; the dead letter is kept
+                self._error(exc)
+                logger.warning("consumer %s could not tell the sender err=%s", self.name, _describe(exc))
+        if not delivery.taken:
+            await msg.ack()
+
+    async def _retry(self, delivery: Delivery, exc: Exception) -> None:
+        self._error(exc)
+        n = delivery.num_delivered
+        if n >= self.max_deliver:
+            logger.error("consumer %s gave up after %d deliveries: %s", self.name, n, _describe(exc))
+            await self._dead(delivery, f"failed {n} times, last: {_describe(exc)}")
+            return
+        delay = min(_BACKOFF_CAP, _BACKOFF_FIRST * 2 ** (n - 1))
+        logger.warning(
+            "consumer %s handler failed delivery=%d subject=%s err=%s; retry in %.1fs",
+            self.name,
+            n,
+            delivery.subject,
+            _describe(exc),
+            delay,
+            exc_info=not isinstance(exc, CadreError),
+        )
+        self.stats.retried += 1
+        if not delivery.taken:
+            await delivery.msg.nak(delay=delay)
+
+    def _error(self, exc: BaseException) -> None:
+        self.stats.errors += 1
+        self.stats.last_error = _describe(exc)[:500]
+
+    # --- the fetch loop ---------------------------------------------------------------------------
+    async def run(self, psub: Any, *, concurrency: int = 1, batch: int = 10, wait: float = 1.0) -> None:
+        """Fetch and process until cancelled; up to ``concurrency`` messages at once.
+
+        Messages are started in stream order; a handler that needs per-key order
+        takes a ``KeyedLocks`` lock before its first await.
+        """
+        slots = asyncio.Semaphore(concurrency)
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(m: Msg) -> None:
+            try:
+                await self.process(m)
+            finally:
+                slots.release()
+
+        self.stats.pulling = True
+        try:
+            while True:
+                await slots.acquire()
+                free = 1
+                while free < batch and not slots.locked():
+                    await slots.acquire()
+                    free += 1
+                try:
+                    msgs = await psub.fetch(free, timeout=wait)
+                except (NatsTimeoutError, FetchTimeoutError, TimeoutError):
+                    msgs = []
+                except Exception as exc:  # connection trouble or a leader election: keep the loop
+                    self._error(exc)
+                    logger.warning("consumer %s fetch failed err=%s", self.name, _describe(exc))
+                    msgs = []
+                    for _ in range(free):
+                        slots.release()
+                    await asyncio.sleep(_FETCH_RETRY)
+                    continue
+                for _ in range(free - len(msgs)):
+                    slots.release()
+                for m in msgs:
+                    t = asyncio.create_task(one(m), name=f"{self.name}-msg")
+                    running.add(t)
+                    t.add_done_callback(running.discard)
+        finally:
+            self.stats.pulling = False
+            for t in list(running):
+                t.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+
+class Puller:
+    """Pull one message from a durable consumer: at once (``no_wait``) or waiting up to ``wait`` s.
+
+    nats.py's ``fetch`` always waits out its ``expires`` when the consumer is empty;
+    an agent draining three priorities must not, so this sends the JetStream
+    ``CONSUMER.MSG.NEXT`` request itself, on its own inbox (one request at a time).
+    """
+
+    def __init__(self, bus: Bus, stream: str, durable: str) -> None:
+        self.bus = bus
+        self._next = f"{bus.js._prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._inbox = bus.nc.new_inbox()
+        self._sub: Any = None
+
+    async def start(self) -> Puller:
+        self._sub = await self.bus.nc.subscribe(self._inbox)
+        return self
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def pull(self, wait: float | None = None) -> Msg | None:
+        """The next message, or None when there is none (now, or within ``wait``)."""
+        req: dict[str, Any] = {"batch": 1}
+        if wait:
+            req["expires"] = int(wait * 1e9)
+        else:
+            req["no_wait"] = True
+        await self.bus.nc.publish(self._next, msgspec.json.encode(req), reply=self._inbox)
+        deadline = time.monotonic() + (wait or 0.0) + _PULL_REPLY_BOUND
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                msg: Msg = await self._sub.next_msg(timeout=left)
+            except (NatsTimeoutError, TimeoutError):
+                return None
+            status = (msg.headers or {}).get("Status")
+            if status is None:
+                return msg
+            if status == "100":  # idle heartbeat: keep waiting
+                continue
+            # 404 no messages, 408 expired, 409 e.g. consumer deleted or leadership change
+            if status not in ("404", "408"):
+                logger.debug("pull status=%s %s", status, (msg.headers or {}).get("Description"))
+            return None
+
+
+class KeyedLocks:
+    """One ``asyncio.Lock`` per key, dropped when nobody holds or waits for it (no slow leak)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> Any:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
