@@ -177,7 +177,7 @@ class Engine:
             return self._after_end(st, msg, now)
         step = st.step(msg.step_id)
         if step is None:
-            return False
+            return self._unknown_step(st, msg, now)
         if isinstance(msg, StepStarted):
             return self._on_started(st, step, msg, now)
         run_id = run_key(msg)
@@ -260,6 +260,32 @@ class Engine:
             attempt=msg.attempt,
             detail=f"run {run_id}",
         )
+        return True
+
+    def _unknown_step(self, st: WorkflowState, msg: StepStarted | StepResult, now: float) -> bool:
+        """A message for a step this state does not have: recorded once, never applied.
+
+        Recording it is a change on purpose: the write is revision-checked, so a
+        state that is merely behind (another orchestrator added the step, e.g. a
+        fix round) is re-read and the message decided again on the fresh state.
+        """
+        key = f"{msg.step_id}:{msg.attempt}:{run_key(msg)}"
+        key += ":started" if isinstance(msg, StepStarted) else ""
+        if key in st.late_results:
+            return False
+        st.late_results.append(key)
+        if isinstance(msg, StepResult):
+            self.emit.event(
+                st,
+                "late_result",
+                f"[Orchestrator] Recorded, not applied: {msg.role} result for unknown step {msg.step_id} "
+                f"attempt {msg.attempt} from {msg.instance_id}",
+                now,
+                step_id=msg.step_id,
+                role=msg.role,
+                attempt=msg.attempt,
+                detail=f"run {run_key(msg)}",
+            )
         return True
 
     def _after_end(self, st: WorkflowState, msg: StepStarted | StepResult, now: float) -> bool:

@@ -333,3 +333,15 @@ def test_a_work_item_too_large_for_one_message_fails_the_task_instead_of_the_wri
     assert not [o for o in st.outbox if o.subject.startswith("u.work.")]
     assert _events(st)[-1].kind == "failed"
     assert len(e.encode(st, 1.0)) <= e.config.max_state_bytes
+
+
+def test_a_message_for_an_unknown_step_is_a_change_so_a_stale_state_gets_re_read() -> None:
+    e = _engine()
+    st = _start(e)
+    # e.g. a fix round another orchestrator added: the revision-checked write of this change fails
+    # on a stale state, which is then re-read; on a current state it is recorded once
+    assert e.on_step_message(st, _started("research.fix1", 1, "d-1", "run_x", role="developer"), 1.0)
+    assert e.on_step_message(st, _result("research.fix1", 1, role="developer", run_id="run_x"), 2.0)
+    assert not e.on_step_message(st, _result("research.fix1", 1, role="developer", run_id="run_x"), 3.0)
+    late = [ev for ev in _events(st) if ev.kind == "late_result"]
+    assert len(late) == 1 and "unknown step research.fix1" in late[0].text
