@@ -356,6 +356,14 @@ class Engine:
     ) -> bool:
         """The broker gave up on a work item (MaxDeliver): recover as for a timeout."""
         step = st.step(step_id)
+        if st.status == "running" and (step is None or step.attempt < attempt):
+            # this state may be behind (another instance dispatched that attempt): record it, so the
+            # revision-checked write re-reads a stale state; on a current one it is noted once
+            key = f"{step_id}:{attempt}:undeliverable"
+            if key in st.late_results:
+                return False
+            st.late_results.append(key)
+            return True
         if st.status != "running" or step is None or step.status != "running" or step.attempt != attempt:
             return False
         reason = f"Undeliverable (MaxDeliver: {deliveries} deliveries without an ack)"

@@ -345,3 +345,13 @@ def test_a_message_for_an_unknown_step_is_a_change_so_a_stale_state_gets_re_read
     assert not e.on_step_message(st, _result("research.fix1", 1, role="developer", run_id="run_x"), 3.0)
     late = [ev for ev in _events(st) if ev.kind == "late_result"]
     assert len(late) == 1 and "unknown step research.fix1" in late[0].text
+
+
+def test_an_undeliverable_attempt_this_state_does_not_know_yet_is_a_change_not_a_drop() -> None:
+    e = _engine()
+    st = _start(e)
+    assert e.on_undeliverable(st, "research", 2, 5, 1.0, lambda i: "unknown"), "attempt 2: state behind"
+    assert not e.on_undeliverable(st, "research", 2, 5, 1.5, lambda i: "unknown")
+    assert st.step("research").attempt == 1 and not st.recoveries  # type: ignore[union-attr]
+    assert e.on_undeliverable(st, "research", 1, 5, 2.0, lambda i: "unknown")
+    assert st.recoveries[0].kind == "undeliverable"
