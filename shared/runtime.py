@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.errors import MaxPayloadError
 from nats.micro.request import Request
 
 from shared.brains import Brain, BrainResult, StepContext, load_brain
@@ -409,11 +410,16 @@ class AgentService(Lifecycle):
             run_id=run_id,
         )
         step_result = await offload_output(self.bus, step_result)  # large outputs go by reference
-        await self.bus.publish(
-            self.bus.subjects.step_result(item.task_id),
-            step_result,
-            msg_id=f"{item.task_id}.{item.step_id}.{item.attempt}.result.{run_id}",
-        )
+        subject = self.bus.subjects.step_result(item.task_id)
+        msg_id = f"{item.task_id}.{item.step_id}.{item.attempt}.result.{run_id}"
+        try:
+            await self.bus.publish(subject, step_result, msg_id=msg_id)
+        except MaxPayloadError:
+            # what stays inline (findings, summary) still outgrows one message: running the
+            # step again cannot help, so the step fails at once and says why
+            step_result = _too_large(step_result, len(encode(step_result)), self.bus.nc.max_payload)
+            final_status = "failed"
+            await self.bus.publish(subject, step_result, msg_id=msg_id)
         if final_status == "completed":
             self.completed += 1
         else:
@@ -549,3 +555,22 @@ def run_agent(role: str, brains: dict[str, str]) -> None:
             await bus.close()
 
     sys.exit(asyncio.run(main()))
+
+
+def _too_large(result: StepResult, size: int, limit: int) -> StepResult:
+    """``result`` as a failed, non-retryable step that names its size instead of carrying it."""
+    reason = (
+        f"result too large: {size} bytes after offloading the output, over the server's"
+        f" max_payload of {limit} bytes (a summary or findings list this big cannot be sent)"
+    )
+    return msgspec.structs.replace(
+        result,
+        status="failed",
+        summary=reason,
+        output=None,
+        issues=[],
+        artifacts={},
+        output_ref=None,
+        error=reason,
+        retryable=False,
+    )
