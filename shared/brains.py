@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-from shared.protocol import ArtifactRef, Issue, StepOutput, Usage, WorkItem
+from shared.protocol import ArtifactRef, Issue, StepOutput, Usage, WorkItem, new_id
 from shared.settings import Settings
 from shared.workspace import pack_dir, unpack_to
 
@@ -40,6 +40,7 @@ class BrainResult:
     artifacts: dict[str, ArtifactRef] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     error: str | None = None
+    retryable: bool = True  # False: another attempt cannot help (the orchestrator stops the step)
 
 
 @dataclass
@@ -51,6 +52,8 @@ class StepContext:
     instance_id: str
     bus: Bus
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    # unique per run: a redelivered item run again by the same instance is a new run
+    run_id: str = field(default_factory=lambda: new_id("run"))
     _dirs: list[Path] = field(default_factory=list)
 
     async def workspace(self) -> Path:

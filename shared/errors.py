@@ -17,7 +17,12 @@ __all__ = [
 
 
 class CadreError(Exception):
-    """Root of every error Cadre raises on purpose."""
+    """Root of every error Cadre raises on purpose.
+
+    ``non_retryable`` travels on the wire: a brain that raises a non-retryable
+    error yields a failed ``StepResult`` with ``retryable=False``, and the
+    orchestrator then fails the step at once instead of re-dispatching it.
+    """
 
     non_retryable: bool = False
 

@@ -89,7 +89,9 @@ class Meter:
 def failed(exc: LLMError, usage: Usage, what: str) -> BrainResult:
     """A failed step for a model error: the reason in the summary and error, the usage kept."""
     logger.warning("%s failed: %s", what, exc)
-    return BrainResult("failed", f"{what} failed: {exc}", error=str(exc), usage=usage)
+    return BrainResult(
+        "failed", f"{what} failed: {exc}", error=str(exc), usage=usage, retryable=not exc.non_retryable
+    )
 
 
 def workspace_digest(root: Path, limit: int, *, per_file: int = 20_000) -> tuple[str, list[str]]:

@@ -36,6 +36,8 @@ __all__ = [
     "Library",
     "Change",
     "TestReport",
+    "Setting",
+    "FollowUp",
     "ResearchOutput",
     "DevelopmentOutput",
     "ReviewOutput",
@@ -46,6 +48,9 @@ __all__ = [
     "StepStarted",
     "StepResult",
     "StepMessage",
+    "StepRun",
+    "RunOutcome",
+    "RecoveryKind",
     "PlanStep",
     "Plan",
     "Conflict",
@@ -251,6 +256,25 @@ class ResearchOutput(msgspec.Struct, frozen=True, kw_only=True, tag="research"):
     libraries: list[Library] = []
 
 
+class Setting(msgspec.Struct, frozen=True, kw_only=True):
+    """An environment variable the changed code now needs before it can run (e.g. a secret moved out)."""
+
+    name: str
+    file: str
+    line: int | None = None
+    purpose: str = ""
+    required: bool = True
+
+
+class FollowUp(msgspec.Struct, frozen=True, kw_only=True):
+    """Something a fix left for a human, e.g. a hash now longer than the column that stores it."""
+
+    file: str
+    line: int | None = None
+    message: str
+    addresses: str | None = None
+
+
 class DevelopmentOutput(msgspec.Struct, frozen=True, kw_only=True, tag="development"):
     summary: str
     files: list[str] = []
@@ -258,6 +282,9 @@ class DevelopmentOutput(msgspec.Struct, frozen=True, kw_only=True, tag="developm
     refused: list[Change] = []
     tests: TestReport | None = None
     disputes: list[Dispute] = []
+    # configure before running: environment variables the changed code reads
+    configure: list[Setting] = []
+    follow_ups: list[FollowUp] = []
 
 
 class ReviewOutput(msgspec.Struct, frozen=True, kw_only=True, tag="review"):
@@ -267,6 +294,8 @@ class ReviewOutput(msgspec.Struct, frozen=True, kw_only=True, tag="review"):
     issues: list[Issue] = []
     breakdown: dict[str, int] = {}
     tests: TestReport | None = None
+    # ids of the open findings that block approval whatever the score (HIGH, or MEDIUM+ security)
+    blocking: list[str] = []
 
 
 class DesignOutput(msgspec.Struct, frozen=True, kw_only=True, tag="design"):
@@ -299,7 +328,12 @@ class Timings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StepStarted(Message, frozen=True, kw_only=True, tag="step_started"):
-    """An agent instance took a work item (lets the orchestrator trace and health-check)."""
+    """An agent instance took a work item (lets the orchestrator trace and health-check).
+
+    ``run_id`` is unique per run: a redelivered item run again by the same
+    instance (a restarted container keeps its instance id) is a new run, so
+    the re-run is seen and traced instead of being swallowed by dedup.
+    """
 
     task_id: str
     step_id: str
@@ -307,6 +341,7 @@ class StepStarted(Message, frozen=True, kw_only=True, tag="step_started"):
     role: AgentRole
     instance_id: str
     started_at: float
+    run_id: str = ""
 
 
 class StepResult(Message, frozen=True, kw_only=True, tag="step_result"):
@@ -327,6 +362,13 @@ class StepResult(Message, frozen=True, kw_only=True, tag="step_result"):
     timings: Timings
     usage: Usage = Usage()
     error: str | None = None
+    # False when the error says another attempt cannot help (``CadreError.non_retryable``):
+    # the orchestrator then ends the step at once instead of re-dispatching it.
+    retryable: bool = True
+    run_id: str = ""
+    # the full output in the object store, when ``output`` was shortened to keep messages
+    # and the workflow state small (diffs, long texts): see shared/outputs.py
+    output_ref: ArtifactRef | None = None
 
 
 StepMessage = StepStarted | StepResult
@@ -368,8 +410,15 @@ class Conflict(msgspec.Struct, frozen=True, kw_only=True):
     decision: str
 
 
+RecoveryKind = Literal["timeout", "failure", "undeliverable"]
+
+
 class Recovery(msgspec.Struct, frozen=True, kw_only=True):
-    """One failure-recovery episode (spec: check health, re-assign, notify, adjust, log)."""
+    """One failure-recovery episode (spec: check health, re-assign, notify, adjust, log).
+
+    ``kind`` says what triggered it: a passed deadline, a failed result, or a
+    work item the broker gave up on (MaxDeliver).
+    """
 
     step_id: str
     reason: str
@@ -380,6 +429,7 @@ class Recovery(msgspec.Struct, frozen=True, kw_only=True):
     delay_s: float
     new_deadline: float
     at: float
+    kind: RecoveryKind = "failure"
 
 
 class TaskEvent(Message, frozen=True, kw_only=True, tag="event"):
@@ -403,6 +453,23 @@ class TaskEvent(Message, frozen=True, kw_only=True, tag="event"):
     detail: str = ""
 
 
+RunOutcome = Literal["applied", "not_applied", "no_result"]
+
+
+class StepRun(msgspec.Struct, frozen=True, kw_only=True):
+    """One run of a step by an agent instance: an attempt may run more than once (redelivery)."""
+
+    run_id: str
+    attempt: int
+    instance_id: str
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    # applied: its result is the step's result; not_applied: its result came late or
+    # for a superseded attempt; no_result: it started but no result was seen
+    outcome: RunOutcome = "no_result"
+    status: str = ""
+
+
 class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
     """The aggregated record of one executed step in the final result."""
 
@@ -420,6 +487,10 @@ class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
     duration_s: float = 0.0
     usage: Usage = Usage()
     error: str | None = None
+    # every run of the step (more than one when an attempt was re-run or retried)
+    runs: list[StepRun] = []
+    applied_run: str | None = None
+    output_ref: ArtifactRef | None = None
 
 
 class FinalResult(Message, frozen=True, kw_only=True, tag="result"):
@@ -442,6 +513,10 @@ class FinalResult(Message, frozen=True, kw_only=True, tag="result"):
     report_markdown: str = ""
     started_at: float = 0.0
     finished_at: float = 0.0
+    # findings a review loop left open: they need a human or an LLM developer
+    needs_attention: list[Issue] = []
+    # step ids that ran more than once (re-runs or retries): see each step's ``runs``
+    rerun_steps: list[str] = []
 
 
 # --- operations -----------------------------------------------------------------

@@ -28,6 +28,7 @@ from shared.brains import Brain, BrainResult, StepContext, load_brain
 from shared.bus import Bus
 from shared.consumer import DECODE_ERRORS, Delivery, Puller, Rejected, SupervisedConsumer
 from shared.errors import CadreError, InvalidSubjectToken
+from shared.outputs import offload_output
 from shared.protocol import (
     PRIORITIES,
     MetricEvent,
@@ -273,13 +274,15 @@ class AgentService(Lifecycle):
         ctx = StepContext(item=item, settings=self.settings, instance_id=self.instance_id, bus=self.bus)
         started = now()
         # announced without waiting for the store's ack; the result waits for it (order on the stream)
-        announce = asyncio.create_task(self._announce(item, started), name=f"started-{item.step_id}")
+        announce = asyncio.create_task(
+            self._announce(item, started, ctx.run_id), name=f"started-{item.step_id}"
+        )
         brain_task = asyncio.create_task(self._run_brain(item, ctx), name=f"brain-{item.step_id}")
         key = f"{item.task_id}/{item.step_id}/{item.attempt}"
         self._inflight[key] = _InFlight(item, msg, ctx, brain_task, started, announce)
         self._shell.spawn(self._supervise(key), f"step-{key}")
 
-    async def _announce(self, item: WorkItem, started: float) -> None:
+    async def _announce(self, item: WorkItem, started: float, run_id: str) -> None:
         await self.bus.publish(
             self.bus.subjects.step_result(item.task_id),
             StepStarted(
@@ -289,8 +292,9 @@ class AgentService(Lifecycle):
                 role=item.to_agent,
                 instance_id=self.instance_id,
                 started_at=started,
+                run_id=run_id,
             ),
-            msg_id=f"{item.task_id}.{item.step_id}.{item.attempt}.started.{self.instance_id}",
+            msg_id=f"{item.task_id}.{item.step_id}.{item.attempt}.started.{run_id}",
         )
 
     def _is_cancelled(self, item: WorkItem) -> bool:
@@ -326,7 +330,9 @@ class AgentService(Lifecycle):
             raise
         except CadreError as exc:
             logger.warning("brain error step=%s err=%s", item.step_id, exc)
-            return BrainResult("failed", f"{type(exc).__name__}: {exc}", error=str(exc))
+            return BrainResult(
+                "failed", f"{type(exc).__name__}: {exc}", error=str(exc), retryable=not exc.non_retryable
+            )
         except Exception as exc:  # the error boundary: a brain bug fails the step, not the agent
             logger.exception("brain crashed step=%s", item.step_id)
             return BrainResult(
@@ -349,7 +355,7 @@ class AgentService(Lifecycle):
                 await self._hand_back_or_cancel(flight)
                 return
             await self._settle_announce(flight)
-            await self._publish_result(flight.item, result, flight.started_at)
+            await self._publish_result(flight.item, result, flight.started_at, run_id=flight.ctx.run_id)
             await flight.msg.ack()  # the result is stored: the item is done
         except Exception:
             logger.exception("step supervision failed key=%s; item will be redelivered", key)
@@ -371,7 +377,11 @@ class AgentService(Lifecycle):
         await self._settle_announce(flight)
         if flight.ctx.cancelled.is_set():
             await self._publish_result(
-                item, BrainResult("failed", "cancelled"), flight.started_at, "cancelled"
+                item,
+                BrainResult("failed", "cancelled"),
+                flight.started_at,
+                "cancelled",
+                run_id=flight.ctx.run_id,
             )
             await flight.msg.ack()
             logger.info("step cancelled step=%s attempt=%d", item.step_id, item.attempt)
@@ -380,8 +390,15 @@ class AgentService(Lifecycle):
             logger.info("step handed back on drain step=%s attempt=%d", item.step_id, item.attempt)
 
     async def _publish_result(
-        self, item: WorkItem, result: BrainResult, started_at: float, status: str | None = None
+        self,
+        item: WorkItem,
+        result: BrainResult,
+        started_at: float,
+        status: str | None = None,
+        *,
+        run_id: str = "",
     ) -> None:
+        run_id = run_id or new_id("run")
         finished = now()
         final_status = status or result.status
         step_result = StepResult(
@@ -400,11 +417,14 @@ class AgentService(Lifecycle):
             timings=Timings(queued_at=item.created_at, started_at=started_at, finished_at=finished),
             usage=result.usage,
             error=result.error,
+            retryable=result.retryable,
+            run_id=run_id,
         )
+        step_result = await offload_output(self.bus, step_result)  # large outputs go by reference
         await self.bus.publish(
             self.bus.subjects.step_result(item.task_id),
             step_result,
-            msg_id=f"{item.task_id}.{item.step_id}.{item.attempt}.result",
+            msg_id=f"{item.task_id}.{item.step_id}.{item.attempt}.result.{run_id}",
         )
         if final_status == "completed":
             self.completed += 1

@@ -10,6 +10,7 @@ import asyncio
 from pathlib import Path
 
 from shared.brains import BrainResult, StepContext
+from shared.errors import CapabilityMissing
 from shared.protocol import WorkItem
 from shared.settings import Settings
 
@@ -43,8 +44,13 @@ class ScriptedBrain:
       Other review chains (final review) score ``final_score`` (default 98).
     - ``dispute``: the first fix step disputes the first finding on performance grounds.
     - ``hang``: ``{"step": id, "attempts": [1]}`` — those attempts wait until cancelled.
-    - ``fail``: ``{"step": id, "attempts": [1]}`` — those attempts raise.
+    - ``fail``: ``{"step": id, "attempts": [1]}`` — those attempts raise (with
+      ``"non_retryable": true``, a ``CapabilityMissing``: another attempt cannot help).
     - ``delay``: seconds every step takes (benchmarks).
+    - ``stuck``: fix rounds change nothing (the developer reports no change).
+    - ``diff_kb``: each fix round rewrites files of the task's workspace, ``diff_kb``
+      KiB of diff in all (one file per 8 KiB), stores the new workspace and reports
+      every change with its full diff.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -54,6 +60,7 @@ class ScriptedBrain:
         import msgspec
 
         from shared.protocol import (
+            Change,
             DevelopmentOutput,
             Dispute,
             Issue,
@@ -69,6 +76,8 @@ class ScriptedBrain:
         for mode in ("hang", "fail"):
             rule = script.get(mode)
             if rule and rule["step"] == item.step_id and item.attempt in rule.get("attempts", [1]):
+                if mode == "fail" and rule.get("non_retryable"):
+                    raise CapabilityMissing(f"scripted step {item.step_id}", "a capability this brain lacks")
                 if mode == "fail":
                     raise RuntimeError(f"scripted failure of {item.step_id} attempt {item.attempt}")
                 await asyncio.Event().wait()  # hang until the runtime cancels us
@@ -123,20 +132,60 @@ class ScriptedBrain:
                         concern="performance",
                     )
                 ]
+        changes: list[Change] = []
+        artifacts = {}
+        if item.task_type == "fix" and not script.get("stuck"):
+            if script.get("diff_kb") and item.workspace is not None:
+                changes, ref = await _rewrite_workspace(item, ctx, int(script["diff_kb"]))
+                artifacts["workspace"] = ref
+            else:
+                changes = [Change(file="auth.py", kind="fix", description="scripted fix", diff="+# fixed\n")]
         out = DevelopmentOutput(
-            summary=f"{item.task_type} done by {ctx.instance_id}", files=["auth.py"], disputes=disputes
+            summary=f"{item.task_type} done by {ctx.instance_id}: {len(changes)} change(s)",
+            files=sorted({c.file for c in changes}) or ["auth.py"],
+            changes=changes,
+            disputes=disputes,
         )
-        return BrainResult("completed", out.summary, output=out)
+        return BrainResult("completed", out.summary, output=out, artifacts=artifacts)
+
+
+async def _rewrite_workspace(item: WorkItem, ctx: StepContext, diff_kb: int) -> tuple[list, object]:
+    """Rewrite workspace files so the diffs total ``diff_kb`` KiB; return the changes and the new workspace."""
+    import difflib
+
+    from shared.protocol import Change
+
+    ws = await ctx.workspace()
+    changes = []
+    for n in range(max(1, diff_kb // 8)):
+        path = ws / "pkg" / f"mod_{n:03d}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        old = path.read_text() if path.exists() else ""
+        new = "".join(f"VALUE_{i} = '{item.step_id}-{i:04d}-{'x' * 40}'\n" for i in range(64))
+        path.write_text(new)
+        rel = f"pkg/mod_{n:03d}.py"
+        diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), rel, rel))
+        changes.append(Change(file=rel, kind="fix", description=f"rewrote {rel}", diff=diff))
+    ref = await ctx.save_workspace(ws, f"workspace after {item.step_id}")
+    return changes, ref
 
 
 class CrashingBrain(ScriptedBrain):
     """Like ScriptedBrain, but ``input_data.script.die`` = ``{"step": id, "attempts": [1]}``
-    ends the whole agent process (SIGKILL-like) when it takes that attempt."""
+    ends the whole agent process (SIGKILL-like) when it takes that attempt.
+
+    With ``"once_file": path`` it dies only the first time (it creates the file), so a
+    restarted instance runs the redelivered item again."""
 
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
         import os
 
         rule = item.task.input_data.get("script", {}).get("die")
         if rule and rule["step"] == item.step_id and item.attempt in rule.get("attempts", [1]):
-            os._exit(137)
+            once = rule.get("once_file")
+            if not once:
+                os._exit(137)
+            if not Path(once).exists():
+                Path(once).write_text("died once\n")
+                os._exit(137)
         return await super().run(item, ctx)

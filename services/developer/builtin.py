@@ -23,7 +23,7 @@ from typing import NamedTuple
 import msgspec
 
 from shared.brains import BrainResult, StepContext
-from shared.protocol import Change, DevelopmentOutput, Issue, TestReport, WorkItem, encode, now
+from shared.protocol import Change, DevelopmentOutput, Issue, Setting, TestReport, WorkItem, encode, now
 from shared.settings import Settings
 from shared.tools.analysis import analyze
 from shared.tools.fixes import FixOutcome, apply_fixes
@@ -79,6 +79,14 @@ def _relocate(workspace: Path, findings: list[Issue]) -> list[Issue]:
     """
     current = {issue.id: issue for issue in analyze(workspace)}
     return [current.get(f.id, f) for f in findings]
+
+
+def _unique_settings(outcome: FixOutcome) -> list[Setting]:
+    """The environment variables the fixed code reads, once each, in the order the fixes made them."""
+    seen: dict[str, Setting] = {}
+    for setting in outcome.configure:
+        seen.setdefault(setting.name, setting)
+    return list(seen.values())
 
 
 def _tests_text(report: TestReport | None) -> str:
@@ -156,6 +164,11 @@ class BuiltinDeveloper:
         summary = self._fix_summary(findings, waived, outcome, final)
         if baseline is None:
             summary += " (no tests: fixes were not test-gated)"
+        configure = _unique_settings(outcome)
+        if configure:
+            summary += "; configure before running: " + ", ".join(s.name for s in configure)
+        if outcome.follow_ups:
+            summary += f"; {len(outcome.follow_ups)} follow-up(s) for a human"
         logger.info("fix done step=%s test_runs=%d %s", item.step_id, test_runs, summary)
         output = DevelopmentOutput(
             summary=summary,
@@ -164,6 +177,8 @@ class BuiltinDeveloper:
             refused=[*outcome.refused, *self._unfixable(outcome)],
             tests=final,
             disputes=outcome.disputes,
+            configure=configure,
+            follow_ups=outcome.follow_ups,
         )
         return BrainResult("completed", summary, output=output, artifacts={"workspace": ref})
 

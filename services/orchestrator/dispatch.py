@@ -11,24 +11,23 @@ own and completes at once (see ``design.py``).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from services.orchestrator import trace
+from services.orchestrator.config import EngineConfig
 from services.orchestrator.design import design
+from services.orchestrator.emit import Emitter
 from services.orchestrator.state import StepState, WorkflowState
 from shared.protocol import ResearchOutput, WorkItem, new_id
-
-if TYPE_CHECKING:
-    from services.orchestrator.workflow import Engine, EngineConfig
 
 __all__ = ["run_inline", "step_inputs", "dispatch"]
 
 logger = logging.getLogger(__name__)
 
 
-def run_inline(engine: Engine, st: WorkflowState, step: StepState, now: float) -> None:
+def run_inline(emit: Emitter, st: WorkflowState, step: StepState, now: float) -> None:
     """Do an ``orchestrator`` step here: derive the design from the research output."""
     research = next(
         (
@@ -44,7 +43,7 @@ def run_inline(engine: Engine, st: WorkflowState, step: StepState, now: float) -
     step.attempt = 1
     step.dispatched_at = step.started_at = step.finished_at = now
     lines = "\n".join(f"  - {d}" for d in [output.summary, *output.decisions])
-    engine.emit.event(
+    emit.event(
         st,
         "step_completed",
         f"[Orchestrator] (self) {step.description}:\n{lines}",
@@ -75,14 +74,14 @@ def step_inputs(config: EngineConfig, st: WorkflowState, step: StepState) -> dic
     return data
 
 
-def dispatch(engine: Engine, st: WorkflowState, step: StepState, now: float) -> None:
+def dispatch(config: EngineConfig, emit: Emitter, st: WorkflowState, step: StepState, now: float) -> None:
     """Start the step's next attempt: publish its work item, a ``delegated`` event and metric."""
     step.attempt += 1
     step.status = "running"
     step.instance_id = None
     step.dispatched_at = now
     step.first_dispatched_at = step.first_dispatched_at or now
-    step.deadline = now + engine.config.step_deadline
+    step.deadline = now + config.step_deadline
     sub = st.submission
     item = WorkItem(
         message_id=new_id("msg"),
@@ -91,7 +90,7 @@ def dispatch(engine: Engine, st: WorkflowState, step: StepState, now: float) -> 
         priority=sub.priority,
         context=sub.context,
         task=msgspec.structs.replace(
-            sub.task, description=step.description, input_data=step_inputs(engine.config, st, step)
+            sub.task, description=step.description, input_data=step_inputs(config, st, step)
         ),
         expected_output=sub.expected_output,
         task_id=st.task_id,
@@ -102,10 +101,10 @@ def dispatch(engine: Engine, st: WorkflowState, step: StepState, now: float) -> 
         workspace=st.workspace,
         avoid_instances=list(step.avoid),
     )
-    engine.emit.work(st, step, item)
+    emit.work(st, step, item)
     inputs = [f"{n} (from {s})" for n, s in step.inputs.items()]
     if "findings" in step.input_data:
         inputs.append(f"{len(step.input_data['findings'])} reviewer findings")
     text = trace.delegated(step.role, step.description, sub.context, inputs, step.attempt)
-    engine.emit.event(st, "delegated", text, now, step_id=step.id, role=step.role, attempt=step.attempt)
-    engine.emit.metric(st, "delegated", now, step_id=step.id, attempt=step.attempt)
+    emit.event(st, "delegated", text, now, step_id=step.id, role=step.role, attempt=step.attempt)
+    emit.metric(st, "delegated", now, step_id=step.id, attempt=step.attempt)

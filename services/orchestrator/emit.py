@@ -1,10 +1,15 @@
 """What a transition publishes, appended to the state's outbox (never sent from here).
 
 Every record gets a deterministic dedup id so a re-flush after a crash cannot
-publish twice: ``<task>.ev.<seq>`` for trace events, ``<task>.m.<seq>`` for
+publish twice: ``<task>.ev.<seq>`` for trace events, ``<task>.metric.<n>`` for
 metrics, ``<task>.<step>.<attempt>.work`` for work items, ``<task>.result``
 for the final result. Cancels are core-NATS requests (not streamed), so they
 get a fresh id. The service writes the state with its outbox, then flushes it.
+
+The event contract (docs/wire-protocol.md): ``seq`` goes up by one per event
+of a task (metrics have their own counter), and the final event
+(``completed`` / ``failed`` / ``cancelled``) is the last one: after it,
+``event`` refuses, and what arrives late goes to the dead letters instead.
 """
 
 from __future__ import annotations
@@ -14,7 +19,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.orchestrator.state import Outgoing, StepState, WorkflowState
-from shared.protocol import CancelRequest, FinalResult, MetricEvent, TaskEvent, WorkItem, encode, new_id
+from shared.protocol import (
+    CancelRequest,
+    DeadLetter,
+    FinalResult,
+    MetricEvent,
+    TaskEvent,
+    WorkItem,
+    encode,
+    new_id,
+)
 from shared.subjects import Subjects
 
 __all__ = ["Emitter"]
@@ -30,7 +44,13 @@ class Emitter:
     instance_id: str = "orchestrator"
 
     def event(self, st: WorkflowState, kind: str, text: str, now: float, **fields: Any) -> None:
-        """A ``TaskEvent`` on ``events.<task>.<kind>``: one line of the task's trace."""
+        """A ``TaskEvent`` on ``events.<task>.<kind>``: one line of the task's trace.
+
+        Once the task has ended, only its final event (kind == the end status) is taken.
+        """
+        if st.status != "running" and kind != st.status:
+            logger.error("event %s refused: task %s already %s", kind, st.task_id, st.status)
+            return
         st.seq += 1
         event = TaskEvent(task_id=st.task_id, kind=kind, text=text, at=now, seq=st.seq, **fields)
         st.outbox.append(
@@ -43,13 +63,13 @@ class Emitter:
 
     def metric(self, st: WorkflowState, kind: str, now: float, **fields: Any) -> None:
         """A ``MetricEvent`` for the monitor, as role ``orchestrator``."""
-        st.seq += 1
+        st.metric_seq += 1
         metric = MetricEvent(
             kind=kind, role="orchestrator", instance_id=self.instance_id, at=now, task_id=st.task_id, **fields
         )
         st.outbox.append(
             Outgoing(
-                id=f"{st.task_id}.m.{st.seq}",
+                id=f"{st.task_id}.metric.{st.metric_seq}",
                 subject=self.subjects.metrics("orchestrator"),
                 data=encode(metric),
             )
@@ -83,4 +103,17 @@ class Emitter:
         """The task's ``FinalResult`` on ``result.<task>``."""
         st.outbox.append(
             Outgoing(id=f"{st.task_id}.result", subject=self.subjects.result(st.task_id), data=encode(result))
+        )
+
+    def dead_letter(self, st: WorkflowState, subject: str, payload: bytes, reason: str, now: float) -> None:
+        """Keep a message the task can no longer use (e.g. a result after the final event), with why."""
+        record = DeadLetter(
+            service="orchestrator",
+            subject=subject,
+            reason=reason,
+            payload=payload.decode("utf-8", errors="replace"),
+            received_at=now,
+        )
+        st.outbox.append(
+            Outgoing(id=new_id("dl"), subject=self.subjects.dead_letter("orchestrator"), data=encode(record))
         )

@@ -6,7 +6,9 @@ holder's health comes from the monitor's heartbeats (``HealthProbe``), 2) the
 old attempt is cancelled and the step re-dispatched as attempt+1, asking the
 failed instance to leave it to another, 3) a ``delayed`` event reports the
 delay, 4) running siblings get the same deadline slack, 5) it is logged and
-counted (``reassigned`` for timeouts, else ``retry``). After ``max_attempts``
+counted (``reassigned`` when the holder lost the item: a timeout or an
+undeliverable item; ``retry`` after a failed result). The trigger is data
+(``RecoveryKind``), carried on the ``Recovery`` record. After ``max_attempts``
 the task fails with the reason.
 """
 
@@ -15,15 +17,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from services.orchestrator import trace
+from services.orchestrator.config import Ending, EngineConfig
 from services.orchestrator.dispatch import dispatch
+from services.orchestrator.emit import Emitter
 from services.orchestrator.state import StepState, WorkflowState
-from shared.protocol import Recovery
-
-if TYPE_CHECKING:
-    from services.orchestrator.workflow import Engine
+from shared.protocol import Recovery, RecoveryKind
 
 __all__ = ["HealthProbe", "recover"]
 
@@ -33,21 +33,28 @@ HealthProbe = Callable[[str | None], str]
 """Instance id (or None) -> a health word from heartbeats, e.g. ``healthy`` / ``unresponsive``."""
 
 
-def recover(engine: Engine, st: WorkflowState, step: StepState, now: float, reason: str, health: str) -> None:
-    """Spec recovery: check health, re-assign, notify the delay, adjust the timeline, log."""
-    config = engine.config
+def recover(
+    config: EngineConfig,
+    emit: Emitter,
+    st: WorkflowState,
+    step: StepState,
+    now: float,
+    reason: str,
+    health: str,
+    kind: RecoveryKind,
+) -> Ending | None:
+    """Spec recovery: check health, re-assign, notify the delay, adjust the timeline, log.
+
+    Returns the task's ``Ending`` when the step is out of attempts.
+    """
     failed_instance = step.instance_id
-    engine.emit.cancel(st, step, reason)
+    emit.cancel(st, step, reason)
     if step.attempt >= config.max_attempts:
         step.status = "failed"
         step.finished_at = now
-        engine.finish(
-            st,
-            now,
-            "failed",
-            f"step {step.id} ({step.role}) failed after {step.attempt} attempts: {reason}",
+        return Ending(
+            "failed", f"step {step.id} ({step.role}) failed after {step.attempt} attempts: {reason}"
         )
-        return
     delay = max(0.0, now - step.dispatched_at)
     st.delay_total += delay
     if failed_instance and failed_instance not in step.avoid:
@@ -62,6 +69,7 @@ def recover(engine: Engine, st: WorkflowState, step: StepState, now: float, reas
         delay_s=delay,
         new_deadline=now + config.step_deadline,
         at=now,
+        kind=kind,
     )
     st.recoveries.append(rec)
     # adjust the timeline: running siblings keep their work but get the same slack
@@ -69,7 +77,7 @@ def recover(engine: Engine, st: WorkflowState, step: StepState, now: float, reas
         if other is not step and other.status == "running":
             other.deadline = max(other.deadline, rec.new_deadline)
     deadline_text = time.strftime("%H:%M:%S", time.gmtime(rec.new_deadline)) + " UTC"
-    engine.emit.event(
+    emit.event(
         st,
         "delayed",
         trace.recovery(step.role, rec, reason, deadline_text),
@@ -79,11 +87,12 @@ def recover(engine: Engine, st: WorkflowState, step: StepState, now: float, reas
         attempt=step.attempt,
         recovery=rec,
     )
-    engine.emit.metric(
-        st, "reassigned" if "Timeout" in reason else "retry", now, step_id=step.id, attempt=step.attempt
+    emit.metric(
+        st, "retry" if kind == "failure" else "reassigned", now, step_id=step.id, attempt=step.attempt
     )
     logger.warning(
-        "recovery task=%s step=%s attempt=%d reason=%s health=%s",
+        "recovery kind=%s task=%s step=%s attempt=%d reason=%s health=%s",
+        kind,
         st.task_id,
         step.id,
         step.attempt,
@@ -91,4 +100,5 @@ def recover(engine: Engine, st: WorkflowState, step: StepState, now: float, reas
         health,
     )
     step.status = "pending"
-    dispatch(engine, st, step, now)
+    dispatch(config, emit, st, step, now)
+    return None

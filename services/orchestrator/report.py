@@ -1,4 +1,10 @@
-"""Aggregation: the final result and its Markdown report, built from the workflow state."""
+"""Aggregation: the final result and its Markdown report, built from the workflow state.
+
+The result is bounded: when its JSON would pass ``limit`` bytes, step outputs
+are shortened (their full text stays in each step's ``output_ref``), then
+dropped if that is not enough, and the report is clipped, so it fits one
+message.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import time
 import msgspec
 
 from services.orchestrator.state import StepState, WorkflowState
+from shared.outputs import clip, shorten
 from shared.protocol import (
     ArtifactRef,
     DesignOutput,
@@ -17,9 +24,13 @@ from shared.protocol import (
     ReviewOutput,
     StepRecord,
     Usage,
+    encode,
 )
 
-__all__ = ["final_result", "markdown_report"]
+__all__ = ["final_result", "markdown_report", "RESULT_LIMIT"]
+
+RESULT_LIMIT = 256 * 1024
+"""Default bound (bytes of JSON) on a final result."""
 
 
 def _record(step: StepState) -> StepRecord:
@@ -37,9 +48,10 @@ def _record(step: StepState) -> StepRecord:
             summary=out.summary,
             output=out,
         )
+    applied = next((r.run_id for r in step.runs if r.outcome == "applied"), None)
     return StepRecord(
         step_id=step.id,
-        role=step.role,  # type: ignore[arg-type]
+        role=step.role,
         task_type=step.task_type,
         description=step.description,
         status=step.status,
@@ -52,6 +64,9 @@ def _record(step: StepState) -> StepRecord:
         duration_s=res.timings.duration if res else 0.0,
         usage=res.usage if res else Usage(),
         error=res.error if res else None,
+        runs=list(step.runs),
+        applied_run=applied,
+        output_ref=res.output_ref if res else None,
     )
 
 
@@ -67,7 +82,28 @@ def _usage(plan: Plan, records: list[StepRecord]) -> Usage:
     )
 
 
-def final_result(st: WorkflowState) -> FinalResult:
+def final_result(st: WorkflowState, limit: int = RESULT_LIMIT) -> FinalResult:
+    """The task's aggregated result, at most ``limit`` bytes of JSON (see the module doc)."""
+    result = _full_result(st)
+    if len(encode(result)) <= limit:
+        return result
+    steps = [
+        msgspec.structs.replace(r, output=shorten(r.output, 2048) if r.output is not None else None)
+        for r in result.steps
+    ]
+    result = msgspec.structs.replace(result, steps=steps, report_markdown="")
+    if len(encode(result)) > limit:  # e.g. thousands of findings: keep the records, not the outputs
+        bare = [msgspec.structs.replace(r, output=None, issues=[]) for r in result.steps]
+        result = msgspec.structs.replace(result, steps=bare, needs_attention=result.needs_attention[:100])
+    room = max(1024, limit - len(encode(result)) - 256)
+    report = clip(markdown_report(result, st.late_results), room)
+    return msgspec.structs.replace(result, report_markdown=report)
+
+
+def _full_result(st: WorkflowState) -> FinalResult:
+    status = st.status
+    if status == "running":
+        raise ValueError(f"task {st.task_id} is still running: it has no final result yet")
     records = [_record(s) for s in st.steps if s.status != "pending"]
     by_role: dict[str, float] = {}
     for r in records:
@@ -84,7 +120,7 @@ def final_result(st: WorkflowState) -> FinalResult:
                     artifacts[f"{s.id}.{name}"] = ref
     result = FinalResult(
         task_id=st.task_id,
-        status=st.status,  # type: ignore[arg-type]
+        status=status,
         approved=st.approved,
         reason=st.reason,
         description=st.submission.task.description,
@@ -99,12 +135,32 @@ def final_result(st: WorkflowState) -> FinalResult:
         usage=_usage(st.plan, records),
         started_at=st.started_at,
         finished_at=st.finished_at,
+        needs_attention=list(st.needs_attention),
+        rerun_steps=[s.id for s in st.steps if len(s.runs) > 1],
     )
     return msgspec.structs.replace(result, report_markdown=markdown_report(result, st.late_results))
 
 
 def _clock(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def _configure_section(r: FinalResult) -> list[str]:
+    """Environment variables the changed code needs and follow-ups the fixes left, from every step."""
+    settings: dict[str, str] = {}
+    follow: list[str] = []
+    for s in r.steps:
+        if isinstance(s.output, DevelopmentOutput):
+            for v in s.output.configure:
+                need = "required" if v.required else "optional: random per process when unset"
+                settings.setdefault(v.name, f"- `{v.name}` — {v.purpose} (`{v.file}`; {need})")
+            follow += [f"- `{f.file}:{f.line}` — {f.message}" for f in s.output.follow_ups]
+    out: list[str] = []
+    if settings:
+        out += ["", "## Configure before running", "", *settings.values()]
+    if follow:
+        out += ["", "## Follow-ups for a human", "", *dict.fromkeys(follow)]
+    return out
 
 
 def markdown_report(r: FinalResult, late: list[str]) -> str:
@@ -126,6 +182,7 @@ def markdown_report(r: FinalResult, late: list[str]) -> str:
             f"- **Model usage**: {r.usage.prompt_tokens}+{r.usage.completion_tokens} tokens, "
             f"${r.usage.cost_usd:.4f}"
         )
+    out += _configure_section(r)
     out += [
         "",
         "## Steps",
@@ -145,11 +202,23 @@ def markdown_report(r: FinalResult, late: list[str]) -> str:
             out += [f"- library: **{lib.name}** {lib.version or ''} — {lib.reason}" for lib in o.libraries]
         elif isinstance(o, ReviewOutput):
             out.append(f"\nScore **{o.score}/100**, verdict **{o.verdict}**\n")
-            out += [f"- **{i.severity}** `{i.rule}` {i.file}:{i.line} — {i.message}" for i in o.issues]
+            out += [
+                f"- **{i.severity}** `{i.rule}` `{i.file}:{i.line}`{' (blocking)' if i.id in o.blocking else ''}"
+                f" — {i.message}"
+                for i in o.issues
+            ]
         elif isinstance(o, DevelopmentOutput):
             for c in o.changes:
-                out += [f"- {c.file}: {c.description}", "", "```diff", c.diff.rstrip(), "```"]
-            out += [f"- refused: {c.file}: {c.description}" for c in o.refused]
+                out.append(f"- `{c.file}`: {c.description}")
+                if c.diff:
+                    out += ["", "```diff", c.diff.rstrip(), "```"]
+            if s.output_ref is not None:
+                out.append(
+                    f"- full output (diffs): artifact `{s.output_ref.name}` ({s.output_ref.size} bytes)"
+                )
+            out += [f"- refused: `{c.file}`: {c.description}" for c in o.refused]
+            out += [f"- configure: `{v.name}` ({v.purpose})" for v in o.configure]
+            out += [f"- follow-up: `{f.file}:{f.line}` {f.message}" for f in o.follow_ups]
             if o.tests is not None:
                 cov = f", coverage {o.tests.coverage:.1f}%" if o.tests.coverage is not None else ""
                 out.append(
@@ -167,6 +236,18 @@ def markdown_report(r: FinalResult, late: list[str]) -> str:
                 f'  Reviewer ({k.reviewer_concern}): "{k.reviewer_position}"',
                 f"  **{k.winner} wins** by rule `{k.rule}` — {k.decision}",
             ]
+    if r.needs_attention:
+        out += ["", "## Needs a human or an LLM developer", ""]
+        out += [f"- **{i.severity}** `{i.rule}` {i.file}:{i.line} — {i.message}" for i in r.needs_attention]
+    reruns = [s for s in r.steps if len(s.runs) > 1]
+    if reruns:
+        out += ["", "## Steps that ran more than once", ""]
+        for s in reruns:
+            runs = ", ".join(
+                f"attempt {x.attempt} on {x.instance_id} (run {x.run_id}: {x.outcome.replace('_', ' ')})"
+                for x in s.runs
+            )
+            out.append(f"- {s.step_id}: {runs}; applied: {s.applied_run or 'none'}")
     if r.recoveries:
         out += ["", "## Recoveries", ""]
         for rec in r.recoveries:

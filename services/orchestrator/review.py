@@ -5,7 +5,10 @@ or above the threshold and no open HIGH finding) ends the loop. Otherwise a
 ``<origin>.fixN`` developer step (with the findings) and a
 ``<origin>.reviewN+1`` re-review are inserted after the review, and later
 steps are re-wired to wait for the re-review; after ``review_max_rounds`` fix
-rounds the task fails. A fix result may dispute findings: the conflict policy
+rounds the task fails. A fix round that changed nothing (no change, no
+dispute) ends the loop at once: another review would find the same, so the
+task fails with the open findings listed as needing a human or an LLM
+developer (``needs_attention``). A fix result may dispute findings: the conflict policy
 (``policy.py``) decides each one; a developer win waives the finding, a
 reviewer win sends it back as a ``<fix>.must`` step that may not dispute again.
 """
@@ -13,29 +16,30 @@ reviewer win sends it back as a ``<fix>.must`` step that may not dispute again.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import msgspec
 
+from services.orchestrator.config import Ending, EngineConfig
+from services.orchestrator.emit import Emitter
+from services.orchestrator.policy import ConflictPolicy
 from services.orchestrator.state import StepState, WorkflowState
-from shared.protocol import Dispute, Issue, ReviewOutput
+from shared.protocol import DevelopmentOutput, Dispute, Issue, ReviewOutput
+from shared.tools.scoring import blocks
 
-if TYPE_CHECKING:
-    from services.orchestrator.workflow import Engine
-
-__all__ = ["review_verdict", "resolve_disputes", "insert_after"]
+__all__ = ["review_verdict", "resolve_disputes", "insert_after", "no_progress"]
 
 logger = logging.getLogger(__name__)
 
 
-def review_verdict(engine: Engine, st: WorkflowState, step: StepState, out: ReviewOutput, now: float) -> None:
-    """Approve, or insert the next fix round and re-review, or fail at the round cap."""
-    config = engine.config
+def review_verdict(
+    config: EngineConfig, emit: Emitter, st: WorkflowState, step: StepState, out: ReviewOutput, now: float
+) -> Ending | None:
+    """Approve, or insert the next fix round and re-review, or end the task at the round cap."""
     st.score_history.append(out.score)
-    blocking = [i for i in out.issues if i.severity == "HIGH" and i.id not in st.waived]
+    blocking = [i for i in out.issues if (blocks(i) or i.id in out.blocking) and i.id not in st.waived]
     approved = out.score >= config.review_threshold and not blocking
     origin = step.origin or step.id
-    engine.emit.metric(
+    emit.metric(
         st,
         "review_verdict",
         now,
@@ -47,7 +51,7 @@ def review_verdict(engine: Engine, st: WorkflowState, step: StepState, out: Revi
     history = " → ".join(str(s) for s in st.score_history)
     if approved:
         st.approved = True
-        engine.emit.event(
+        emit.event(
             st,
             "approved",
             f"[Orchestrator] {origin} approved (score {out.score}/100; history {history})",
@@ -55,18 +59,16 @@ def review_verdict(engine: Engine, st: WorkflowState, step: StepState, out: Revi
             step_id=step.id,
             score=out.score,
         )
-        return
+        return None
     st.approved = False
     if step.round >= config.review_max_rounds:
-        engine.finish(
-            st,
-            now,
+        st.needs_attention = [i for i in out.issues if i.id not in st.waived]
+        return Ending(
             "failed",
             f"review cap reached: {origin} not approved after {step.round} fix rounds "
             f"(scores {history}; threshold {config.review_threshold}; "
             f"{len(blocking)} HIGH finding(s) open)",
         )
-        return
     findings = [i for i in out.issues if i.id not in st.waived]
     n = step.round + 1
     fix = StepState(
@@ -97,7 +99,7 @@ def review_verdict(engine: Engine, st: WorkflowState, step: StepState, out: Revi
     insert_after(st, step, [fix, rereview], rewire_to=rereview.id)
     why = [f"score {out.score} < {config.review_threshold}"] if out.score < config.review_threshold else []
     why += [f"{len(blocking)} HIGH finding(s) open"] if blocking else []
-    engine.emit.event(
+    emit.event(
         st,
         "fix_requested",
         f"[Orchestrator] Review of {origin} not approved ({'; '.join(why)}): "
@@ -106,6 +108,7 @@ def review_verdict(engine: Engine, st: WorkflowState, step: StepState, out: Revi
         step_id=fix.id,
         score=out.score,
     )
+    return None
 
 
 def insert_after(st: WorkflowState, step: StepState, new: list[StepState], rewire_to: str) -> None:
@@ -119,10 +122,14 @@ def insert_after(st: WorkflowState, step: StepState, new: list[StepState], rewir
 
 
 def resolve_disputes(
-    engine: Engine, st: WorkflowState, step: StepState, disputes: list[Dispute], now: float
+    policy: ConflictPolicy,
+    emit: Emitter,
+    st: WorkflowState,
+    step: StepState,
+    disputes: list[Dispute],
+    now: float,
 ) -> None:
     """Decide each disputed finding of a fix step by policy; re-send the lost ones as must-fix."""
-    policy = engine.config.policy
     findings = msgspec.convert(step.input_data.get("findings", []), list[Issue])
     by_id = {i.id: i for i in findings}
     already_forced = set(step.input_data.get("must_fix", []))
@@ -132,7 +139,7 @@ def resolve_disputes(
         if issue is None:
             continue
         if issue.id in already_forced:
-            engine.emit.event(
+            emit.event(
                 st,
                 "dispute_overruled",
                 f"[Orchestrator] {issue.rule} was already decided: must fix",
@@ -150,8 +157,8 @@ def resolve_disputes(
                 f"Final Decision: {conflict.decision}",
             ]
         )
-        engine.emit.event(st, "conflict_resolved", text, now, step_id=step.id, conflict=conflict)
-        engine.emit.metric(st, "conflict_resolved", now, step_id=step.id)
+        emit.event(st, "conflict_resolved", text, now, step_id=step.id, conflict=conflict)
+        emit.metric(st, "conflict_resolved", now, step_id=step.id)
         if conflict.winner == "developer":
             st.waived.append(issue.id)
         else:
@@ -174,3 +181,16 @@ def resolve_disputes(
             round=step.round,
         )
         insert_after(st, step, [forced], rewire_to=forced.id)
+
+
+def no_progress(st: WorkflowState, step: StepState, out: DevelopmentOutput) -> Ending:
+    """A fix round changed nothing: end the loop, listing what is left for a human or an LLM developer."""
+    findings = msgspec.convert(step.input_data.get("findings", []), list[Issue])
+    st.needs_attention = [i for i in findings if i.id not in st.waived]
+    origin = step.origin or step.id
+    history = " → ".join(str(s) for s in st.score_history)
+    return Ending(
+        "failed",
+        f"review loop of {origin} stopped: fix round {step.round} changed nothing ({out.summary}); "
+        f"{len(st.needs_attention)} finding(s) need a human or an LLM developer (scores {history})",
+    )

@@ -7,8 +7,10 @@ back once if it changed (revision-checked), then publish the outbox with dedup
 ids, all at once, awaiting the acks together. The outbox is cleared lazily: a
 published entry leaves the state with the task's next write (or a final write
 when the task ends); a crash in between re-publishes it, which the stream's
-dedup window absorbs. A ``StepStarted`` is applied in memory and its event
-published, without a write. Different tasks run concurrently; messages of one
+dedup window absorbs. A ``StepStarted`` is a transition like any other (one
+write): applied only in memory, a second orchestrator (or this one after a
+reload) would number the next event with the same ``seq`` and lose the run from
+``StepRecord.runs``. Different tasks run concurrently; messages of one
 task are applied in stream order. That keeps a killed orchestrator resumable
 and lets two instances run side by side, adding throughput.
 """
@@ -31,18 +33,18 @@ from nats.micro.request import Request
 
 from services.orchestrator.plan import plan_from_template, templates, validate_plan
 from services.orchestrator.policy import ConflictPolicy
-from services.orchestrator.state import Outgoing, WorkflowState, encode_state, state_decoder
+from services.orchestrator.state import Outgoing, WorkflowState, state_decoder
 from services.orchestrator.workflow import Engine, EngineConfig
 from shared.bus import Bus
 from shared.consumer import DECODE_ERRORS, Delivery, KeyedLocks, Rejected, SupervisedConsumer
 from shared.errors import CadreError, InvalidSubjectToken, PlanError
+from shared.outputs import offload_step_output
 from shared.protocol import (
     CancelReply,
     FinalResult,
     Heartbeat,
     Plan,
     StepMessage,
-    StepStarted,
     TaskEvent,
     TaskSubmission,
     cancel_decoder,
@@ -128,6 +130,7 @@ class OrchestratorService(Lifecycle):
             review_threshold=s.review_threshold,
             review_max_rounds=s.review_max_rounds,
             policy=ConflictPolicy(tuple(s.conflict_policy)),
+            max_message_bytes=self.bus.nc.max_payload or 1024 * 1024,  # engine: bounded state
         )
         self.engine = Engine(s.subjects, config, s.instance_id)
         self._shell = ServiceShell(self.bus, "orchestrator", s.instance_id, s.heartbeat_interval)
@@ -244,8 +247,12 @@ class OrchestratorService(Lifecycle):
 
     # --- the one way to change a workflow --------------------------------------------------------
     def _encode(self, st: WorkflowState) -> bytes:
-        """The bytes written to KV for ``st`` (the one place a state is encoded for storage)."""
-        return encode_state(st)
+        """The bytes written to KV for ``st`` (the one place a state is encoded for storage).
+
+        The engine's size guard: a state that would outgrow the message limit is compacted,
+        or its task ends failed with that reason (``Engine.encode``).
+        """
+        return self.engine.encode(st, now())
 
     async def _load(self, task_id: str) -> _Cached | None:
         try:
@@ -438,44 +445,12 @@ class OrchestratorService(Lifecycle):
             token(step_msg.task_id)
         except InvalidSubjectToken as exc:
             raise Rejected(f"step message with an unusable task id: {exc}") from exc
-        if isinstance(step_msg, StepStarted):
-            await self._on_started(step_msg)
-            return
+        step_msg = await offload_step_output(self.bus, step_msg)  # engine: large outputs by reference
         found = await self._mutate(
             step_msg.task_id, lambda st, t: self.engine.on_step_message(st, step_msg, t)
         )
         if found is None:
             raise Rejected(f"unknown task {step_msg.task_id!r}")
-
-    async def _on_started(self, started: StepStarted) -> None:
-        """Apply a started notice in memory and publish its event: no KV write.
-
-        The holder and start time reach KV with the task's next write. The event gets
-        its own dedup id, so an instance that never saw this notice cannot collide with it.
-        """
-        task_id = started.task_id
-        async with self._locks.hold(task_id):
-            cached = self._cache.get(task_id) or await self._load(task_id)
-            if cached is None:
-                raise Rejected(f"unknown task {task_id!r}")
-            st = cached.state
-            if st.status != "running":
-                return  # a late notice for a finished task: nothing to show
-            self._cache[task_id] = cached
-            before = len(st.outbox)
-            try:
-                changed = self.engine.on_step_message(st, started, now())
-            except BaseException:
-                self._cache.pop(task_id, None)
-                raise
-            if not changed:
-                return
-            fresh = st.outbox[before:]
-            del st.outbox[before:]
-            base = f"{task_id}.started.{started.step_id}.{started.attempt}.{started.instance_id}"
-            await self._publish_all(
-                [msgspec.structs.replace(o, id=f"{base}.{i}") for i, o in enumerate(fresh)]
-            )
 
     async def _on_max_deliveries(self, msg: Msg) -> None:
         """JetStream gave up redelivering a work item: take it off the queue and re-plan the step."""

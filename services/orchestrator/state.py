@@ -8,23 +8,41 @@ restart by flushing again.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
+from shared.outputs import shorten
 from shared.protocol import (
     ArtifactRef,
     Conflict,
+    Issue,
     Plan,
     Recovery,
+    ReviewOutput,
+    Role,
     StepResult,
+    StepRun,
     TaskSubmission,
     TestReport,
 )
 
-__all__ = ["Outgoing", "StepState", "WorkflowState", "state_decoder", "encode_state", "TERMINAL"]
+__all__ = [
+    "compact",
+    "Outgoing",
+    "StepState",
+    "StepStatus",
+    "WorkflowState",
+    "WorkflowStatus",
+    "state_decoder",
+    "encode_state",
+    "TERMINAL",
+]
 
-TERMINAL = frozenset({"completed", "failed", "unsupported", "cancelled"})
+StepStatus = Literal["pending", "running", "completed", "failed", "unsupported", "cancelled"]
+WorkflowStatus = Literal["running", "completed", "failed", "cancelled"]
+
+TERMINAL: frozenset[StepStatus] = frozenset({"completed", "failed", "unsupported", "cancelled"})
 
 
 class Outgoing(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,13 +58,13 @@ class StepState(msgspec.Struct, kw_only=True):
     """One step of the workflow: a plan step, or one added by the review loop or a conflict."""
 
     id: str
-    role: str
+    role: Role
     task_type: str
     description: str
     depends_on: list[str] = []
     inputs: dict[str, str] = {}
     review_loop: bool = False
-    status: str = "pending"  # pending | running | completed | failed | unsupported | cancelled
+    status: StepStatus = "pending"
     attempt: int = 0
     instance_id: str | None = None
     dispatched_at: float = 0.0
@@ -60,6 +78,7 @@ class StepState(msgspec.Struct, kw_only=True):
     result: StepResult | None = None
     inline_output: Any = None  # a step the orchestrator ran itself (design)
     finished_at: float = 0.0
+    runs: list[StepRun] = []  # every run seen, re-runs of one attempt included
 
 
 class WorkflowState(msgspec.Struct, kw_only=True):
@@ -67,7 +86,7 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     submission: TaskSubmission
     plan: Plan
     steps: list[StepState]
-    status: str = "running"  # running | completed | failed | cancelled
+    status: WorkflowStatus = "running"
     reason: str = ""
     workspace: ArtifactRef | None = None
     latest_tests: TestReport | None = None
@@ -77,8 +96,10 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     waived: list[str] = []
     must_fix: list[str] = []
     late_results: list[str] = []
+    needs_attention: list[Issue] = []  # findings a review loop left open
     approved: bool = False
-    seq: int = 0
+    seq: int = 0  # the last trace event's number: events only, so it is contiguous
+    metric_seq: int = 0  # numbers metrics' dedup ids, apart from the events
     outbox: list[Outgoing] = []
     started_at: float = 0.0
     finished_at: float = 0.0
@@ -94,3 +115,24 @@ _encoder = msgspec.json.Encoder()
 
 def encode_state(state: WorkflowState) -> bytes:
     return _encoder.encode(state)
+
+
+def compact(state: WorkflowState) -> None:
+    """Drop what an ended task no longer needs from its state: step inputs, bulky outputs.
+
+    Used when a state would not fit one KV value; outputs keep a short copy
+    (their full text stays in each result's ``output_ref`` when it has one).
+    """
+    sub = state.submission
+    state.submission = msgspec.structs.replace(sub, task=msgspec.structs.replace(sub.task, input_data={}))
+    for step in state.steps:
+        step.input_data = {}
+        res = step.result
+        if res is not None:
+            out = shorten(res.output, 2048) if res.output is not None else None
+            if isinstance(out, ReviewOutput) and len(out.issues) > 20:
+                out = msgspec.structs.replace(out, issues=out.issues[:20])
+            step.result = msgspec.structs.replace(res, output=out, issues=[])
+    state.late_results = state.late_results[-50:]
+    # work items of an ending task are moot (its steps are cancelled); events and results stay
+    state.outbox = [o for o in state.outbox if not (o.id.endswith(".work") and len(o.data) > 64 * 1024)]

@@ -20,6 +20,11 @@ A task's path through the engine:
    (``on_undeliverable``), goes to failure recovery (``recovery.py``).
 4. ``finish`` (or ``cancel``) cancels what still runs and publishes the
    aggregated ``FinalResult`` (``report.py``).
+
+The helpers take the config and the ``Emitter``, never the engine: when a
+task must end they return an ``Ending`` (``config.py``) and the engine
+applies it, so only ``finish`` ends a task. ``encode`` is the size guard every
+KV write goes through (bounded state: see docs/orchestrator.md).
 """
 
 from __future__ import annotations
@@ -28,36 +33,69 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 
+import msgspec
+
 from services.orchestrator import trace
+from services.orchestrator.config import Ending, EngineConfig
 from services.orchestrator.dispatch import dispatch, run_inline
 from services.orchestrator.emit import Emitter
-from services.orchestrator.policy import ConflictPolicy
 from services.orchestrator.recovery import HealthProbe, recover
 from services.orchestrator.report import final_result
-from services.orchestrator.review import resolve_disputes, review_verdict
-from services.orchestrator.state import StepState, WorkflowState
+from services.orchestrator.review import no_progress, resolve_disputes, review_verdict
+from services.orchestrator.state import StepState, WorkflowState, WorkflowStatus, compact, encode_state
 from shared.protocol import (
     DevelopmentOutput,
     Plan,
     ReviewOutput,
+    RunOutcome,
     StepResult,
+    StepRun,
     StepStarted,
     TaskSubmission,
+    encode,
 )
 from shared.subjects import Subjects
 
-__all__ = ["Engine", "EngineConfig"]
+__all__ = ["Engine", "EngineConfig", "Ending", "run_key"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EngineConfig:
-    step_deadline: float = 1800.0
-    max_attempts: int = 3
-    review_threshold: int = 90
-    review_max_rounds: int = 3
-    policy: ConflictPolicy = ConflictPolicy()
+def run_key(msg: StepStarted | StepResult) -> str:
+    """The run a message belongs to (agents before run ids: one run per instance and attempt)."""
+    return msg.run_id or f"{msg.instance_id}#{msg.attempt}"
+
+
+def _run(step: StepState, run_id: str) -> StepRun:
+    return next(
+        (r for r in step.runs if r.run_id == run_id), StepRun(run_id=run_id, attempt=0, instance_id="")
+    )
+
+
+def _record_run(step: StepState, res: StepResult, run_id: str, outcome: RunOutcome, now: float) -> None:
+    """Mark a run's result on the step (adding the run when its started notice was never seen)."""
+    run = StepRun(
+        run_id=run_id,
+        attempt=res.attempt,
+        instance_id=res.instance_id,
+        started_at=res.timings.started_at,
+        finished_at=res.timings.finished_at or now,
+        outcome=outcome,
+        status=res.status,
+    )
+    idx = next((n for n, r in enumerate(step.runs) if r.run_id == run_id), None)
+    if idx is None:
+        step.runs.append(run)
+    else:
+        step.runs[idx] = msgspec.structs.replace(run, started_at=step.runs[idx].started_at or run.started_at)
+
+
+def _stale_why(step: StepState, attempt: int) -> str:
+    if step.attempt != attempt:
+        return f"stale attempt: the step is at attempt {step.attempt}"
+    if step.result is not None:
+        return "the step already has the result of another run"
+    return f"step no longer running ({step.status})"
 
 
 @dataclass(frozen=True)
@@ -89,6 +127,10 @@ class Engine:
             )
             for p in plan.steps
         ]
+        if sub.workspace is not None and "files" in sub.task.input_data:
+            # inline files were packed into the workspace: the state keeps the reference only
+            data = {k: v for k, v in sub.task.input_data.items() if k != "files"}
+            sub = msgspec.structs.replace(sub, task=msgspec.structs.replace(sub.task, input_data=data))
         st = WorkflowState(
             task_id=task_id, submission=sub, plan=plan, steps=steps, workspace=sub.workspace, started_at=now
         )
@@ -112,54 +154,36 @@ class Engine:
             for step in st.steps:
                 if step.status == "pending" and set(step.depends_on) <= done:
                     if step.role == "orchestrator":
-                        run_inline(self, st, step, now)
+                        run_inline(self.emit, st, step, now)
                         progressed = True
                     else:
-                        dispatch(self, st, step, now)
+                        dispatch(self.config, self.emit, st, step, now)
         if all(s.status == "completed" for s in st.steps):
             self.finish(st, now, "completed", "")
 
     # --- agent messages --------------------------------------------------------------------------
     def on_step_message(self, st: WorkflowState, msg: StepStarted | StepResult, now: float) -> bool:
-        """Apply a started notice or a result. Returns False when nothing changed."""
+        """Apply a started notice or a result. Returns False when nothing changed.
+
+        Every run is recorded on its step (``runs``), a re-run of one attempt
+        included. A result for a superseded attempt, a finished step or a
+        second run is recorded as ``late_result`` and never applied; one that
+        arrives after the task's final event goes to the dead letters instead,
+        so the final event stays the last one.
+        """
+        if st.status != "running":
+            return self._after_end(st, msg, now)
         step = st.step(msg.step_id)
+        if step is None:
+            return False
         if isinstance(msg, StepStarted):
-            if step is None or step.status != "running" or step.attempt != msg.attempt:
-                return False
-            step.instance_id = msg.instance_id
-            step.started_at = msg.started_at
-            self.emit.event(
-                st,
-                "step_started",
-                f"{trace.actor(msg.role)} {msg.instance_id} started {step.id} (attempt {msg.attempt})",
-                now,
-                step_id=step.id,
-                role=msg.role,
-                attempt=msg.attempt,
-            )
-            return True
-        key = f"{msg.step_id}:{msg.attempt}:{msg.instance_id}"
-        if step is None or step.status != "running" or step.attempt != msg.attempt or st.status != "running":
-            if key in st.late_results:
-                return False
-            st.late_results.append(key)
-            why = (
-                "stale attempt"
-                if step is not None and step.attempt != msg.attempt
-                else "step no longer running"
-            )
-            self.emit.event(
-                st,
-                "late_result",
-                f"[Orchestrator] Recorded, not applied: {msg.role} result for {msg.step_id} "
-                f"attempt {msg.attempt} from {msg.instance_id} ({why})",
-                now,
-                step_id=msg.step_id,
-                role=msg.role,
-                attempt=msg.attempt,
-            )
-            return True
+            return self._on_started(st, step, msg, now)
+        run_id = run_key(msg)
+        current = step.status == "running" and step.attempt == msg.attempt
+        if not current or _run(step, run_id).outcome != "no_result" or step.result is not None:
+            return self._late(st, step, msg, run_id, now)
         step.instance_id = msg.instance_id
+        _record_run(step, msg, run_id, "applied", now)
         if msg.status == "completed":
             self._apply_completed(st, step, msg, now)
             self.advance(st, now)
@@ -167,17 +191,89 @@ class Engine:
         self.emit.event(
             st, "step_failed", trace.returned(msg), now, step_id=step.id, role=msg.role, attempt=msg.attempt
         )
-        if msg.status == "unsupported":
-            # a capability the brain lacks: another attempt cannot help
+        if msg.status == "unsupported" or not msg.retryable:
+            # a capability the brain lacks, or an error that says so: another attempt cannot help
             step.result = msg
-            step.status = "unsupported"
+            step.status = "unsupported" if msg.status == "unsupported" else "failed"
             step.finished_at = now
-            self.finish(
-                st, now, "failed", f"step {step.id} ({step.role}) cannot be done: {msg.error or msg.summary}"
-            )
+            why = "cannot be done" if msg.status == "unsupported" else "failed (not retryable)"
+            self.finish(st, now, "failed", f"step {step.id} ({step.role}) {why}: {msg.error or msg.summary}")
             return True
-        recover(self, st, step, now, f"Failed: {msg.error or msg.summary}", health="reported failure")
+        reason = f"Failed: {msg.error or msg.summary}"
+        self._end(
+            st, now, recover(self.config, self.emit, st, step, now, reason, "reported failure", "failure")
+        )
         self.advance(st, now)
+        return True
+
+    def _on_started(self, st: WorkflowState, step: StepState, msg: StepStarted, now: float) -> bool:
+        run_id = run_key(msg)
+        if any(r.run_id == run_id for r in step.runs):
+            return False
+        earlier = [r for r in step.runs if r.attempt == msg.attempt]
+        step.runs.append(
+            StepRun(
+                run_id=run_id, attempt=msg.attempt, instance_id=msg.instance_id, started_at=msg.started_at
+            )
+        )
+        current = step.status == "running" and step.attempt == msg.attempt
+        text = f"{trace.actor(msg.role)} {msg.instance_id} started {step.id} (attempt {msg.attempt}"
+        if earlier:
+            text += (
+                f", run {len(earlier) + 1}: a re-run; earlier on {', '.join(r.instance_id for r in earlier)}"
+            )
+        text += ")"
+        if current and step.result is None:
+            step.instance_id = msg.instance_id
+            step.started_at = msg.started_at
+        else:
+            text += " — its result will not be applied (" + _stale_why(step, msg.attempt) + ")"
+        self.emit.event(
+            st,
+            "step_started",
+            text,
+            now,
+            step_id=step.id,
+            role=msg.role,
+            attempt=msg.attempt,
+            detail=f"run {run_id}" + (" (re-run)" if earlier else ""),
+        )
+        return True
+
+    def _late(self, st: WorkflowState, step: StepState, msg: StepResult, run_id: str, now: float) -> bool:
+        key = f"{msg.step_id}:{msg.attempt}:{run_id}"
+        if key in st.late_results or _run(step, run_id).outcome == "applied":
+            return False  # a copy of a result already recorded
+        st.late_results.append(key)
+        why = _stale_why(step, msg.attempt)
+        _record_run(step, msg, run_id, "not_applied", now)
+        self.emit.event(
+            st,
+            "late_result",
+            f"[Orchestrator] Recorded, not applied: {msg.role} result for {msg.step_id} "
+            f"attempt {msg.attempt} from {msg.instance_id} ({why})",
+            now,
+            step_id=msg.step_id,
+            role=msg.role,
+            attempt=msg.attempt,
+            detail=f"run {run_id}",
+        )
+        return True
+
+    def _after_end(self, st: WorkflowState, msg: StepStarted | StepResult, now: float) -> bool:
+        """A message for a task that already ended: a result goes to the dead letters, once."""
+        if isinstance(msg, StepStarted):
+            return False  # an agent took the item just before the end; its result will tell
+        key = f"{msg.step_id}:{msg.attempt}:{run_key(msg)}"
+        step = st.step(msg.step_id)
+        if key in st.late_results or (step is not None and _run(step, run_key(msg)).outcome == "applied"):
+            return False  # already told, or a redelivered copy of a result the task applied
+        st.late_results.append(key)
+        reason = (
+            f"late result: task {st.task_id} already {st.status}; {msg.role} result for {msg.step_id} "
+            f"attempt {msg.attempt} from {msg.instance_id} arrived after the final event"
+        )
+        self.emit.dead_letter(st, self.subjects.step_result(st.task_id), encode(msg), reason, now)
         return True
 
     def _apply_completed(self, st: WorkflowState, step: StepState, res: StepResult, now: float) -> None:
@@ -201,9 +297,12 @@ class Engine:
             score=res.score,
         )
         if isinstance(out, ReviewOutput) and step.review_loop:
-            review_verdict(self, st, step, out, now)
-        elif isinstance(out, DevelopmentOutput) and out.disputes and step.task_type == "fix":
-            resolve_disputes(self, st, step, out.disputes, now)
+            self._end(st, now, review_verdict(self.config, self.emit, st, step, out, now))
+        elif isinstance(out, DevelopmentOutput) and step.task_type == "fix":
+            if out.disputes:
+                resolve_disputes(self.config.policy, self.emit, st, step, out.disputes, now)
+            elif not out.changes and step.origin is not None:
+                self._end(st, now, no_progress(st, step, out))
 
     # --- failure detection (recovery itself is recovery.py) ----------------------------------------
     def on_tick(self, st: WorkflowState, now: float, health: HealthProbe) -> bool:
@@ -214,14 +313,11 @@ class Engine:
         for step in list(st.steps):
             if step.status == "running" and step.deadline and now > step.deadline:
                 took = now - step.dispatched_at
-                recover(
-                    self,
-                    st,
-                    step,
-                    now,
-                    f"Timeout (agent took >{took:.0f}s, deadline {self.config.step_deadline:.0f}s)",
-                    health(step.instance_id),
+                reason = f"Timeout (agent took >{took:.0f}s, deadline {self.config.step_deadline:.0f}s)"
+                ending = recover(
+                    self.config, self.emit, st, step, now, reason, health(step.instance_id), "timeout"
                 )
+                self._end(st, now, ending)
                 changed = True
         if changed:
             self.advance(st, now)
@@ -235,9 +331,37 @@ class Engine:
         if st.status != "running" or step is None or step.status != "running" or step.attempt != attempt:
             return False
         reason = f"Undeliverable (MaxDeliver: {deliveries} deliveries without an ack)"
-        recover(self, st, step, now, reason, health(step.instance_id))
+        health_word = health(step.instance_id)
+        self._end(
+            st, now, recover(self.config, self.emit, st, step, now, reason, health_word, "undeliverable")
+        )
         self.advance(st, now)
         return True
+
+    # --- the size guard ----------------------------------------------------------------------------
+    def encode(self, st: WorkflowState, now: float) -> bytes:
+        """The state's bytes for KV, never over ``max_state_bytes``.
+
+        Large outputs are already references (``shared/outputs.py``). Should a
+        state still outgrow the limit, its inline bulk is dropped (the task
+        cannot go on without it) and a running task ends ``failed`` with the
+        sizes as the reason; its latest workspace stays attached to the result.
+        """
+        data = encode_state(st)
+        limit = self.config.max_state_bytes
+        if len(data) <= limit:
+            return data
+        size = len(data)
+        logger.error("workflow state too large task=%s bytes=%d limit=%d", st.task_id, size, limit)
+        compact(st)
+        self.finish(
+            st,
+            now,
+            "failed",
+            f"workflow state too large: {size} bytes, over the {limit}-byte limit of one message; "
+            "step outputs were cut to fit and the task stopped (its partial workspace is attached)",
+        )
+        return encode_state(st)
 
     # --- the end -------------------------------------------------------------------------------------
     def cancel(self, st: WorkflowState, now: float, reason: str) -> bool:
@@ -251,7 +375,12 @@ class Engine:
         self.finish(st, now, "cancelled", reason)
         return True
 
-    def finish(self, st: WorkflowState, now: float, status: str, reason: str) -> None:
+    def _end(self, st: WorkflowState, now: float, ending: Ending | None) -> None:
+        """Apply a helper's decision to end the task (``None``: it goes on)."""
+        if ending is not None:
+            self.finish(st, now, ending.status, ending.reason)
+
+    def finish(self, st: WorkflowState, now: float, status: WorkflowStatus, reason: str) -> None:
         """End the task once: cancel running steps, publish the ``FinalResult`` and the final event."""
         if st.status != "running":
             return
@@ -262,7 +391,7 @@ class Engine:
             if step.status == "running":
                 self.emit.cancel(st, step, f"task {status}")
                 step.status = "cancelled"
-        self.emit.result(st, final_result(st))
+        self.emit.result(st, final_result(st, self.config.max_result_bytes))
         if status == "completed":
             text = "[Orchestrator] → Final Output:\n  - Aggregated results\n  - Final report\n  - " + (
                 "Ready for deployment" if st.approved or not st.score_history else "Not approved"

@@ -20,7 +20,7 @@ import msgspec
 from shared.brains import BrainResult, StepContext
 from shared.protocol import ReviewOutput, TestReport, WorkItem
 from shared.settings import Settings
-from shared.tools.analysis import analyze, python_files, score, verdict
+from shared.tools.analysis import analyze, blocking, python_files, score, verdict
 
 __all__ = ["BuiltinReviewer", "NO_WORKSPACE", "NO_PYTHON", "OpenReview", "bad_input", "open_review"]
 
@@ -79,13 +79,19 @@ class BuiltinReviewer:
         issues = [i for i in found if i.id not in waived]
         total, breakdown = score(issues, tests)
         decision = verdict(total, issues, threshold)
+        blockers = blocking(issues)
         counts = Counter(i.severity for i in issues)
         tally = ", ".join(f"{counts[sev]} {sev}" for sev in ("HIGH", "MEDIUM", "LOW"))
         notes = []
-        if tests is not None and not tests.ok:
+        not_run = getattr(tests, "environment_error", None)  # set by the sandboxed test runner
+        if not_run:
+            notes.append(f"tests could not run here ({not_run}); not counted")
+        elif tests is not None and not tests.ok:
             notes.append(f"tests failing ({tests.failed} failed, {tests.errors} errors)")
         if tests is not None and tests.coverage is not None and breakdown["coverage"]:
             notes.append(f"coverage {tests.coverage:.0f}% below target")
+        if blockers:
+            notes.append(f"{len(blockers)} blocking (HIGH, or security MEDIUM+) must be fixed to approve")
         if len(found) > len(issues):
             notes.append(f"{len(found) - len(issues)} finding(s) waived by the conflict policy")
         extra = f"; {'; '.join(notes)}" if notes else ""
@@ -97,6 +103,12 @@ class BuiltinReviewer:
             "review done step=%s score=%d verdict=%s issues=%d", item.step_id, total, decision, len(issues)
         )
         output = ReviewOutput(
-            summary=summary, score=total, verdict=decision, issues=issues, breakdown=breakdown, tests=tests
+            summary=summary,
+            score=total,
+            verdict=decision,
+            issues=issues,
+            breakdown=breakdown,
+            tests=tests,
+            blocking=blockers,
         )
         return BrainResult("completed", summary, output=output, issues=issues, score=total)

@@ -3,51 +3,72 @@
 ``analyze`` runs three real tools from the current interpreter's environment
 (``sys.executable -m ...``, never whatever is on PATH):
 
-- **bandit** (security) on every non-test Python file, ignoring ``# nosec``
-  (a security reviewer does not trust the author's suppressions). B404 and B603
-  are skipped: they flag every use of ``subprocess``, even the safe form.
+- **bandit** (security) on every Python file that is not test code, ignoring
+  ``# nosec`` (a security reviewer does not trust the author's suppressions).
+  Test code is ``test_*.py``, ``*_test.py``, ``tests.py``, ``conftest.py``, and a
+  file under a ``tests``/``test`` folder that holds tests or fixtures; any other
+  file there (a script, a scanner) is reviewed like the rest. B404 and B603 are
+  skipped: they flag every use of ``subprocess``, even the safe form.
 - **ruff** (quality) with ``--isolated`` (the workspace is judged on its own, not
   by its own config) and rules E4/E7/E9, F, W, B, PERF on every Python file.
+  ``F401`` on an import of the package's own modules in ``__init__.py`` is a
+  re-export, not a finding.
 - **radon** (complexity) on every Python file: a function with cyclomatic
   complexity above 10 is a finding.
 
-Mapping: bandit keeps its severity, concern ``security``. Ruff F-codes are
-MEDIUM, other codes LOW; F and B are ``correctness``, PERF ``performance``,
-E/W ``style``; a syntax error is HIGH ``correctness``. Complexity above 15 is
-MEDIUM, above 10 LOW, concern ``style``. Issue ids are
+Mapping: bandit keeps its severity, concern ``security``, except a hard-coded
+secret whose name says it is a key or secret (``SECRET_KEY``, ``jwt_secret``,
+``api_key``): MEDIUM, since whoever reads the code can sign tokens. Ruff
+F-codes are MEDIUM, other codes LOW; F and B are ``correctness``, PERF
+``performance``, E/W ``style``; a syntax error is HIGH ``correctness``.
+Complexity above 15 is MEDIUM, above 10 LOW, concern ``style``. Issue ids are
 ``sha1(tool, rule, file, normalised source line)[:12]``: line numbers shift
 when code above is fixed, so they are not part of the id.
 
-Score (``score``), out of 100, floor 0::
-
-    100 - 4 per HIGH - 2 per MEDIUM - 1 per LOW (LOW total capped at 10)
-        - 20 if the developer's tests failed or errored
-        - 5 if their coverage (percent) is below 80
-
-Verdict (``verdict``): ``approved`` iff score >= threshold and no HIGH issue.
+The score, the blocking rule and the verdict are in ``shared.tools.scoring``
+(re-exported here).
 Everything is deterministic: same files in, same issues and score out.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from radon.visitors import Class, ComplexityVisitor, Function
 
 from shared.errors import ToolFailed
-from shared.protocol import Concern, Issue, Severity, TestReport
+from shared.protocol import Concern, Issue, Severity
+from shared.tools.scoring import (
+    CORRECTNESS_CAP,
+    COVERAGE_PENALTY,
+    COVERAGE_TARGET,
+    LOW_CAP,
+    STYLE_CAP,
+    TESTS_FAILED_PENALTY,
+    WEIGHTS,
+    blocking,
+    blocks,
+    score,
+    verdict,
+)
 from shared.workspace import SKIP_DIRS
 
 __all__ = [
     "WEIGHTS",
     "LOW_CAP",
+    "CORRECTNESS_CAP",
+    "STYLE_CAP",
+    "blocking",
+    "blocks",
     "TESTS_FAILED_PENALTY",
     "COVERAGE_PENALTY",
     "COVERAGE_TARGET",
@@ -60,11 +81,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS: dict[str, int] = {"HIGH": 4, "MEDIUM": 2, "LOW": 1}
-LOW_CAP = 10
-TESTS_FAILED_PENALTY = 20
-COVERAGE_PENALTY = 5
-COVERAGE_TARGET = 80.0
 COMPLEXITY_LOW = 10
 COMPLEXITY_MEDIUM = 15
 
@@ -98,15 +114,27 @@ _BANDIT_ADVICE = {
 }
 
 
-def is_test_file(rel: Path) -> bool:
-    """Test code: under a tests/test folder, test_*.py, *_test.py or conftest.py."""
-    name = rel.name
-    return (
-        any(part in ("tests", "test") for part in rel.parts[:-1])
-        or name.startswith("test_")
-        or name.endswith("_test.py")
-        or name == "conftest.py"
-    )
+_TEST_NAMES = re.compile(r"^(test_.*|.*_test|tests|conftest)\.py$")
+# what makes a file under a tests/ folder test code: test functions, test classes or fixtures
+_TEST_CODE = re.compile(
+    r"^\s*(?:async\s+)?def\s+test|^\s*class\s+Test|^\s*(?:import|from)\s+(?:pytest|unittest)\b|@pytest\.",
+    re.MULTILINE,
+)
+
+
+def is_test_file(rel: Path, text: str | None = None) -> bool:
+    """Test code: ``test_*.py``, ``*_test.py``, ``tests.py`` (Django), ``conftest.py``, or a file
+    under a ``tests``/``test`` folder whose ``text`` holds tests or fixtures.
+
+    A script that merely lives in a tests folder (a scanner, a data generator) is
+    not test code: it runs with real effects, so it gets the security review.
+    Without ``text``, any file under such a folder counts as test code.
+    """
+    if _TEST_NAMES.match(rel.name):
+        return True
+    if not any(part in ("tests", "test") for part in rel.parts[:-1]):
+        return False
+    return text is None or bool(_TEST_CODE.search(text))
 
 
 def python_files(workspace: Path) -> list[Path]:
@@ -168,8 +196,19 @@ def _rel(root: Path, name: str) -> str:
 _Raw = tuple[str, str, Severity, Concern, str, int | None, str, str]
 
 
-def _bandit(root: Path, files: list[Path]) -> Iterator[_Raw]:
-    targets = [f for f in files if not is_test_file(f)]
+_KEY_NAME = re.compile(r"secret|jwt|signing|api_?key|private_?key|_key\b|\bkey\b", re.IGNORECASE)
+
+
+def _bandit_severity(test_id: str, severity: Severity, line: str) -> Severity:
+    """Bandit's severity, but a hard-coded key or secret (bandit says LOW) is MEDIUM."""
+    left = line.split("=", 1)[0] if test_id == "B105" else line
+    if test_id in ("B105", "B106") and _KEY_NAME.search(left):
+        return "MEDIUM"
+    return severity
+
+
+def _bandit(root: Path, files: list[Path], sources: _Sources) -> Iterator[_Raw]:
+    targets = [f for f in files if not is_test_file(f, sources.text(f.as_posix()))]
     for chunk in _chunks(targets):
         out = _run_tool(
             ["bandit", "-q", "-f", "json", "--ignore-nosec", "-s", _BANDIT_SKIP, *chunk], root, (0, 1)
@@ -182,13 +221,15 @@ def _bandit(root: Path, files: list[Path]) -> Iterator[_Raw]:
             advice = _BANDIT_ADVICE.get(test_id, "")
             more = r.get("more_info", "")
             recommendation = f"{advice} See {more}".strip() if more else advice
+            rel = _rel(root, r["filename"])
+            line = r.get("line_number")
             yield (
                 "bandit",
                 f"bandit:{test_id}",
-                r["issue_severity"],
+                _bandit_severity(test_id, r["issue_severity"], sources.line(rel, line)),
                 "security",
-                _rel(root, r["filename"]),
-                r.get("line_number"),
+                rel,
+                line,
                 r["issue_text"],
                 recommendation,
             )
@@ -204,7 +245,31 @@ def _ruff_mapping(code: str) -> tuple[Severity, Concern]:
     return "LOW", "style"
 
 
-def _ruff(root: Path, files: list[Path]) -> Iterator[_Raw]:
+def _reexport_lines(text: str, package: str) -> set[int]:
+    """Lines of ``from .x import y`` / ``from <package>.x import y`` statements: an
+    ``__init__.py`` imports these to re-export them."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return set()
+    out: set[int] = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and (
+            node.level > 0 or (node.module or "").split(".")[0] == package
+        ):
+            out.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    return out
+
+
+def _is_reexport(rel: str, line: int | None, sources: _Sources) -> bool:
+    path = Path(rel)
+    if path.name != "__init__.py" or line is None:
+        return False
+    package = path.parent.name or ""
+    return line in _reexport_lines(sources.text(rel), package)
+
+
+def _ruff(root: Path, files: list[Path], sources: _Sources) -> Iterator[_Raw]:
     syntax_seen: set[str] = set()
     for chunk in _chunks(files):
         args = ["ruff", "check", "--isolated", "--no-cache", "--select", _RUFF_SELECT]
@@ -228,6 +293,8 @@ def _ruff(root: Path, files: list[Path]) -> Iterator[_Raw]:
                     "Fix the syntax so the module can be imported.",
                 )
                 continue
+            if code == "F401" and _is_reexport(rel, line, sources):
+                continue  # a package's __init__ importing its own modules re-exports them
             severity, concern = _ruff_mapping(code)
             fix = (d.get("fix") or {}).get("message") or ""
             url = d.get("url") or ""
@@ -280,7 +347,7 @@ def analyze(workspace: Path) -> list[Issue]:
     if not files:
         return []
     sources = _Sources(root)
-    raw = [*_bandit(root, files), *_ruff(root, files), *_complexity(files, sources)]
+    raw = [*_bandit(root, files, sources), *_ruff(root, files, sources), *_complexity(files, sources)]
     raw.sort(key=lambda r: (r[4], r[5] or 0, r[1], r[6]))
     issues: list[Issue] = []
     seen: dict[str, int] = {}
@@ -306,29 +373,3 @@ def analyze(workspace: Path) -> list[Issue]:
     issues.sort(key=_sort_key)
     logger.info("analysis done files=%d issues=%d", len(files), len(issues))
     return issues
-
-
-def score(issues: list[Issue], tests: TestReport | None) -> tuple[int, dict[str, int]]:
-    """The score out of 100 and each deduction (see the module docstring for the formula)."""
-    counts = {sev: sum(1 for i in issues if i.severity == sev) for sev in WEIGHTS}
-    breakdown = {
-        "base": 100,
-        "high": -WEIGHTS["HIGH"] * counts["HIGH"],
-        "medium": -WEIGHTS["MEDIUM"] * counts["MEDIUM"],
-        "low": -min(LOW_CAP, WEIGHTS["LOW"] * counts["LOW"]),
-        "tests": 0,
-        "coverage": 0,
-    }
-    if tests is not None:
-        if not tests.ok:
-            breakdown["tests"] = -TESTS_FAILED_PENALTY
-        if tests.coverage is not None and tests.coverage < COVERAGE_TARGET:
-            breakdown["coverage"] = -COVERAGE_PENALTY
-    return max(0, sum(breakdown.values())), breakdown
-
-
-def verdict(score: int, issues: list[Issue], threshold: int) -> Literal["approved", "changes_requested"]:
-    """``approved`` iff the score reaches ``threshold`` and no HIGH issue is left."""
-    if score >= threshold and not any(i.severity == "HIGH" for i in issues):
-        return "approved"
-    return "changes_requested"

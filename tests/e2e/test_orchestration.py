@@ -270,10 +270,19 @@ async def test_cancel_stops_the_task_and_the_agent_working_on_it(bus: Bus, stack
     assert result.status == "cancelled" and result.reason == "user changed their mind"
 
     async def agent_stopped() -> bool:
-        events = await task_events(bus, task.task_id)
-        return any(e.kind == "late_result" and "analyze" in e.text for e in events)
+        from shared.protocol import dead_letter_decoder
+        from tests.helpers import stream_messages
 
-    await wait_for_value(agent_stopped, what="the researcher's cancelled result to be recorded")
+        s = bus.subjects
+        dead = await stream_messages(
+            bus.js, s.stream_dead_letters, s.dead_letter("orchestrator"), dead_letter_decoder
+        )
+        return any("after the final event" in d.reason and "analyze" in d.reason for d in dead)
+
+    await wait_for_value(agent_stopped, what="the researcher's cancelled result to be dead-lettered")
+    events = await task_events(bus, task.task_id)
+    assert events[-1].kind == "cancelled", "nothing is published for the task after its final event"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
     again = await bus.nc.request(
         bus.subjects.task_cancel, encode(CancelRequest(task_id="task_nope")), timeout=5
     )

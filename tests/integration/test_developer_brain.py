@@ -59,6 +59,11 @@ async def test_developer_service_fixes_the_example_and_keeps_its_tests_green(
     )
     assert out.tests is not None and out.tests.ok and out.tests.passed == baseline.passed
     assert out.tests.coverage is not None and out.refused == []
+    # the secret moved out of the code is listed to configure (optional: the tests import it unset)
+    assert [(s.name, s.file, s.required) for s in out.configure] == [
+        ("AUTH_API_SECRET_KEY", "auth_api/config.py", False)
+    ]
+    assert "configure before running: AUTH_API_SECRET_KEY" in out.summary
 
     # the stored workspace really holds the fixes, and its tests really pass
     fixed = tmp_path / "fixed"

@@ -43,14 +43,21 @@ async def test_reviewer_service_reviews_the_example_workspace_deterministically(
     await bus.publish(subject, review_item("review-3", ref, waived=[etag.id]))
     third = await feed.result("review-3")
     assert etag.id not in {i.id for i in third.issues}
-    assert third.score == 86 and "1 finding(s) waived by the conflict policy" in third.summary
+    assert third.score == 85 and "1 finding(s) waived by the conflict policy" in third.summary
 
     assert first.status == "completed" and first.role == "reviewer", first.error
     assert isinstance(first.output, ReviewOutput)
-    assert first.score == first.output.score == 82
+    assert first.score == first.output.score == 81
     assert first.output.verdict == "changes_requested"
-    assert first.output.breakdown["high"] == -12
-    assert first.summary == "Security score: 82/100 — 3 HIGH, 2 MEDIUM, 2 LOW; changes requested"
+    assert first.output.breakdown["security"] == -(3 * 4 + 2 * 2 + 1)
+    assert first.output.breakdown["correctness"] == -2
+    assert first.summary == (
+        "Security score: 81/100 — 3 HIGH, 3 MEDIUM, 1 LOW; "
+        "5 blocking (HIGH, or security MEDIUM+) must be fixed to approve; changes requested"
+    )
+    # what blocks approval whatever the score: the HIGHs and the MEDIUM security findings, not F401
+    blocking = {i.rule for i in first.issues if i.id in first.output.blocking}
+    assert blocking == {"bandit:B324", "bandit:B602", "bandit:B506", "bandit:B105"}
     where = {(i.rule, i.severity, i.file) for i in first.issues}
     assert ("bandit:B324", "HIGH", "auth_api/passwords.py") in where
     assert ("bandit:B602", "HIGH", "auth_api/store.py") in where

@@ -300,7 +300,8 @@ def test_hard_coded_password_argument_reads_the_environment(tmp_path: Path) -> N
     """
     after, _, _ = fix(tmp_path, "db.py", src, "bandit:B106", 'password="hunter2"')
     compiles(after)
-    assert 'connect("svc", password=os.environ["DB_PASSWORD"])' in after
+    # named from its place: the module and the call's other argument
+    assert 'connect("svc", password=os.environ["DB_SVC_PASSWORD"])' in after
 
 
 def test_flask_debug_true_becomes_false(tmp_path: Path) -> None:
@@ -373,13 +374,15 @@ def test_random_import_is_dropped_once_nothing_uses_it(tmp_path: Path) -> None:
 # --- ruff ---------------------------------------------------------------------------------------------
 
 
-def test_ruff_findings_are_fixed_by_ruff_in_one_pass_and_the_file_formatted(tmp_path: Path) -> None:
+def test_ruff_findings_are_fixed_by_ruff_in_one_pass_and_the_rest_of_the_file_is_not_reformatted(
+    tmp_path: Path,
+) -> None:
     source = write(tmp_path, "m.py", "import os\nimport sys\ndef f( x ):\n    return x\n")
     first, second = issue("ruff:F401", "m.py", 1), issue("ruff:F401", "m.py", 2)
     outcome = apply_fixes(tmp_path, [first, second])
-    assert (tmp_path / "m.py").read_text() == "def f(x):\n    return x\n" != source
+    assert (tmp_path / "m.py").read_text() == "def f( x ):\n    return x\n" != source
     kinds = [(c.kind, c.addresses) for c in outcome.changes]
-    assert kinds == [("lint-fix", first.id), ("lint-fix", second.id), ("format", None)]
+    assert kinds == [("lint-fix", first.id), ("lint-fix", second.id)]
     assert outcome.changes[1].diff == "" and first.id in outcome.changes[1].description
     assert outcome.fixed_ids == {first.id, second.id}
 
@@ -504,3 +507,25 @@ def test_the_real_analyser_no_longer_reports_the_fixed_findings(tmp_path: Path) 
     assert [d.issue_id for d in outcome.disputes] == [etag.id]
     for name in ("pw.py", "tok.py", "ops.py"):
         compiles((tmp_path / name).read_text())
+
+
+@pytest.mark.parametrize(
+    ("head", "encoding"),
+    [(b"# -*- coding: latin-1 -*-\n", "latin-1"), (b"\xef\xbb\xbf", "utf-8-sig")],
+    ids=["pep263-latin-1", "utf-8-bom"],
+)
+def test_a_fixed_file_keeps_its_encoding_and_every_other_byte(
+    tmp_path: Path, head: bytes, encoding: str
+) -> None:
+    body = "import yaml\n\nGREETING = 'Grüße, café'\nDATA = yaml.load('a: 1', Loader=yaml.Loader)\n"
+    (tmp_path / "cfg.py").write_bytes(head + body.encode(encoding.replace("-sig", "")))
+    outcome = apply_fixes(
+        tmp_path,
+        [issue("bandit:B506", "cfg.py", line_of(body, "yaml.load") + (1 if head.startswith(b"#") else 0))],
+    )
+    assert [c.kind for c in outcome.changes] == ["security-fix"]
+    after = (tmp_path / "cfg.py").read_bytes()
+    expected = head + body.replace("yaml.load('a: 1', Loader=yaml.Loader)", "yaml.safe_load('a: 1')").encode(
+        encoding.replace("-sig", "")
+    )
+    assert after == expected

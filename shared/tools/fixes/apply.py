@@ -3,16 +3,22 @@
 A file's fixes are first tried together; when the tests break, each fix is
 retried on its own and one that still breaks tests is reverted, reported as
 refused and disputed with concern ``correctness`` (unless ``must_fix``).
+
+Only what a fix needs changes: the file is never reformatted, and its bytes
+keep their encoding (PEP 263 cookie or BOM) and line endings (CRLF stays CRLF).
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import tokenize
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from shared.protocol import Change, Dispute, Issue
+from shared.tools.fixes.envnames import EnvNames, existing_env_names
 from shared.tools.fixes.lint import ruff_plan, ruff_rows, run_ruff
 from shared.tools.fixes.model import FixOutcome, Plan, Site, Unfixable, Verify, file_diff, map_line, rule_code
 from shared.tools.fixes.rules import BANDIT_REWRITES
@@ -39,6 +45,8 @@ class _File:
     original: str
     current: str
     must_fix: set[str]
+    env: EnvNames
+    encoding: str = "utf-8"
     ruff_passes: dict[tuple[str, str], str] = field(default_factory=dict)
     sorted: bool | None = None
     formatted: bool = False
@@ -54,7 +62,7 @@ class _File:
                 return Plan(unfixable=_no_rewrite(tool, code))
             if line is None:
                 return Plan(unfixable="the finding's line is gone (an earlier fix changed it)")
-            site = Site(self.rel, line, issue, issue.id in self.must_fix)
+            site = Site(self.rel, line, issue, issue.id in self.must_fix, self.root, self.env)
             plan = rewrite(site, Tree(self.current))
         except Unfixable as exc:
             return Plan(unfixable=str(exc))
@@ -76,7 +84,7 @@ class _File:
         return text
 
     def write(self, text: str) -> None:
-        (self.root / self.rel).write_bytes(text.encode("utf-8"))
+        (self.root / self.rel).write_bytes(text.encode(self.encoding))
 
 
 def _pass(
@@ -111,6 +119,8 @@ def _pass(
                     file=f.rel, kind=cand.kind, description=cand.description, diff=diff, addresses=issue.id
                 )
             )
+            out.configure += cand.settings
+            out.follow_ups += cand.follow_ups
             f.current = cand.text
             break
         else:
@@ -131,27 +141,6 @@ def _pass(
                     "the automatic fix cannot make."
                 )
                 out.disputes.append(Dispute(issue_id=issue.id, argument=argument, concern="correctness"))
-
-
-def _format(f: _File, check: Verify | None, out: FixOutcome) -> None:
-    proc = run_ruff(f.root, f.rel, f.current, "format")
-    if proc.returncode != 0 or proc.stdout == f.current:
-        return
-    change = Change(
-        file=f.rel, kind="format", description="ruff format", diff=file_diff(f.rel, f.current, proc.stdout)
-    )
-    f.write(proc.stdout)
-    reason = check() if check is not None else None
-    if reason is None:
-        f.current = proc.stdout
-        out.changes.append(change)
-    else:
-        f.write(f.current)
-        out.refused.append(
-            Change(
-                file=f.rel, kind="refused", description=f"ruff format; refused: {reason}", diff=change.diff
-            )
-        )
 
 
 def _fix_file(
@@ -178,8 +167,6 @@ def _fix_file(
         f.write(f.original)
         f.current, f.ruff_passes = f.original, {}
         _pass(f, issues, verify, out, stop)
-    if any(rule_code(i)[0] == "ruff" for i in issues) and not stop():
-        _format(f, verify, out)
 
 
 def _resolve(root: Path, name: str | None) -> str | None:
@@ -209,6 +196,7 @@ def apply_fixes(
     root = workspace.resolve()
     stop = should_stop or (lambda: False)
     out = FixOutcome()
+    env = EnvNames(existing_env_names([_read(p)[0] for p in sorted(root.rglob("*.py")) if p.is_file()]))
     by_file: dict[str, list[Issue]] = {}
     for issue in findings:
         if issue.id in waived:
@@ -226,12 +214,11 @@ def apply_fixes(
         if stop():
             break
         issues.sort(key=lambda i: (i.line or 0, i.rule, i.id))
-        try:
-            text = (root / rel).read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            out.unfixable.extend((i, "the file is not UTF-8 text") for i in issues)
+        text, encoding = _read(root / rel)
+        if not encoding:
+            out.unfixable.extend((i, "the file does not decode with its declared encoding") for i in issues)
             continue
-        _fix_file(_File(root, rel, text, text, set(must_fix)), issues, verify, out, stop)
+        _fix_file(_File(root, rel, text, text, set(must_fix), env, encoding), issues, verify, out, stop)
     logger.info(
         "fixes applied=%d refused=%d unfixable=%d disputed=%d waived=%d",
         len(out.fixed_ids),
@@ -243,8 +230,20 @@ def apply_fixes(
     return out
 
 
+def _read(path: Path) -> tuple[str, str]:
+    """The file's text and encoding (PEP 263 cookie, BOM, else UTF-8); ("", "") if it does not decode."""
+    raw = path.read_bytes()
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+        return raw.decode(encoding), encoding
+    except (SyntaxError, LookupError, UnicodeDecodeError):
+        return "", ""
+
+
 def _merge(out: FixOutcome, more: FixOutcome) -> None:
     out.changes += more.changes
     out.refused += more.refused
     out.unfixable += more.unfixable
     out.disputes += more.disputes
+    out.configure += more.configure
+    out.follow_ups += more.follow_ups

@@ -15,13 +15,19 @@ __all__ = ["ruff_plan", "ruff_rows", "run_ruff"]
 
 
 def run_ruff(root: Path, rel: str, text: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - fixed argv from the current interpreter, no shell
+    """ruff on ``text`` via stdin. Bytes in and out: text mode would turn CRLF into LF."""
+    proc = subprocess.run(  # noqa: S603 - fixed argv from the current interpreter, no shell
         [sys.executable, "-m", "ruff", *args, "--isolated", "--no-cache", "--stdin-filename", rel, "-"],
         cwd=root,
-        input=text,
+        input=text.encode("utf-8"),
         capture_output=True,
-        text=True,
         check=False,
+    )
+    return subprocess.CompletedProcess(
+        proc.args,
+        proc.returncode,
+        proc.stdout.decode("utf-8", errors="replace"),
+        proc.stderr.decode("utf-8", errors="replace"),
     )
 
 

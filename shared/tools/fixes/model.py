@@ -10,8 +10,10 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from shared.protocol import Change, Dispute, Issue
+from shared.protocol import Change, Dispute, FollowUp, Issue, Setting
+from shared.tools.fixes.envnames import EnvNames
 
 __all__ = [
     "Candidate",
@@ -39,6 +41,9 @@ class FixOutcome:
     unfixable: list[tuple[Issue, str]] = field(default_factory=list)
     disputes: list[Dispute] = field(default_factory=list)
     waived: list[str] = field(default_factory=list)
+    # configure before running: environment variables the changed code now reads
+    configure: list[Setting] = field(default_factory=list)
+    follow_ups: list[FollowUp] = field(default_factory=list)
 
     @property
     def fixed_ids(self) -> set[str]:
@@ -63,9 +68,13 @@ class Unfixable(Exception):
 
 @dataclass
 class Candidate:
+    """One way to fix a finding: the new file text, and what applying it asks of the user."""
+
     text: str
     description: str
     kind: str = "security-fix"
+    settings: list[Setting] = field(default_factory=list)
+    follow_ups: list[FollowUp] = field(default_factory=list)
 
 
 @dataclass
@@ -84,6 +93,8 @@ class Site:
     line: int
     issue: Issue
     must_fix: bool
+    root: Path = field(default_factory=Path)
+    env: EnvNames = field(default_factory=EnvNames)
 
 
 def map_line(old: str, new: str, line: int) -> int | None:

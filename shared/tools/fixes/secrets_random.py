@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import libcst as cst
 import libcst.matchers as m
 
+from shared.protocol import Setting
 from shared.tools.fixes.model import Candidate, Plan, Site, Unfixable, rule_code
 from shared.tools.fixes.tree import Tree, finish, from_import
 
@@ -17,27 +17,60 @@ __all__ = ["fix_hardcoded_secret", "fix_random"]
 _SECRET_NAME = re.compile(r"pas+wo?r?d|pass(phrase)?$|pwd|token|secrete?|api_?key", re.IGNORECASE)
 
 
-def _env_name(rel: str, name: str) -> str:
-    parts = Path(rel).with_suffix("").parts
-    prefix = re.sub(r"\W", "_", parts[0] if len(parts) > 1 else parts[-1]).upper()
-    name = re.sub(r"\W", "_", name).upper()
-    return name if name.startswith(prefix + "_") else f"{prefix}_{name}"
-
-
-def _env_candidates(tree: Tree, old: cst.CSTNode, name: str, what: str) -> list[Candidate]:
+def _env_candidates(site: Site, tree: Tree, old: cst.BaseExpression, name: str, what: str) -> list[Candidate]:
     strict = cst.parse_expression(f'os.environ["{name}"]')
     lenient = cst.parse_expression(f'os.environ.get("{name}") or secrets.token_urlsafe(32)')
+    purpose = f"the {what} that was hard-coded in {site.rel}"
     return [
         Candidate(
             finish(tree.replace(old, strict), ["os"]),
-            f"hard-coded {what} -> os.environ[{name!r}]: the value comes from configuration (required)",
+            f"hard-coded {what} -> os.environ[{name!r}]: the value comes from configuration (required; "
+            f"set {name} before running)",
+            settings=[Setting(name=name, file=site.rel, line=site.line, purpose=purpose)],
         ),
         Candidate(
             finish(tree.replace(old, lenient), ["os", "secrets"]),
             f"hard-coded {what} -> os.environ.get({name!r}) or a random secrets.token_urlsafe(32) per process "
-            "(the tests import the module without configuration); set it in production",
+            f"(the tests import the module without configuration); set {name} in production",
+            settings=[
+                Setting(
+                    name=name,
+                    file=site.rel,
+                    line=site.line,
+                    purpose=f"{purpose} (random per process when unset)",
+                    required=False,
+                )
+            ],
         ),
     ]
+
+
+def _literal(tree: Tree, node: cst.BaseExpression) -> str:
+    if isinstance(node, cst.SimpleString | cst.ConcatenatedString):
+        value = node.evaluated_value
+        if isinstance(value, str | bytes):
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return tree.code(node)
+
+
+def _scopes(tree: Tree, node: cst.CSTNode) -> list[str]:
+    return [a.name.value for a in tree.ancestors(node) if isinstance(a, cst.FunctionDef | cst.ClassDef)]
+
+
+def _target_name(target: cst.BaseExpression) -> str:
+    """The name a secret is assigned to: ``NAME``, ``obj.NAME`` or ``obj["NAME"]`` (e.g. Flask's
+    ``app.config["SECRET_KEY"]``)."""
+    if isinstance(target, cst.Name):
+        return target.value
+    if isinstance(target, cst.Attribute):
+        return target.attr.value
+    if isinstance(target, cst.Subscript) and len(target.slice) == 1:
+        index = target.slice[0].slice
+        if isinstance(index, cst.Index) and isinstance(index.value, cst.SimpleString):
+            key = index.value.evaluated_value
+            if isinstance(key, str) and re.fullmatch(r"[A-Za-z_][\w.-]*", key):
+                return key
+    raise Unfixable("the secret is assigned to something other than a name, attribute or string key")
 
 
 def fix_hardcoded_secret(site: Site, tree: Tree) -> Plan:
@@ -57,9 +90,18 @@ def fix_hardcoded_secret(site: Site, tree: Tree) -> Plan:
             if a.keyword and _SECRET_NAME.search(a.keyword.value) and isinstance(a.value, strings)
         )
         assert arg.keyword is not None
-        return Plan(
-            _env_candidates(tree, arg.value, _env_name(site.rel, arg.keyword.value), f"{arg.keyword.value}=")
+        # the call's other short string arguments tell several secrets of one file apart
+        hints = [
+            str(a.value.evaluated_value)
+            for a in call.args
+            if a is not arg
+            and isinstance(a.value, cst.SimpleString)
+            and len(str(a.value.evaluated_value)) <= 24
+        ] + _scopes(tree, call)
+        name = site.env.name_for(
+            site.rel, arg.keyword.value, _literal(tree, arg.value), hints, hints_first=True
         )
+        return Plan(_env_candidates(site, tree, arg.value, name, f"{arg.keyword.value}="))
     stmts = [
         s
         for s in m.findall(tree.module, m.Assign() | m.AnnAssign())
@@ -70,14 +112,9 @@ def fix_hardcoded_secret(site: Site, tree: Tree) -> Plan:
         raise Unfixable(
             "the literal is not the value of an assignment (a comparison or default needs a human)"
         )
-    target = stmt.targets[0].target if isinstance(stmt, cst.Assign) else stmt.target
-    if isinstance(target, cst.Name):
-        name = target.value
-    elif isinstance(target, cst.Attribute):
-        name = target.attr.value
-    else:
-        raise Unfixable("the secret is assigned to something other than a name or attribute")
-    return Plan(_env_candidates(tree, stmt.value, _env_name(site.rel, name), name))
+    target = _target_name(stmt.targets[0].target if isinstance(stmt, cst.Assign) else stmt.target)
+    name = site.env.name_for(site.rel, target, _literal(tree, stmt.value), _scopes(tree, stmt))
+    return Plan(_env_candidates(site, tree, stmt.value, name, target))
 
 
 def _atom(code: str) -> str:

@@ -58,6 +58,12 @@ class Tree:
         assert isinstance(module, cst.Module)
         return module
 
+    def edit(self, changes: dict[cst.CSTNode, cst.CSTNode | None]) -> cst.Module:
+        """The module with several nodes swapped (by identity) at once; ``None`` removes a statement."""
+        module = self.module.visit(_Edit(changes))
+        assert isinstance(module, cst.Module)
+        return module
+
     def code(self, node: cst.CSTNode) -> str:
         return self.module.code_for_node(node)
 
@@ -65,6 +71,20 @@ class Tree:
         while node in self.parents:
             node = self.parents[node]
             yield node
+
+
+class _Edit(cst.CSTTransformer):
+    def __init__(self, changes: dict[cst.CSTNode, cst.CSTNode | None]) -> None:
+        super().__init__()
+        self.changes = changes
+
+    def on_leave(  # type: ignore[override]
+        self, original_node: cst.CSTNode, updated_node: cst.CSTNode
+    ) -> cst.CSTNode | cst.RemovalSentinel:
+        if original_node in self.changes:
+            new = self.changes[original_node]
+            return cst.RemovalSentinel.REMOVE if new is None else new
+        return updated_node
 
 
 def finish(module: cst.Module, add: Iterable[str] = (), remove: Iterable[tuple[str, str | None]] = ()) -> str:
