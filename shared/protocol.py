@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
 __all__ = [
+    "BoundedDecoder",
     "PROTOCOL_VERSION",
     "ROLES",
     "AGENT_ROLES",
@@ -238,16 +239,27 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TestReport(msgspec.Struct, frozen=True, kw_only=True):
+    """A run of a workspace's tests.
+
+    ``environment_error`` is set (one line) when the tests could not run for a
+    reason of *our* environment, not the project's code: no sandbox here,
+    dependencies that could not be installed, a module the tests import that
+    nobody declared. A score must not punish the project for it.
+    """
+
     passed: int
     failed: int
     errors: int
     coverage: float | None
     command: str
     output_tail: str = ""
+    environment_error: str | None = None
+    sandboxed: bool = False
+    runner: str = "pytest"
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and self.errors == 0
+        return self.failed == 0 and self.errors == 0 and self.environment_error is None
 
 
 class ResearchOutput(msgspec.Struct, frozen=True, kw_only=True, tag="research"):
@@ -591,12 +603,36 @@ class ErrorReply(Message, frozen=True, kw_only=True, tag="error"):
 
 # --- one typed decoder per subject family --------------------------------------------
 
-task_decoder = msgspec.json.Decoder(TaskSubmission)
-work_decoder = msgspec.json.Decoder(WorkItem)
-step_decoder = msgspec.json.Decoder(StepMessage)
-event_decoder = msgspec.json.Decoder(TaskEvent)
-result_decoder = msgspec.json.Decoder(FinalResult)
-heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
-metric_decoder = msgspec.json.Decoder(MetricEvent)
-dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
-cancel_decoder = msgspec.json.Decoder(CancelRequest)
+_T = TypeVar("_T")
+
+
+class BoundedDecoder(Generic[_T]):
+    """A typed JSON decoder whose every failure is a ``msgspec.DecodeError``/``ValidationError``.
+
+    msgspec raises ``RecursionError`` for input nested past about 1000 levels; that is bad
+    input too, so it is refused like any other undecodable message (and dead-lettered by the
+    consumer), never an exception a caller does not expect.
+    """
+
+    __slots__ = ("_decoder", "type")
+
+    def __init__(self, tp: Any) -> None:  # a Struct type, or a Union alias such as StepMessage
+        self.type = tp
+        self._decoder: msgspec.json.Decoder[_T] = msgspec.json.Decoder(tp)
+
+    def decode(self, data: bytes | bytearray | memoryview | str) -> _T:
+        try:
+            return self._decoder.decode(data)
+        except RecursionError as exc:
+            raise msgspec.DecodeError("JSON nested too deeply to decode") from exc
+
+
+task_decoder: BoundedDecoder[TaskSubmission] = BoundedDecoder(TaskSubmission)
+work_decoder: BoundedDecoder[WorkItem] = BoundedDecoder(WorkItem)
+step_decoder: BoundedDecoder[StepMessage] = BoundedDecoder(StepMessage)
+event_decoder: BoundedDecoder[TaskEvent] = BoundedDecoder(TaskEvent)
+result_decoder: BoundedDecoder[FinalResult] = BoundedDecoder(FinalResult)
+heartbeat_decoder: BoundedDecoder[Heartbeat] = BoundedDecoder(Heartbeat)
+metric_decoder: BoundedDecoder[MetricEvent] = BoundedDecoder(MetricEvent)
+dead_letter_decoder: BoundedDecoder[DeadLetter] = BoundedDecoder(DeadLetter)
+cancel_decoder: BoundedDecoder[CancelRequest] = BoundedDecoder(CancelRequest)

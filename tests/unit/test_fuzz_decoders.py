@@ -162,11 +162,6 @@ def test_nested_json_gives_a_typed_value_or_a_decode_error(name: str, depth: int
         decodes_or_refuses(name, data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="msgspec raises RecursionError past ~1000 levels and the decoders pass it on (docs/reliability.md)",
-)
 @pytest.mark.parametrize("name", sorted(VALID))
 def test_json_nested_ten_thousand_deep_is_a_decode_error_not_a_recursion_error(name: str) -> None:
     for data in nested(name, 10_000, "["):

@@ -1,4 +1,4 @@
-"""``make bench``: speed and memory figures, measured side by side in one run, printed as ratios.
+"""The component rows of ``make bench`` (ours vs a baseline, as ratios).
 
 1. Wire codec: msgspec typed encode+decode of a WorkItem vs stdlib ``json`` with dicts.
 2. Throughput: research tasks end to end (real nats-server, real processes,
@@ -14,7 +14,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import tempfile
 import time
 import timeit
 import uuid
@@ -29,7 +28,10 @@ from shared.natsserver import NatsServer
 from shared.protocol import TaskBody, TaskSubmission, WorkItem, encode, new_id, now, work_decoder
 from shared.settings import Settings
 from shared.tools.research_index import ResearchIndex
+from tests.bench.procs import rss_kib
 from tests.helpers import await_result, wait_for_value
+
+__all__ = ["micro_rows"]
 
 
 def _codec() -> tuple[float, float]:
@@ -95,13 +97,6 @@ async def _throughput(url: str, researchers: int, tasks: int, work_dir: Path) ->
         await bus.close()
 
 
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 async def _memory(url: str, work_dir: Path) -> tuple[int, int]:
     settings = Settings(nats_url=url, prefix=f"b{uuid.uuid4().hex[:8]}", work_dir=work_dir)
     stack = Stack(settings)
@@ -121,7 +116,7 @@ async def _memory(url: str, work_dir: Path) -> tuple[int, int]:
 
         await wait_for_value(answers, 30, what="the idle agent to answer")
         await bus.close()
-        return _rss_kb(agent.pid), _rss_kb(bare.pid)
+        return rss_kib(agent.pid), rss_kib(bare.pid)
     finally:
         bare.kill()
         await asyncio.to_thread(stack.stop)
@@ -138,21 +133,27 @@ def _index(work_dir: Path) -> tuple[float, float, dict[str, float]]:
     return cached, build, ix.stats()
 
 
-async def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp, NatsServer() as server:
+async def micro_rows(tmp: Path) -> list[tuple[str, str, str, str]]:
+    """(measure, ours, baseline, ratio) for the codec, research scaling, RSS and index rows."""
+    with NatsServer() as server:
         fast, slow = _codec()
-        one = await _throughput(server.url, 1, 20, Path(tmp))
-        two = await _throughput(server.url, 2, 20, Path(tmp))
-        agent_kb, bare_kb = await _memory(server.url, Path(tmp))
-        cached, build, stats = _index(Path(tmp))
-    rows = [
+        one = await _throughput(server.url, 1, 20, tmp)
+        two = await _throughput(server.url, 2, 20, tmp)
+        agent_kb, bare_kb = await _memory(server.url, tmp)
+        cached, build, stats = _index(tmp)
+    return [
         (
             "codec: msgspec typed vs json+dict (µs/msg)",
             f"{fast * 1e6:.2f}",
             f"{slow * 1e6:.2f}",
             f"{slow / fast:.1f}x faster",
         ),
-        ("research tasks/s: 2 vs 1 researcher", f"{two:.2f}", f"{one:.2f}", f"{two / one:.2f}x"),
+        (
+            "research tasks/s: 2 vs 1 researcher (0.2 s steps)",
+            f"{two:.2f}",
+            f"{one:.2f}",
+            f"{two / one:.2f}x",
+        ),
         (
             "RSS: idle agent vs bare python (MiB)",
             f"{agent_kb / 1024:.1f}",
@@ -166,14 +167,3 @@ async def main() -> None:
             f"{build / cached:.0f}x faster",
         ),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measure'.ljust(width)}  {'ours':>10}  {'baseline':>10}  ratio")
-    for name, ours, base, ratio in rows:
-        print(f"{name.ljust(width)}  {ours:>10}  {base:>10}  {ratio}")
-
-
-if __name__ == "__main__":
-    import logging
-
-    logging.basicConfig(level=logging.ERROR)
-    asyncio.run(main())
