@@ -15,6 +15,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,8 @@ _PULL_WAIT = 0.05
 _IDLE_WAIT = 1.0
 # An item that names this instance in avoid_instances is handed back this many times at most.
 _AVOID_HANDBACKS = 3
+# After handing an item back, an instance pulls nothing for this long (> _IDLE_WAIT + the nak delay).
+_HANDBACK_PAUSE = 1.5
 # How many cancelled tasks / steps an agent remembers (work of older ones has long left the queue).
 _CANCEL_MEMORY = 1000
 
@@ -104,6 +107,7 @@ class AgentService(Lifecycle):
     _inflight: dict[str, _InFlight] = field(default_factory=dict, init=False)
     _rung: set[str] = field(default_factory=set, init=False)
     _pulling: bool = field(default=False, init=False)
+    _paused_until: float = field(default=0.0, init=False)
     # recent cancels (bounded, oldest forgotten first): an item of a cancelled task not started yet
     _cancelled_tasks: OrderedDict[str, None] = field(default_factory=OrderedDict, init=False)
     _cancelled_steps: OrderedDict[tuple[str, str, int], None] = field(default_factory=OrderedDict, init=False)
@@ -191,6 +195,11 @@ class AgentService(Lifecycle):
                 if len(self._inflight) >= self.settings.concurrency:
                     await self._wait_slot()
                     continue
+                pause = self._paused_until - time.monotonic()
+                if pause > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), pause)
+                    continue
                 rung = self._rung.copy()
                 self._rung.clear()
                 self._doorbell.clear()
@@ -250,9 +259,12 @@ class AgentService(Lifecycle):
             raise Rejected(f"work item with an unusable task id: {exc}") from exc
         msg = delivery.msg
         if self.instance_id in item.avoid_instances and delivery.num_delivered <= _AVOID_HANDBACKS:
-            # re-assignment: let another instance of the role take it
+            # re-assignment: let another instance of the role take it. Idle peers block on
+            # their doorbell (a nak rings none) and look once per _IDLE_WAIT, so this instance
+            # stops pulling for longer than that: a peer gets the first chance
             delivery.take()
             await msg.nak(delay=0.2)
+            self._paused_until = time.monotonic() + _HANDBACK_PAUSE
             return
         if self._is_cancelled(item):
             await self._publish_result(
