@@ -78,7 +78,7 @@ async def test_a_result_that_cannot_fit_in_a_message_ends_its_task_once_and_the_
     assert result.status == "failed", result.status
     assert "result too large" in result.reason and "max_payload" in result.reason, result.reason
     record = next(s for s in result.steps if s.step_id == big["steps"][0])
-    assert record.attempt == 1 and len(record.runs) == 1, (record.attempt, record.runs)
+    assert record.attempts == 1 and len(record.runs) == 1, (record.attempts, record.runs)
     # the agents are alive and still take work
     assert all(p.alive() for p in stack.processes), [p.name for p in stack.processes if not p.alive()]
     after = task("research", {})
