@@ -6,6 +6,7 @@ KV bucket and the artifact object store, all named from the settings' prefix.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -17,6 +18,7 @@ from typing import Any
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -28,7 +30,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -233,8 +235,28 @@ class Bus:
         nc = await connect(settings, name, retry_forever=retry_forever)
         bus = cls(nc, settings)
         if settings.bootstrap:
-            await ensure_topology(bus.js, settings)
+            await bus._bootstrap(retry_forever)
         return bus
+
+    async def _bootstrap(self, retry: bool) -> None:
+        """Create the topology; with ``retry``, wait out a server that is (re)starting.
+
+        A JetStream that does not answer yet (timeout, no responders, 503) is retried with
+        backoff; any other refusal (e.g. a stream config the server rejects) is raised.
+        """
+        delay = 0.5
+        while True:
+            try:
+                await ensure_topology(self.js, self.settings)
+                return
+            except (TimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+                if not retry:
+                    raise
+                logger.warning(
+                    "jetstream not ready (%s); retrying topology in %.1fs", type(exc).__name__, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     @property
     def subjects(self) -> Subjects:

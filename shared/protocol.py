@@ -280,16 +280,27 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TestReport(msgspec.Struct, frozen=True, kw_only=True):
+    """A run of a workspace's tests.
+
+    ``environment_error`` is set (one line) when the tests could not run for a
+    reason of *our* environment, not the project's code: no sandbox here,
+    dependencies that could not be installed, a module the tests import that
+    nobody declared. A score must not punish the project for it.
+    """
+
     passed: int
     failed: int
     errors: int
     coverage: float | None
     command: str
     output_tail: str = ""
+    environment_error: str | None = None
+    sandboxed: bool = False
+    runner: str = "pytest"
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and self.errors == 0
+        return self.failed == 0 and self.errors == 0 and self.environment_error is None
 
 
 class ResearchOutput(msgspec.Struct, frozen=True, kw_only=True, tag="research"):

@@ -15,12 +15,14 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.errors import MaxPayloadError
 from nats.micro.request import Request
 
 from shared.brains import Brain, BrainResult, StepContext, load_brain
@@ -55,6 +57,8 @@ _PULL_WAIT = 0.05
 _IDLE_WAIT = 1.0
 # An item that names this instance in avoid_instances is handed back this many times at most.
 _AVOID_HANDBACKS = 3
+# After handing an item back, an instance pulls nothing for this long (> _IDLE_WAIT + the nak delay).
+_HANDBACK_PAUSE = 1.5
 # How many cancelled tasks / steps an agent remembers (work of older ones has long left the queue).
 _CANCEL_MEMORY = 1000
 
@@ -103,6 +107,7 @@ class AgentService(Lifecycle):
     _inflight: dict[str, _InFlight] = field(default_factory=dict, init=False)
     _rung: set[str] = field(default_factory=set, init=False)
     _pulling: bool = field(default=False, init=False)
+    _paused_until: float = field(default=0.0, init=False)
     # recent cancels (bounded, oldest forgotten first): an item of a cancelled task not started yet
     _cancelled_tasks: OrderedDict[str, None] = field(default_factory=OrderedDict, init=False)
     _cancelled_steps: OrderedDict[tuple[str, str, int], None] = field(default_factory=OrderedDict, init=False)
@@ -190,6 +195,11 @@ class AgentService(Lifecycle):
                 if len(self._inflight) >= self.settings.concurrency:
                     await self._wait_slot()
                     continue
+                pause = self._paused_until - time.monotonic()
+                if pause > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), pause)
+                    continue
                 rung = self._rung.copy()
                 self._rung.clear()
                 self._doorbell.clear()
@@ -249,9 +259,12 @@ class AgentService(Lifecycle):
             raise Rejected(f"work item with an unusable task id: {exc}") from exc
         msg = delivery.msg
         if self.instance_id in item.avoid_instances and delivery.num_delivered <= _AVOID_HANDBACKS:
-            # re-assignment: let another instance of the role take it
+            # re-assignment: let another instance of the role take it. Idle peers block on
+            # their doorbell (a nak rings none) and look once per _IDLE_WAIT, so this instance
+            # stops pulling for longer than that: a peer gets the first chance
             delivery.take()
             await msg.nak(delay=0.2)
+            self._paused_until = time.monotonic() + _HANDBACK_PAUSE
             return
         if self._is_cancelled(item):
             await self._publish_result(
@@ -409,11 +422,16 @@ class AgentService(Lifecycle):
             run_id=run_id,
         )
         step_result = await offload_output(self.bus, step_result)  # large outputs go by reference
-        await self.bus.publish(
-            self.bus.subjects.step_result(item.to_agent, item.task_id),
-            step_result,
-            msg_id=f"{item.task_id}.{item.step_id}.{item.attempt}.result.{run_id}",
-        )
+        subject = self.bus.subjects.step_result(item.to_agent, item.task_id)
+        msg_id = f"{item.task_id}.{item.step_id}.{item.attempt}.result.{run_id}"
+        try:
+            await self.bus.publish(subject, step_result, msg_id=msg_id)
+        except MaxPayloadError:
+            # what stays inline (findings, summary) still outgrows one message: running the
+            # step again cannot help, so the step fails at once and says why
+            step_result = _too_large(step_result, len(encode(step_result)), self.bus.nc.max_payload)
+            final_status = "failed"
+            await self.bus.publish(subject, step_result, msg_id=msg_id)
         if final_status == "completed":
             self.completed += 1
         else:
@@ -549,3 +567,22 @@ def run_agent(role: str, brains: dict[str, str]) -> None:
             await bus.close()
 
     sys.exit(asyncio.run(main()))
+
+
+def _too_large(result: StepResult, size: int, limit: int) -> StepResult:
+    """``result`` as a failed, non-retryable step that names its size instead of carrying it."""
+    reason = (
+        f"result too large: {size} bytes after offloading the output, over the server's"
+        f" max_payload of {limit} bytes (a summary or findings list this big cannot be sent)"
+    )
+    return msgspec.structs.replace(
+        result,
+        status="failed",
+        summary=reason,
+        output=None,
+        issues=[],
+        artifacts={},
+        output_ref=None,
+        error=reason,
+        retryable=False,
+    )

@@ -81,6 +81,25 @@ class Settings(BaseSettings):
     )
     llm_context_chars: int = Field(60_000, description="bound on workspace text put in one prompt")
 
+    # --- sandbox for workspace code (shared/sandbox.py, shared/tools/testing.py) ------
+    sandbox_allow_unsandboxed: bool = Field(
+        False,
+        description="run workspace code WITHOUT the bwrap sandbox where it is unavailable (unsafe, logged)",
+    )
+    sandbox_uid: int = Field(65534, description="uid/gid workspace code runs as when Cadre runs as root")
+    sandbox_cpu_seconds: int = 300
+    sandbox_memory_mb: int = Field(2048, description="address-space limit of sandboxed processes")
+    sandbox_max_processes: int = 256
+    sandbox_file_size_mb: int = 256
+    sandbox_wall_seconds: float = Field(600.0, description="upper bound on one sandboxed command (s)")
+    env_cache_dir: Path = Field(
+        Path(".cadre/envs"),
+        description="per-project virtual environments (by dependency hash) and uv's cache",
+    )
+    env_install: bool = Field(
+        True, description="install what a workspace declares (reaches the package index)"
+    )
+
     # --- orchestrator -----------------------------------------------------------
     step_deadline: float = 30 * 60.0
     max_attempts: int = 3

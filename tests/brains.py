@@ -175,7 +175,8 @@ class CrashingBrain(ScriptedBrain):
     ends the whole agent process (SIGKILL-like) when it takes that attempt.
 
     With ``"once_file": path`` it dies only the first time (it creates the file), so a
-    restarted instance runs the redelivered item again."""
+    restarted instance runs the redelivered item again; with ``"gate_file": path`` it
+    waits for that file before dying (the test creates it once it saw the step start)."""
 
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
         import os
@@ -183,9 +184,11 @@ class CrashingBrain(ScriptedBrain):
         rule = item.task.input_data.get("script", {}).get("die")
         if rule and rule["step"] == item.step_id and item.attempt in rule.get("attempts", [1]):
             once = rule.get("once_file")
-            if not once:
-                os._exit(137)
-            if not Path(once).exists():
-                Path(once).write_text("died once\n")
+            if not (once and Path(once).exists()):
+                gate = rule.get("gate_file")  # die only once the test has seen the step start
+                while gate and not Path(gate).exists():
+                    await asyncio.sleep(0.05)
+                if once:
+                    Path(once).write_text("died once\n")
                 os._exit(137)
         return await super().run(item, ctx)

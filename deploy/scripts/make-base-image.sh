@@ -18,7 +18,7 @@ MIRROR="${MIRROR:-http://deb.debian.org/debian}"
 ROOTFS="$(mktemp -d /var/tmp/cadre-rootfs.XXXXXX)"
 trap 'rm -rf "$ROOTFS"' EXIT
 echo "debootstrap bookworm from $MIRROR into $ROOTFS"
-debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$ROOTFS" "$MIRROR" \
+debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,bubblewrap bookworm "$ROOTFS" "$MIRROR" \
   >"$ROOTFS.log" 2>&1 || { tail -30 "$ROOTFS.log"; exit 1; }
 rm -f "$ROOTFS.log"
 rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/usr/share/doc/* \

@@ -27,7 +27,7 @@ from shared.protocol import Change, DevelopmentOutput, Issue, Setting, TestRepor
 from shared.settings import Settings
 from shared.tools.analysis import analyze
 from shared.tools.fixes import FixOutcome, apply_fixes
-from shared.tools.testing import performance_profile, run_suite, run_tests
+from shared.tools.testing import TestRuntime, performance_profile, run_suite, run_tests
 
 __all__ = ["BuiltinDeveloper", "FixInput", "NEEDS_LLM", "fix_input", "needs_workspace", "suite_timeout"]
 
@@ -92,6 +92,8 @@ def _unique_settings(outcome: FixOutcome) -> list[Setting]:
 def _tests_text(report: TestReport | None) -> str:
     if report is None:
         return "no tests in the workspace"
+    if report.environment_error:
+        return f"tests not run: {report.environment_error}"
     parts = [f"{report.passed} passed"]
     if report.failed:
         parts.append(f"{report.failed} failed")
@@ -106,6 +108,7 @@ class BuiltinDeveloper:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.runtime = TestRuntime.from_settings(settings)  # the sandbox + per-project environments
 
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
         if item.task_type == "fix":
@@ -129,7 +132,10 @@ class BuiltinDeveloper:
         ws = await ctx.workspace()
         findings = await asyncio.to_thread(_relocate, ws, findings)
         timeout = suite_timeout(item)
-        baseline = await asyncio.to_thread(run_suite, ws, timeout, coverage=False)
+        baseline = await asyncio.to_thread(run_suite, ws, timeout, coverage=False, runtime=self.runtime)
+        not_run = baseline.report.environment_error if baseline is not None else None
+        if not_run:
+            baseline = None  # tests that cannot run cannot gate a fix
         test_runs = 0
 
         def verify() -> str | None:
@@ -137,7 +143,7 @@ class BuiltinDeveloper:
             nonlocal test_runs
             assert baseline is not None
             test_runs += 1
-            run = run_suite(ws, timeout, coverage=False)
+            run = run_suite(ws, timeout, coverage=False, runtime=self.runtime)
             broken = sorted(baseline.passed_ids - (run.passed_ids if run is not None else frozenset()))
             if not broken:
                 return None
@@ -159,10 +165,12 @@ class BuiltinDeveloper:
         )
         if ctx.cancelled.is_set():
             return BrainResult("failed", "cancelled while fixing", error="cancelled")
-        final = await asyncio.to_thread(run_tests, ws, timeout)
+        final = await asyncio.to_thread(run_tests, ws, timeout, runtime=self.runtime)
         ref = await ctx.save_workspace(ws, "workspace after fixes")
         summary = self._fix_summary(findings, waived, outcome, final)
-        if baseline is None:
+        if not_run:
+            summary += f" (tests could not run: {not_run}; fixes were not test-gated)"
+        elif baseline is None:
             summary += " (no tests: fixes were not test-gated)"
         configure = _unique_settings(outcome)
         if configure:
@@ -217,7 +225,7 @@ class BuiltinDeveloper:
         if item.workspace is None:
             return needs_workspace("a test step needs a code workspace")
         ws = await ctx.workspace()
-        report = await asyncio.to_thread(run_tests, ws, suite_timeout(item))
+        report = await asyncio.to_thread(run_tests, ws, suite_timeout(item), runtime=self.runtime)
         summary = _tests_text(report).capitalize()
         if report is not None and report.output_tail:
             summary += f" ({report.output_tail.strip().splitlines()[-1]})"
@@ -228,7 +236,7 @@ class BuiltinDeveloper:
         if item.workspace is None:
             return needs_workspace("a performance check needs a code workspace")
         ws = await ctx.workspace()
-        profile = await asyncio.to_thread(performance_profile, ws, suite_timeout(item))
+        profile = await asyncio.to_thread(performance_profile, ws, suite_timeout(item), runtime=self.runtime)
         parts = []
         if profile.tests is None:
             parts.append("no tests to time")

@@ -101,7 +101,9 @@ class LLMDeveloper:
         timeout = suite_timeout(item)
         before = None
         if item.task_type == "fix":
-            before = await asyncio.to_thread(run_suite, root, timeout, coverage=False)
+            before = await asyncio.to_thread(
+                run_suite, root, timeout, coverage=False, runtime=self.builtin.runtime
+            )
         originals: dict[Path, str | None] = {}
         meter = Meter()
         prompt = await asyncio.to_thread(self._prompt, item, root, findings, must_fix)
@@ -109,16 +111,16 @@ class LLMDeveloper:
             reply = await meter.ask(self.client, _SYSTEM, prompt, DevReply)
             asked = list(reply.disputes)
             changes, refused = _apply(root, reply, originals)
-            after = await asyncio.to_thread(run_suite, root, timeout)
+            after = await asyncio.to_thread(run_suite, root, timeout, runtime=self.builtin.runtime)
             for _ in range(_REPAIR_ROUNDS):
-                if after is None or after.report.ok or not changes:
+                if after is None or after.report.ok or after.report.environment_error or not changes:
                     break
                 repair = f"{prompt}\n\n{_repair_note(reply, after)}"
                 reply = await meter.ask(self.client, _SYSTEM, repair, DevReply)
                 asked += reply.disputes
                 more, more_refused = _apply(root, reply, originals)
                 changes, refused = _merge(changes, more), refused + more_refused
-                after = await asyncio.to_thread(run_suite, root, timeout)
+                after = await asyncio.to_thread(run_suite, root, timeout, runtime=self.builtin.runtime)
         except LLMError as exc:
             return failed(exc, meter.usage, f"{item.task_type} by the model")
 

@@ -42,5 +42,6 @@ class EngineConfig:
 
     @property
     def max_result_bytes(self) -> int:
-        """A final result sits in the state's outbox (base64: 4/3 of its size) next to the state."""
+        """Bound on one outbox message (final result, work item): it waits in the state's
+        outbox (base64: 4/3 of its size) next to the rest of the state."""
         return self.max_message_bytes // 4

@@ -16,11 +16,11 @@ from typing import Any
 import msgspec
 
 from services.orchestrator import trace
-from services.orchestrator.config import EngineConfig
+from services.orchestrator.config import Ending, EngineConfig
 from services.orchestrator.design import design
 from services.orchestrator.emit import Emitter
 from services.orchestrator.state import StepState, WorkflowState
-from shared.protocol import ResearchOutput, WorkItem, new_id
+from shared.protocol import ResearchOutput, WorkItem, encode, new_id
 
 __all__ = ["run_inline", "step_inputs", "dispatch"]
 
@@ -74,8 +74,14 @@ def step_inputs(config: EngineConfig, st: WorkflowState, step: StepState) -> dic
     return data
 
 
-def dispatch(config: EngineConfig, emit: Emitter, st: WorkflowState, step: StepState, now: float) -> None:
-    """Start the step's next attempt: publish its work item, a ``delegated`` event and metric."""
+def dispatch(
+    config: EngineConfig, emit: Emitter, st: WorkflowState, step: StepState, now: float
+) -> Ending | None:
+    """Start the step's next attempt: publish its work item, a ``delegated`` event and metric.
+
+    A work item too large for one message (it also waits in the state's outbox)
+    cannot be delegated: the step fails and the task ends with the sizes.
+    """
     step.attempt += 1
     step.status = "running"
     step.instance_id = None
@@ -101,6 +107,15 @@ def dispatch(config: EngineConfig, emit: Emitter, st: WorkflowState, step: StepS
         workspace=st.workspace,
         avoid_instances=list(step.avoid),
     )
+    size = len(encode(item))
+    if size > config.max_result_bytes:
+        step.status = "failed"
+        step.finished_at = now
+        return Ending(
+            "failed",
+            f"step {step.id} ({step.role}) cannot be delegated: its work item is {size} bytes, over the "
+            f"{config.max_result_bytes}-byte bound for one message (its inputs are too large)",
+        )
     emit.work(st, step, item)
     inputs = [f"{n} (from {s})" for n, s in step.inputs.items()]
     if "findings" in step.input_data:
@@ -108,3 +123,4 @@ def dispatch(config: EngineConfig, emit: Emitter, st: WorkflowState, step: StepS
     text = trace.delegated(step.role, step.description, sub.context, inputs, step.attempt)
     emit.event(st, "delegated", text, now, step_id=step.id, role=step.role, attempt=step.attempt)
     emit.metric(st, "delegated", now, step_id=step.id, attempt=step.attempt)
+    return None

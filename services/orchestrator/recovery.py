@@ -100,5 +100,4 @@ def recover(
         health,
     )
     step.status = "pending"
-    dispatch(config, emit, st, step, now)
-    return None
+    return dispatch(config, emit, st, step, now)

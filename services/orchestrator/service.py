@@ -1,9 +1,10 @@
 """The orchestrator service: intake, step results, deadlines, cancel — all state in KV.
 
 Every change to a workflow goes through ``_mutate``, under that task's lock:
-take the task's state and revision from memory (read KV only for a task not
-cached, or after a revision conflict), apply one engine transition, write it
-back once if it changed (revision-checked), then publish the outbox with dedup
+read the state and revision (a message-driven change reads KV, as another
+instance may have moved the task on; a deadline tick decides on the cached
+copy and re-reads only on a revision conflict), apply one engine transition,
+write it back once if it changed (revision-checked), then publish the outbox with dedup
 ids, all at once, awaiting the acks together. The outbox is cleared lazily: a
 published entry leaves the state with the task's next write (or a final write
 when the task ends); a crash in between re-publishes it, which the stream's
@@ -206,7 +207,7 @@ class OrchestratorService(Lifecycle):
                 continue
             try:
                 await self._refresh(key)
-                await self._mutate(key, lambda st, t: False)
+                await self._mutate(key, lambda st, t: False, fresh=False)
             except Exception as exc:  # one bad workflow must not stop the others resuming
                 logger.warning("resume failed task=%s err=%s", key, exc)
         logger.debug("resumed workflows=%d open=%d", len(keys), len(self._open))
@@ -255,13 +256,26 @@ class OrchestratorService(Lifecycle):
         return _Cached(state_decoder.decode(entry.value), entry.revision)
 
     async def _mutate(
-        self, task_id: str, transition: Callable[[WorkflowState, float], bool]
+        self, task_id: str, transition: Callable[[WorkflowState, float], bool], *, fresh: bool = True
     ) -> WorkflowState | None:
+        """Apply one transition and write it once if it changed the state.
+
+        ``fresh`` (every message-driven change) reads the state from KV first, as another
+        instance may have moved the task on; only the deadline ticks (``fresh=False``)
+        decide on the cached copy, and a revision conflict makes them re-read too.
+        """
         async with self._locks.hold(task_id):
             for _ in range(_MUTATE_RETRIES):
-                cached = self._cache.get(task_id) or await self._load(task_id)
-                if cached is None:
-                    return None
+                cached = self._cache.get(task_id)
+                if cached is None or fresh:
+                    loaded = await self._load(task_id)
+                    if loaded is None:
+                        self._cache.pop(task_id, None)
+                        return None
+                    if cached is not None and cached.revision == loaded.revision:
+                        loaded.sent = cached.sent  # what this instance already published
+                    cached = loaded
+                    fresh = False
                 st = cached.state
                 # entries published already leave the state with this write (lazy clear)
                 st.outbox = [o for o in st.outbox if o.id not in cached.sent]
@@ -489,7 +503,9 @@ class OrchestratorService(Lifecycle):
                     logger.exception("resume failed")
             for task_id in list(self._open):
                 try:
-                    await self._mutate(task_id, lambda st, t: self.engine.on_tick(st, t, self.health))
+                    await self._mutate(
+                        task_id, lambda st, t: self.engine.on_tick(st, t, self.health), fresh=False
+                    )
                 except Exception:  # one task's failure must not stop the others' deadlines
                     logger.exception("tick failed task=%s", task_id)
 

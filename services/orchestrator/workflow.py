@@ -152,12 +152,14 @@ class Engine:
             progressed = False
             done = {s.id for s in st.steps if s.status == "completed"}
             for step in st.steps:
+                if st.status != "running":
+                    return
                 if step.status == "pending" and set(step.depends_on) <= done:
                     if step.role == "orchestrator":
                         run_inline(self.emit, st, step, now)
                         progressed = True
                     else:
-                        dispatch(self.config, self.emit, st, step, now)
+                        self._end(st, now, dispatch(self.config, self.emit, st, step, now))
         if all(s.status == "completed" for s in st.steps):
             self.finish(st, now, "completed", "")
 
@@ -175,7 +177,7 @@ class Engine:
             return self._after_end(st, msg, now)
         step = st.step(msg.step_id)
         if step is None:
-            return False
+            return self._unknown_step(st, msg, now)
         if isinstance(msg, StepStarted):
             return self._on_started(st, step, msg, now)
         run_id = run_key(msg)
@@ -260,6 +262,32 @@ class Engine:
         )
         return True
 
+    def _unknown_step(self, st: WorkflowState, msg: StepStarted | StepResult, now: float) -> bool:
+        """A message for a step this state does not have: recorded once, never applied.
+
+        Recording it is a change on purpose: the write is revision-checked, so a
+        state that is merely behind (another orchestrator added the step, e.g. a
+        fix round) is re-read and the message decided again on the fresh state.
+        """
+        key = f"{msg.step_id}:{msg.attempt}:{run_key(msg)}"
+        key += ":started" if isinstance(msg, StepStarted) else ""
+        if key in st.late_results:
+            return False
+        st.late_results.append(key)
+        if isinstance(msg, StepResult):
+            self.emit.event(
+                st,
+                "late_result",
+                f"[Orchestrator] Recorded, not applied: {msg.role} result for unknown step {msg.step_id} "
+                f"attempt {msg.attempt} from {msg.instance_id}",
+                now,
+                step_id=msg.step_id,
+                role=msg.role,
+                attempt=msg.attempt,
+                detail=f"run {run_key(msg)}",
+            )
+        return True
+
     def _after_end(self, st: WorkflowState, msg: StepStarted | StepResult, now: float) -> bool:
         """A message for a task that already ended: a result goes to the dead letters, once."""
         if isinstance(msg, StepStarted):
@@ -328,6 +356,14 @@ class Engine:
     ) -> bool:
         """The broker gave up on a work item (MaxDeliver): recover as for a timeout."""
         step = st.step(step_id)
+        if st.status == "running" and (step is None or step.attempt < attempt):
+            # this state may be behind (another instance dispatched that attempt): record it, so the
+            # revision-checked write re-reads a stale state; on a current one it is noted once
+            key = f"{step_id}:{attempt}:undeliverable"
+            if key in st.late_results:
+                return False
+            st.late_results.append(key)
+            return True
         if st.status != "running" or step is None or step.status != "running" or step.attempt != attempt:
             return False
         reason = f"Undeliverable (MaxDeliver: {deliveries} deliveries without an ack)"

@@ -150,7 +150,9 @@ class LLMReviewer:
         notes = [f"{len(static)} static, {len(semantic)} from the model"]
         if dropped:
             notes.append(f"{len(dropped)} malformed model findings ignored")
-        if tests is not None and not tests.ok:
+        if tests is not None and tests.environment_error:
+            notes.append(f"tests not run ({tests.environment_error}; not scored)")
+        elif tests is not None and not tests.ok:
             notes.append(f"tests failing ({tests.failed} failed, {tests.errors} errors)")
         summary = (
             f"Review score: {total}/100 — {tally} ({'; '.join(notes)}); "

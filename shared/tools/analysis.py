@@ -152,7 +152,7 @@ def python_files(workspace: Path) -> list[Path]:
 
 def _run_tool(args: list[str], root: Path, ok_codes: tuple[int, ...]) -> str:
     proc = subprocess.run(  # fixed argv from this interpreter, no shell
-        [sys.executable, "-m", *args], cwd=root, capture_output=True, text=True, check=False
+        [sys.executable, "-P", "-m", *args], cwd=root, capture_output=True, text=True, check=False
     )
     if proc.returncode not in ok_codes:
         detail = (proc.stderr or proc.stdout).strip()[-800:]

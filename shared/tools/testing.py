@@ -1,46 +1,56 @@
-"""Run a workspace's tests for real: pytest under coverage, in a clean subprocess.
+"""Run a workspace's tests for real, sandboxed, in the project's own environment.
 
 ``run_tests`` answers the "test" step and gates every fix the developer makes;
 ``run_suite`` also keeps which tests passed (the developer refuses a fix that
 breaks a test that passed before); ``performance_profile`` measures the suite's
 slowest tests and the code's complexity hot spots for the "performance_check"
 step. Nothing is estimated: every figure comes from pytest's JUnit XML,
-coverage's JSON report or radon.
+unittest's verbose lines (Django), coverage's JSON report or radon.
 
-The child runs with ``cwd=workspace``, the current interpreter and a minimal
-environment (no ``CADRE_*`` settings, ``PYTHONDONTWRITEBYTECODE=1``), with
-coverage's data file and every report in a temporary folder, so the workspace
-is left exactly as it was.
+Workspace code is untrusted: the tests run in a bubblewrap sandbox
+(``shared.sandbox``) on a throw-away copy of the workspace, with the
+interpreter of the project's own environment (``shared.tools.pyenv``) and the
+project's own runner (``shared.tools.runners``). The workspace is left exactly
+as it was. When the tests cannot run for an environment reason (no sandbox,
+dependencies that cannot be installed, an undeclared import) the report's
+``environment_error`` says why in one line.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import os
-import subprocess
-import sys
+import shutil
 import tempfile
-import time
 import tomllib
 import xml.etree.ElementTree as ET  # noqa: S405 - parses the JUnit XML our own pytest run wrote
 from configparser import ConfigParser
 from configparser import Error as ConfigError
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 from radon.complexity import cc_rank
 from radon.visitors import Class, ComplexityVisitor, Function
 
 from shared.protocol import TestReport
+from shared.sandbox import Sandbox
+from shared.tools.pyenv import EnvBuilder, EnvUnavailable, declared
+from shared.tools.runners import Layout, detect_layout, missing_dependency, parse_unittest_verbose
 from shared.workspace import SKIP_DIRS
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 __all__ = [
     "TestRun",
+    "TestRuntime",
     "TimedTest",
     "HotSpot",
     "PerformanceProfile",
+    "default_runtime",
     "has_tests",
     "run_suite",
     "run_tests",
@@ -50,7 +60,29 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _TAIL = 3000
-_ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+_PARSE_LIMIT = 1024 * 1024  # bytes of runner output / report files read back from the sandbox
+
+
+@dataclass(frozen=True)
+class TestRuntime:
+    """Where workspace tests run: the sandbox and the per-project environment builder."""
+
+    __test__ = False  # not a pytest test class
+
+    sandbox: Sandbox
+    envs: EnvBuilder
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TestRuntime:
+        sandbox = Sandbox.from_settings(settings)
+        return cls(sandbox, EnvBuilder(sandbox, settings.env_cache_dir, install=settings.env_install))
+
+
+@functools.cache
+def default_runtime() -> TestRuntime:
+    """The default sandbox and an environment cache in ``~/.cache/cadre/envs`` (services pass their own)."""
+    sandbox = Sandbox()
+    return TestRuntime(sandbox, EnvBuilder(sandbox, Path.home() / ".cache" / "cadre" / "envs"))
 
 
 @dataclass(frozen=True)
@@ -105,8 +137,8 @@ def _is_test_file(name: str) -> bool:
 
 
 def has_tests(workspace: Path) -> bool:
-    """Whether the workspace holds any pytest-style test module."""
-    return any(_is_test_file(p.name) for p in _py_files(workspace))
+    """Whether the workspace holds tests its runner would find (pytest, unittest ``tests.py``, Django)."""
+    return detect_layout(workspace.resolve()) is not None
 
 
 def _own_pytest_config(root: Path) -> bool:
@@ -130,10 +162,12 @@ def _own_pytest_config(root: Path) -> bool:
     return False
 
 
-def _child_env(tmp: Path) -> dict[str, str]:
-    env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
-    env.setdefault("PATH", os.defpath)
-    env.update(PYTHONDONTWRITEBYTECODE="1", COVERAGE_FILE=str(tmp / ".coverage"))
+def _child_env(out: Path, copy: Path) -> dict[str, str]:
+    env = {"PYTHONDONTWRITEBYTECODE": "1", "COVERAGE_FILE": str(out / ".coverage"), "LANG": "C.UTF-8"}
+    if (copy / "src").is_dir():
+        env["PYTHONPATH"] = str(
+            copy / "src"
+        )  # src layout: the project is not installed, its code is on the path
     return env
 
 
@@ -173,99 +207,181 @@ def _tail(text: str) -> str:
     return text[-_TAIL:]
 
 
-def run_suite(workspace: Path, timeout: float = 300, *, coverage: bool = True) -> TestRun | None:
-    """Run the workspace's tests (under coverage when asked); None when it has no tests."""
-    root = workspace.resolve()
-    if not has_tests(root):
-        return None
-    with tempfile.TemporaryDirectory(prefix="cadre-tests-") as tmp_name:
-        tmp = Path(tmp_name)
-        junit = tmp / "junit.xml"
-        pytest_args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
-        if not _own_pytest_config(root):
+def _not_run(reason: str, command: str, runner: str = "pytest") -> TestRun:
+    """A report for tests that could not run for an environment reason (the score skips it)."""
+    logger.warning("tests not run: %s", reason)
+    report = TestReport(
+        passed=0,
+        failed=0,
+        errors=0,
+        coverage=None,
+        command=command,
+        output_tail=f"[cadre] tests not run: {reason}",
+        environment_error=reason,
+        runner=runner,
+    )
+    return TestRun(report, frozenset())
+
+
+def _copy_workspace(root: Path, dest: Path) -> None:
+    """The sandbox's own copy: symlinks stay links (resolved inside the sandbox), caches are left out."""
+    shutil.copytree(root, dest, symlinks=True, ignore=shutil.ignore_patterns(*SKIP_DIRS, ".coverage"))
+
+
+def _argv(layout: Layout, python: Path, copy: Path, out: Path, coverage: bool) -> tuple[list[str], str]:
+    """The command run inside the sandbox and the one shown in the report."""
+    if layout.runner == "django":
+        tail = [str(copy / "manage.py"), "test", "--noinput", "-v", "2"]
+        shown_tail = "manage.py test --noinput -v 2"
+    else:
+        junit = out / "junit.xml"
+        tail = ["-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+        shown_tail = "-m pytest -q -p no:cacheprovider"
+        if not _own_pytest_config(copy):
             # keep pytest from adopting a config file found above the workspace
-            (tmp / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
-            pytest_args += ["-c", str(tmp / "pytest.ini"), f"--rootdir={root}", f"--confcutdir={root}"]
-        if coverage:
-            argv = [sys.executable, "-m", "coverage", "run", f"--source={root}", f"--omit={_omit(root)}"]
-            argv += pytest_args
-            shown = "coverage run --source=. -m pytest -q -p no:cacheprovider"
-        else:
-            argv = [sys.executable, *pytest_args]
-            shown = "python -m pytest -q -p no:cacheprovider"
-        env = _child_env(tmp)
-        started = time.perf_counter()
-        try:
-            proc = subprocess.run(  # noqa: S603 - fixed argv from the current interpreter, no shell
-                argv, cwd=root, env=env, capture_output=True, text=True, timeout=timeout, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            ini = out / "pytest.ini"
+            ini.write_text("[pytest]\npython_files = test_*.py *_test.py tests.py\n", encoding="utf-8")
+            tail += ["-c", str(ini), f"--rootdir={copy}", f"--confcutdir={copy}"]
+    if coverage:
+        pre = [str(python), "-m", "coverage", "run", f"--source={copy}", f"--omit={_omit(copy)}"]
+        return pre + tail, f"coverage run --source=. {shown_tail.removeprefix('-m ')}"
+    return [str(python), *tail], f"python {shown_tail}"
+
+
+def run_suite(
+    workspace: Path,
+    timeout: float = 300,
+    *,
+    coverage: bool = True,
+    runtime: TestRuntime | None = None,
+) -> TestRun | None:
+    """Run the workspace's tests in the sandbox (under coverage when asked); None when it has no tests.
+
+    The tests run on a copy of the workspace, in the project's own environment
+    (see ``shared.tools.pyenv``), with the project's own runner (pytest, or
+    Django's ``manage.py test``). When they cannot run for an environment
+    reason the report says so in ``environment_error``.
+    """
+    root = workspace.resolve()
+    layout = detect_layout(root)
+    if layout is None:
+        return None
+    rt = runtime or default_runtime()
+    shown = "manage.py test" if layout.runner == "django" else "python -m pytest"
+    reason = rt.sandbox.unavailable()
+    if reason is not None and not rt.sandbox.allow_unsandboxed:
+        return _not_run(f"sandbox unavailable, workspace code was not run: {reason}", shown, layout.runner)
+    try:
+        env = rt.envs.ensure(declared(root))
+    except EnvUnavailable as exc:
+        return _not_run(exc.reason, shown, layout.runner)
+    with tempfile.TemporaryDirectory(prefix="cadre-tests-") as tmp_name:
+        tmp = Path(tmp_name).resolve()
+        copy, out = tmp / "ws", tmp / "out"
+        _copy_workspace(root, copy)
+        out.mkdir()
+        argv, shown = _argv(layout, env.python, copy, out, coverage)
+        rt.sandbox.prepare(tmp)
+        limits = rt.sandbox.with_limits(wall_seconds=min(timeout, rt.sandbox.limits.wall_seconds))
+        child_env = _child_env(out, copy)
+        ro = [env.root] if env.root else []
+        res = rt.sandbox.run(
+            argv, cwd=copy, rw=[copy, out], ro=ro, env=child_env, limits=limits, tail_chars=_PARSE_LIMIT
+        )
+        output = (f"[cadre] {env.note}\n" if env.note else "") + _tail(res.output)
+
+        def failed_run(tail: str) -> TestRun:
             report = TestReport(
                 passed=0,
                 failed=0,
                 errors=1,
                 coverage=None,
                 command=shown,
-                output_tail=_tail(f"{out}\n[cadre] the test run timed out after {timeout:.0f}s"),
+                output_tail=_tail(tail),
+                sandboxed=res.sandboxed,
+                runner=layout.runner,
             )
-            return TestRun(report, frozenset(), wall_seconds=time.perf_counter() - started)
-        wall = time.perf_counter() - started
-        # stderr (plugin warnings) first, so the tail ends with pytest's own summary
-        output = _tail((proc.stderr + "\n" if proc.stderr.strip() else "") + proc.stdout)
-        if proc.returncode == 5:  # pytest: no tests collected
-            return None
-        if not junit.is_file():
-            report = TestReport(
-                passed=0, failed=0, errors=1, coverage=None, command=shown, output_tail=output
-            )
-            return TestRun(report, frozenset(), wall_seconds=wall)
-        outcomes, durations, collection_errors = _parse_junit(junit)
-        percent = _coverage_percent(root, tmp, env) if coverage else None
+            return TestRun(report, frozenset(), wall_seconds=res.wall_seconds)
+
+        if res.timed_out:
+            return failed_run(f"{output}\n[cadre] the test run timed out after {limits.wall_seconds:.0f}s")
+        durations: dict[str, float] = {}
+        if layout.runner == "django":
+            parsed = parse_unittest_verbose(res.stderr)
+            if parsed.ran == 0:  # Django found no tests ("Ran 0 tests")
+                return None
+            outcomes, collection_errors = parsed.outcomes, 0
+        else:
+            if res.returncode == 5:  # pytest: no tests collected
+                return None
+            junit = out / "junit.xml"
+            if not junit.is_file() or junit.stat().st_size > _PARSE_LIMIT * 16:
+                return failed_run(output)
+            try:
+                outcomes, durations, collection_errors = _parse_junit(junit)
+            except ET.ParseError as exc:
+                return failed_run(f"{output}\n[cadre] unreadable JUnit XML: {exc}")
+        if not outcomes and res.returncode != 0:
+            collection_errors = 1
+            outcomes = {"<run>": "error"}
+        percent = _coverage_percent(rt, env.python, copy, out, child_env, ro) if coverage else None
     counts = {k: sum(1 for v in outcomes.values() if v == k) for k in ("passed", "failed", "error")}
+    missing = missing_dependency(res.output, root, counts["passed"], counts["failed"])
     report = TestReport(
         passed=counts["passed"],
         failed=counts["failed"],
         errors=counts["error"],
         coverage=percent,
         command=shown,
-        output_tail=output,
+        output_tail=output if missing is None else _tail(f"{output}\n[cadre] {missing}"),
+        environment_error=missing,
+        sandboxed=res.sandboxed,
+        runner=layout.runner,
     )
     logger.info(
-        "tests ran workspace=%s passed=%d failed=%d errors=%d (collection %d) coverage=%s secs=%.2f",
+        "tests ran workspace=%s runner=%s passed=%d failed=%d errors=%d (collection %d) coverage=%s secs=%.2f",
         root.name,
+        layout.runner,
         report.passed,
         report.failed,
         report.errors,
         collection_errors,
         percent,
-        wall,
+        res.wall_seconds,
     )
     passed = frozenset(t for t, o in outcomes.items() if o == "passed")
-    return TestRun(report, passed, durations, outcomes, wall)
+    return TestRun(report, passed, durations, outcomes, res.wall_seconds)
 
 
-def _coverage_percent(root: Path, tmp: Path, env: dict[str, str]) -> float | None:
-    out = tmp / "coverage.json"
-    proc = subprocess.run(  # noqa: S603 - fixed argv, no shell
-        [sys.executable, "-m", "coverage", "json", "-q", "-o", str(out)],
-        cwd=root,
+def _coverage_percent(
+    rt: TestRuntime, python: Path, copy: Path, out: Path, env: dict[str, str], ro: list[Path]
+) -> float | None:
+    """Coverage's JSON report, made inside the sandbox too (the data file is the workspace's output)."""
+    report = out / "coverage.json"
+    res = rt.sandbox.run(
+        [str(python), "-m", "coverage", "json", "-q", "-o", str(report)],
+        cwd=copy,
+        rw=[copy, out],
+        ro=ro,
         env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+        limits=rt.sandbox.with_limits(wall_seconds=120.0),
     )
-    if proc.returncode != 0 or not out.is_file():
-        logger.info("no coverage data workspace=%s: %s", root.name, (proc.stdout + proc.stderr).strip())
+    if res.returncode != 0 or not report.is_file() or report.stat().st_size > _PARSE_LIMIT * 16:
+        logger.info("no coverage data workspace=%s: %s", copy.name, res.output.strip()[-300:])
         return None
-    totals = json.loads(out.read_text(encoding="utf-8")).get("totals", {})
-    percent = totals.get("percent_covered")
-    return round(float(percent), 1) if percent is not None else None
+    try:
+        totals = json.loads(report.read_text(encoding="utf-8")).get("totals", {})
+        percent = float(totals.get("percent_covered"))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return round(percent, 1) if 0.0 <= percent <= 100.0 else None
 
 
-def run_tests(workspace: Path, timeout: float = 300) -> TestReport | None:
+def run_tests(
+    workspace: Path, timeout: float = 300, *, runtime: TestRuntime | None = None
+) -> TestReport | None:
     """Run the workspace's tests under coverage; None when the workspace has no tests."""
-    run = run_suite(workspace, timeout, coverage=True)
+    run = run_suite(workspace, timeout, coverage=True, runtime=runtime)
     return run.report if run is not None else None
 
 
@@ -279,14 +395,16 @@ def _functions(blocks: list[object]) -> list[Function]:
     return out
 
 
-def performance_profile(workspace: Path, timeout: float = 300, top: int = 5) -> PerformanceProfile:
+def performance_profile(
+    workspace: Path, timeout: float = 300, top: int = 5, *, runtime: TestRuntime | None = None
+) -> PerformanceProfile:
     """Measure the workspace: test wall time and slowest tests, complexity hot spots.
 
     Tests run without coverage (tracing would distort the timings). Hot spots
     are the ``top`` most complex non-test functions by radon's cyclomatic complexity.
     """
     root = workspace.resolve()
-    run = run_suite(root, timeout, coverage=False)
+    run = run_suite(root, timeout, coverage=False, runtime=runtime)
     slowest = []
     if run is not None:
         ranked = sorted(run.durations.items(), key=lambda kv: kv[1], reverse=True)[:top]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from shared.bus import Bus
 from shared.launcher import Stack
-from tests.helpers import assert_eventually, await_result, feature_task, task_events
+from tests.helpers import assert_eventually, await_result, feature_task, task_events, wait_for_value
 
 SCRIPTED = "tests.brains:ScriptedBrain"
 
@@ -34,11 +34,19 @@ async def test_a_step_rerun_by_a_restarted_instance_with_the_same_id_is_traced_a
     stack.add("researcher", brain=SCRIPTED)
     stack.add("reviewer", brain=SCRIPTED)
     developer = stack.add("developer", instance="developer-x", brain="tests.brains:CrashingBrain")
-    once = tmp_path / "died-once"
-    task = feature_task(
-        {"scores": [95], "die": {"step": "implement", "attempts": [1], "once_file": str(once)}}
-    )
+    once, gate = tmp_path / "died-once", tmp_path / "die-now"
+    die = {"step": "implement", "attempts": [1], "once_file": str(once), "gate_file": str(gate)}
+    task = feature_task({"scores": [95], "die": die})
     await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+
+    async def implement_started() -> bool:
+        return any(
+            e.kind == "step_started" and e.step_id == "implement"
+            for e in await task_events(bus, task.task_id)
+        )
+
+    await wait_for_value(implement_started, timeout=60, what="the developer to start implement")
+    gate.touch()
     await assert_eventually(lambda: once.exists() and not developer.alive(), timeout=60, what="the crash")
     # the container comes back with the same instance id; the broker redelivers attempt 1 to it
     stack.add("developer", instance="developer-x", brain="tests.brains:CrashingBrain")

@@ -144,7 +144,8 @@ async def test_a_deeply_nested_submission_and_a_step_result_for_an_unusable_task
 
     letters = await dead_letters(bus, 2)
     reasons = " | ".join(d.reason for d in letters)
-    assert "RecursionError" in reasons or "depth" in reasons or "nested too deeply" in reasons, reasons
+    # msgspec's own RecursionError, or the decoders' depth guard where it is in place
+    assert "RecursionError" in reasons or "nested too deeply" in reasons, reasons
     assert "unusable task id" in reasons or "$.task_id" in reasons, reasons  # decoded ids are constrained
     await stream_empty(bus, bus.subjects.stream_tasks)
     await stream_empty(bus, bus.subjects.stream_results)

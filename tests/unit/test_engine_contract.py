@@ -313,7 +313,45 @@ def test_a_final_result_with_thousands_of_findings_still_fits_its_bound() -> Non
     e.on_step_message(
         st, _result("security_review", 1, role="reviewer", output=_review(10, issues), score=10), 2.0
     )
-    assert e.cancel(st, 3.0, "enough")
+    # the fix round's work item (2000 findings) is over the bound: the task ends there
+    assert st.status == "failed" and "cannot be delegated" in st.reason
     result = _final(st)
     assert len(encode(result)) <= e.config.max_result_bytes
     assert [s.step_id for s in result.steps][:2] == ["research", "security_review"]
+
+
+def test_a_work_item_too_large_for_one_message_fails_the_task_instead_of_the_write() -> None:
+    e = _engine(max_message_bytes=64 * 1024)
+    sub = TaskSubmission(
+        message_id="m1",
+        task_id="t1",
+        task_type="research",
+        task=TaskBody(description="Q", input_data={"notes": "n" * 40_000}),
+    )
+    st = e.start("t1", sub, plan_from_template("research", "Q"), 0.01, now=0.0)
+    assert st.status == "failed" and "cannot be delegated" in st.reason
+    assert not [o for o in st.outbox if o.subject.startswith("u.work.")]
+    assert _events(st)[-1].kind == "failed"
+    assert len(e.encode(st, 1.0)) <= e.config.max_state_bytes
+
+
+def test_a_message_for_an_unknown_step_is_a_change_so_a_stale_state_gets_re_read() -> None:
+    e = _engine()
+    st = _start(e)
+    # e.g. a fix round another orchestrator added: the revision-checked write of this change fails
+    # on a stale state, which is then re-read; on a current state it is recorded once
+    assert e.on_step_message(st, _started("research.fix1", 1, "d-1", "run_x", role="developer"), 1.0)
+    assert e.on_step_message(st, _result("research.fix1", 1, role="developer", run_id="run_x"), 2.0)
+    assert not e.on_step_message(st, _result("research.fix1", 1, role="developer", run_id="run_x"), 3.0)
+    late = [ev for ev in _events(st) if ev.kind == "late_result"]
+    assert len(late) == 1 and "unknown step research.fix1" in late[0].text
+
+
+def test_an_undeliverable_attempt_this_state_does_not_know_yet_is_a_change_not_a_drop() -> None:
+    e = _engine()
+    st = _start(e)
+    assert e.on_undeliverable(st, "research", 2, 5, 1.0, lambda i: "unknown"), "attempt 2: state behind"
+    assert not e.on_undeliverable(st, "research", 2, 5, 1.5, lambda i: "unknown")
+    assert st.step("research").attempt == 1 and not st.recoveries  # type: ignore[union-attr]
+    assert e.on_undeliverable(st, "research", 1, 5, 2.0, lambda i: "unknown")
+    assert st.recoveries[0].kind == "undeliverable"

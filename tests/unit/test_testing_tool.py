@@ -1,11 +1,16 @@
-"""shared.tools.testing on real temp workspaces: real pytest, real coverage, real radon."""
+"""shared.tools.testing on real temp workspaces: real pytest, real coverage, real radon, the real sandbox."""
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from pathlib import Path
 
-from shared.tools.testing import has_tests, performance_profile, run_suite, run_tests
+import pytest
+
+from shared.sandbox import Sandbox
+from shared.tools.pyenv import EnvBuilder
+from shared.tools.testing import TestRuntime, has_tests, performance_profile, run_suite, run_tests
 
 
 def make(root: Path, files: dict[str, str]) -> Path:
@@ -133,3 +138,86 @@ def test_performance_profile_measures_slow_tests_and_complexity_hot_spots(tmp_pa
     assert (top.file, top.name, top.complexity, top.rank) == ("router.py", "route", 13, "C")
     assert profile.functions == 3 and all(h.file != "tests/test_speed.py" for h in profile.hot_spots)
     assert leftovers(ws) == []
+
+
+def _runtime(tmp_path: Path, sandbox: Sandbox, install: bool = True) -> TestRuntime:
+    return TestRuntime(sandbox, EnvBuilder(sandbox, tmp_path / "envs", install=install))
+
+
+def test_without_a_sandbox_workspace_code_does_not_run_and_the_report_says_why(tmp_path: Path) -> None:
+    ws = make(tmp_path / "ws", {"calc.py": CALC, "tests/test_calc.py": TESTS})
+    sandbox = Sandbox(bwrap="/nonexistent/bwrap")
+    report = run_tests(ws, runtime=_runtime(tmp_path, sandbox))
+    assert report is not None and not report.ok and (report.passed, report.failed) == (0, 0)
+    assert report.environment_error is not None
+    assert report.environment_error.startswith("sandbox unavailable, workspace code was not run: bubblewrap")
+    assert "tests not run" in report.output_tail and not report.sandboxed
+
+
+def test_running_unsandboxed_needs_the_explicit_setting_and_is_logged_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ws = make(tmp_path / "ws", {"calc.py": CALC, "tests/test_calc.py": TESTS})
+    sandbox = Sandbox(bwrap="/nonexistent/bwrap", allow_unsandboxed=True)
+    with caplog.at_level(logging.WARNING, logger="shared.sandbox"):
+        report = run_tests(ws, runtime=_runtime(tmp_path, sandbox))
+    assert report is not None and (report.passed, report.failed) == (1, 1) and not report.sandboxed
+    assert any("UNSANDBOXED" in r.getMessage() for r in caplog.records)
+
+
+def test_the_sandbox_is_used_when_it_is_available(tmp_path: Path) -> None:
+    sandbox = Sandbox()
+    if sandbox.unavailable() is not None:
+        pytest.skip(f"bubblewrap cannot run here: {sandbox.unavailable()}")
+    ws = make(tmp_path / "ws", {"calc.py": CALC, "tests/test_calc.py": TESTS})
+    report = run_tests(ws, runtime=_runtime(tmp_path, sandbox))
+    assert report is not None and report.sandboxed and report.environment_error is None
+
+
+def test_declared_dependencies_with_installing_off_are_an_environment_error(tmp_path: Path) -> None:
+    ws = make(tmp_path / "ws", {"requirements.txt": "flask>=3\n", "calc.py": CALC, "test_calc.py": TESTS})
+    report = run_tests(ws, runtime=_runtime(tmp_path, Sandbox(), install=False))
+    assert report is not None and report.environment_error is not None
+    assert "flask>=3" in report.environment_error and "CADRE_ENV_INSTALL=false" in report.environment_error
+
+
+def test_unittest_style_tests_py_files_are_found_and_run(tmp_path: Path) -> None:
+    ws = make(
+        tmp_path / "ws",
+        {
+            "calc.py": CALC,
+            "pkg/__init__.py": "",
+            "pkg/tests.py": """
+                import unittest
+
+                from calc import add
+
+
+                class AddTests(unittest.TestCase):
+                    def test_add(self):
+                        self.assertEqual(add(2, 3), 5)
+            """,
+        },
+    )
+    assert has_tests(ws)
+    report = run_tests(ws)
+    assert report is not None and (report.passed, report.failed, report.errors) == (1, 0, 0), (
+        report.output_tail
+    )
+
+
+def test_without_the_index_the_services_own_env_is_used_when_it_satisfies_the_declarations(
+    tmp_path: Path,
+) -> None:
+    # pyyaml is one of the service's own dependencies; with installing off no venv can be built
+    ws = make(
+        tmp_path / "ws",
+        {
+            "requirements.txt": "pyyaml>=6\n",
+            "test_yaml.py": "import yaml\n\n\ndef test_loads():\n    assert yaml.safe_load('a: 1') == {'a': 1}\n",
+        },
+    )
+    report = run_tests(ws, runtime=_runtime(tmp_path, Sandbox(), install=False))
+    assert report is not None and report.environment_error is None
+    assert (report.passed, report.failed, report.errors) == (1, 0, 0), report.output_tail
+    assert "installing is off" in report.output_tail and "used instead" in report.output_tail

@@ -17,7 +17,8 @@ __all__ = ["ruff_plan", "ruff_rows", "run_ruff"]
 def run_ruff(root: Path, rel: str, text: str, *args: str) -> subprocess.CompletedProcess[str]:
     """ruff on ``text`` via stdin. Bytes in and out: text mode would turn CRLF into LF."""
     proc = subprocess.run(  # noqa: S603 - fixed argv from the current interpreter, no shell
-        [sys.executable, "-m", "ruff", *args, "--isolated", "--no-cache", "--stdin-filename", rel, "-"],
+        # -P: the workspace (cwd) is never on sys.path, so its own `ruff/` package cannot run here
+        [sys.executable, "-P", "-m", "ruff", *args, "--isolated", "--no-cache", "--stdin-filename", rel, "-"],
         cwd=root,
         input=text.encode("utf-8"),
         capture_output=True,
