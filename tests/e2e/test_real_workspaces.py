@@ -140,6 +140,24 @@ def patch_lines(patch: str) -> dict[str, tuple[list[tuple[int, str]], list[str]]
     return files
 
 
+def assert_patch_changes_only_needed_lines(
+    patch: str, name: str, result: FinalResult, also: tuple[str, ...] = ()
+) -> dict[str, tuple[list[tuple[int, str]], list[str]]]:
+    """Every line the patch takes out is a line a review flagged, an import, or one of ``also``;
+    what it puts in is imports, blank lines and at most one replacement per flagged line."""
+    per_file = patch_lines(patch)
+    flagged = {(i.file, i.line) for review in reviews(result) for i in review.issues}
+    for rel, (removed, added) in per_file.items():
+        submitted = (WORKSPACES / name / rel).read_text().splitlines()
+        for number, text in removed:
+            assert submitted[number - 1] == text, (rel, number, "the patch names the submitted line")
+            needed = (rel, number) in flagged or _IMPORT.match(text) or any(a in text for a in also)
+            assert needed, (rel, number, text, patch)
+        replacements = [t for t in added if t.strip() and not _IMPORT.match(t)]
+        assert len(replacements) <= len([n for n, _ in removed if (rel, n) in flagged]), (rel, patch)
+    return per_file
+
+
 # --- flask_notes: Flask + Flask-SQLAlchemy + PyJWT from the index ----------------------------------
 
 
@@ -165,17 +183,10 @@ async def test_flask_app_is_fixed_with_its_own_tests_passing_in_the_sandbox_befo
     # every changed line is one a fix needed: a flagged line, an import, or the unused input
     # of the predictable token that goes with it
     patch = await CadreClient(bus).workspace_patch(result)
-    per_file = patch_lines(patch)
+    per_file = assert_patch_changes_only_needed_lines(
+        patch, "flask_notes", result, also=("now = str(time.time())",)
+    )
     assert set(per_file) == changed, patch
-    flagged = {(i.file, i.line) for review in reviews(result) for i in review.issues}
-    submitted = {rel: (WORKSPACES / "flask_notes" / rel).read_text().splitlines() for rel in per_file}
-    for rel, (removed, added) in per_file.items():
-        for number, text in removed:
-            assert submitted[rel][number - 1] == text, (rel, number, "the patch names the submitted line")
-            needed = (rel, number) in flagged or _IMPORT.match(text) or "now = str(time.time())" in text
-            assert needed, (rel, number, text, patch)
-        replacements = [t for t in added if t.strip() and not _IMPORT.match(t)]
-        assert len(replacements) <= len([n for n, _ in removed if (rel, n) in flagged]), (rel, patch)
 
     assert_approval_waits_for_security(result)
     assert not result.approved, (
@@ -197,10 +208,44 @@ async def test_django_project_is_fixed_with_manage_py_test_passing_in_the_sandbo
     first = reviews(result)[0]
     assert {"bandit:B608", "bandit:B301"} <= {i.rule for i in first.issues}
 
-    for out in fix_steps(result):
+    fixes = fix_steps(result)
+    for out in fixes:
         assert_own_tests_ran_sandboxed(out.tests_before, "django", 2)
         assert_own_tests_ran_sandboxed(out.tests, "django", 2)
+    assert [s.name for out in fixes for s in out.configure] == ["BLOG_SITE_SECRET_KEY"]
+
+    # only Django's signing key moved out of the code (the rest needs a human)
+    patch = await CadreClient(bus).workspace_patch(result)
+    assert set(assert_patch_changes_only_needed_lines(patch, "django_blog", result)) == {
+        "blog_site/settings.py"
+    }, patch
+    assert "BLOG_SITE_SECRET_KEY" in patch
 
     await assert_downloaded_code_passes_its_tests(bus, settings, result, tmp_path / "fixed", "django", 2)
     assert_approval_waits_for_security(result)
     assert not result.approved, "raw SQL and pickle in blog/views.py stay open"
+
+
+# --- crlf_pkg: CRLF files, PyYAML from the index -----------------------------------------------------
+
+
+async def test_crlf_package_is_fixed_approved_and_keeps_crlf_through_the_bus_and_the_download(
+    bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
+) -> None:
+    result = await review_task(bus, stack, tmp_path, "crlf_pkg", "Harden textkit")
+    assert result.status == "completed", result.reason
+    for out in fix_steps(result):
+        assert_own_tests_ran_sandboxed(out.tests_before, "pytest", 4)
+        assert_own_tests_ran_sandboxed(out.tests, "pytest", 4)
+
+    fixed = tmp_path / "fixed"
+    await assert_downloaded_code_passes_its_tests(bus, settings, result, fixed, "pytest", 4)
+    changes = await CadreClient(bus).workspace_changes(result)
+    assert sorted(c.path for c in changes) == ["textkit/config.py", "textkit/slug.py"], changes
+    for rel in ("textkit/config.py", "textkit/slug.py"):
+        data = (fixed / rel).read_bytes()
+        assert data.count(b"\n") == data.count(b"\r\n"), f"{rel} keeps its CRLF line endings"
+    submitted = WORKSPACES / "crlf_pkg"
+    assert (fixed / "textkit/__init__.py").read_bytes() == (submitted / "textkit/__init__.py").read_bytes()
+    assert_approval_waits_for_security(result)
+    assert result.approved and not reviews(result)[-1].issues, reviews(result)[-1].summary
