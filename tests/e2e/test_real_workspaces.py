@@ -13,6 +13,7 @@ so a second run reuses the installed environments.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 from pathlib import Path
@@ -32,6 +33,7 @@ from shared.protocol import (
 )
 from shared.sandbox import Sandbox
 from shared.settings import Settings
+from shared.tools.pyenv import declared
 from shared.tools.scoring import blocks
 from shared.tools.testing import TestRuntime, run_suite
 from tests.helpers import await_result, task_events
@@ -79,6 +81,14 @@ def assert_own_tests_ran_sandboxed(report: protocol.TestReport | None, runner: s
     assert report.sandboxed, "workspace code ran inside the sandbox"
     assert report.runner == runner, report.command
     assert (report.passed, report.failed, report.errors) == (passed, 0, 0), report.output_tail
+
+
+def assert_installed_from_the_index(name: str, package: str) -> None:
+    """The package is not Cadre's own: it was installed into the project's environment from the index."""
+    assert importlib.util.find_spec(package) is None, f"{package} must not come from Cadre's environment"
+    env = ENV_CACHE / "envs" / declared(WORKSPACES / name).digest
+    assert (env / ".complete").is_file(), "the project's environment was built"
+    assert list(env.glob(f"venv/lib/python*/site-packages/{package}/__init__.py")), env
 
 
 def fix_steps(result: FinalResult) -> list[DevelopmentOutput]:
@@ -173,6 +183,8 @@ async def test_flask_app_is_fixed_with_its_own_tests_passing_in_the_sandbox_befo
     for out in fixes:
         assert_own_tests_ran_sandboxed(out.tests_before, "pytest", 3)
         assert_own_tests_ran_sandboxed(out.tests, "pytest", 3)
+    assert_installed_from_the_index("flask_notes", "flask")
+    assert_installed_from_the_index("flask_notes", "flask_sqlalchemy")
     changed = {c.file for out in fixes for c in out.changes}
     assert "notes/auth.py" in changed, [out.summary for out in fixes]
 
@@ -212,6 +224,7 @@ async def test_django_project_is_fixed_with_manage_py_test_passing_in_the_sandbo
     for out in fixes:
         assert_own_tests_ran_sandboxed(out.tests_before, "django", 2)
         assert_own_tests_ran_sandboxed(out.tests, "django", 2)
+    assert_installed_from_the_index("django_blog", "django")
     assert [s.name for out in fixes for s in out.configure] == ["BLOG_SITE_SECRET_KEY"]
 
     # only Django's signing key moved out of the code (the rest needs a human)
