@@ -109,7 +109,7 @@ def review_verdict(
     )
     insert_after(st, step, [fix, rereview], rewire_to=rereview.id)
     why = [f"score {out.score} < {config.review_threshold}"] if out.score < config.review_threshold else []
-    why += [f"{len(blocking)} HIGH finding(s) open"] if blocking else []
+    why += [f"{len(blocking)} blocking finding(s) open: {name_blocking(blocking)}"] if blocking else []
     emit.event(
         st,
         "fix_requested",

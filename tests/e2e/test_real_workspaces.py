@@ -205,8 +205,12 @@ async def test_flask_app_is_fixed_with_its_own_tests_passing_in_the_sandbox_befo
         "the SQL injection in notes/views.py is a MEDIUM security finding no fix closes"
     )
     assert any(i.rule == "bandit:B608" for i in result.needs_attention), result.reason
-    kinds = [e.kind for e in await task_events(bus, result.task_id)]
-    assert "fix_requested" in kinds and "approved" not in kinds
+    assert result.score_history[-1] >= settings.review_threshold, "the score alone would approve it"
+    events = await task_events(bus, result.task_id)
+    assert "approved" not in [e.kind for e in events]
+    # the re-review scored above the threshold, yet another fix round was asked for, naming the finding
+    requested = [e.text for e in events if e.kind == "fix_requested"]
+    assert len(requested) == 2 and "bandit:B608 at notes/views.py:" in requested[1], requested
 
 
 # --- django_blog: Django from the index, manage.py test ----------------------------------------------
