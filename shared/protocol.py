@@ -334,6 +334,8 @@ class DevelopmentOutput(msgspec.Struct, frozen=True, kw_only=True, tag="developm
     changes: list[Change] = []
     refused: list[Change] = []
     tests: TestReport | None = None
+    # the run before any change (a fix step's baseline; None when not run or no tests)
+    tests_before: TestReport | None = None
     disputes: list[Dispute] = []
     # configure before running: environment variables the changed code reads
     configure: list[Setting] = []

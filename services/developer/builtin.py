@@ -133,6 +133,7 @@ class BuiltinDeveloper:
         findings = await asyncio.to_thread(_relocate, ws, findings)
         timeout = suite_timeout(item)
         baseline = await asyncio.to_thread(run_suite, ws, timeout, coverage=False, runtime=self.runtime)
+        before = baseline.report if baseline is not None else None
         not_run = baseline.report.environment_error if baseline is not None else None
         if not_run:
             baseline = None  # tests that cannot run cannot gate a fix
@@ -184,6 +185,7 @@ class BuiltinDeveloper:
             changes=outcome.changes,
             refused=[*outcome.refused, *self._unfixable(outcome)],
             tests=final,
+            tests_before=before,
             disputes=outcome.disputes,
             configure=configure,
             follow_ups=outcome.follow_ups,

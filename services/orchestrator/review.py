@@ -26,9 +26,16 @@ from services.orchestrator.state import StepState, WorkflowState
 from shared.protocol import DevelopmentOutput, Dispute, Issue, ReviewOutput
 from shared.tools.scoring import blocks
 
-__all__ = ["review_verdict", "resolve_disputes", "insert_after", "no_progress"]
+__all__ = ["review_verdict", "resolve_disputes", "insert_after", "no_progress", "name_blocking"]
 
 logger = logging.getLogger(__name__)
+
+
+def name_blocking(issues: list[Issue], limit: int = 5) -> str:
+    """The findings that block approval, named for a person: ``bandit:B608 at notes/views.py:40, ...``."""
+    named = [f"{i.rule} at {i.file}:{i.line}" if i.file else i.rule for i in issues[:limit]]
+    more = f" and {len(issues) - limit} more" if len(issues) > limit else ""
+    return ", ".join(named) + more
 
 
 def review_verdict(
@@ -67,7 +74,11 @@ def review_verdict(
             "failed",
             f"review cap reached: {origin} not approved after {step.round} fix rounds "
             f"(scores {history}; threshold {config.review_threshold}; "
-            f"{len(blocking)} HIGH finding(s) open)",
+            + (
+                f"{len(blocking)} blocking finding(s) open: {name_blocking(blocking)})"
+                if blocking
+                else "no blocking finding open)"
+            ),
         )
     findings = [i for i in out.issues if i.id not in st.waived]
     n = step.round + 1
@@ -98,7 +109,7 @@ def review_verdict(
     )
     insert_after(st, step, [fix, rereview], rewire_to=rereview.id)
     why = [f"score {out.score} < {config.review_threshold}"] if out.score < config.review_threshold else []
-    why += [f"{len(blocking)} HIGH finding(s) open"] if blocking else []
+    why += [f"{len(blocking)} blocking finding(s) open: {name_blocking(blocking)}"] if blocking else []
     emit.event(
         st,
         "fix_requested",
@@ -189,8 +200,10 @@ def no_progress(st: WorkflowState, step: StepState, out: DevelopmentOutput) -> E
     st.needs_attention = [i for i in findings if i.id not in st.waived]
     origin = step.origin or step.id
     history = " → ".join(str(s) for s in st.score_history)
+    blocking = [i for i in st.needs_attention if blocks(i)]
+    named = f"; approval blocked by {name_blocking(blocking)}" if blocking else ""
     return Ending(
         "failed",
         f"review loop of {origin} stopped: fix round {step.round} changed nothing ({out.summary}); "
-        f"{len(st.needs_attention)} finding(s) need a human or an LLM developer (scores {history})",
+        f"{len(st.needs_attention)} finding(s) need a human or an LLM developer (scores {history}){named}",
     )

@@ -213,6 +213,7 @@ def test_a_fix_round_that_changes_nothing_ends_the_loop_listing_what_needs_a_hum
     e.on_step_message(st, _result("security_review.fix2", 1, role="developer", output=_fix(0)), 5.0)
     assert st.status == "failed"
     assert "fix round 2 changed nothing" in st.reason and "need a human or an LLM developer" in st.reason
+    assert st.reason.endswith("approval blocked by bandit:B324"), "the reason names what blocks approval"
     assert st.step("security_review.review3").status == "pending", "no re-review of unchanged code"  # type: ignore[union-attr]
     result = _final(st)
     assert [i.id for i in result.needs_attention] == ["i1"]
@@ -232,6 +233,7 @@ def test_the_review_cap_also_lists_the_open_findings() -> None:
         st, _result("security_review.review2", 1, role="reviewer", output=_review(70, [ISSUE]), score=70), 4.0
     )
     assert "review cap reached" in st.reason and [i.id for i in st.needs_attention] == ["i1"]
+    assert "1 blocking finding(s) open: bandit:B324" in st.reason
 
 
 def test_a_state_that_outgrows_the_message_limit_fails_the_task_and_still_fits() -> None:
