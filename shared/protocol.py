@@ -16,6 +16,7 @@ import msgspec
 
 __all__ = [
     "BoundedDecoder",
+    "StepOutcome",
     "PROTOCOL_VERSION",
     "ROLES",
     "AGENT_ROLES",
@@ -92,6 +93,8 @@ Priority = Literal["high", "normal", "low"]
 Severity = Literal["HIGH", "MEDIUM", "LOW"]
 # What a finding or a position is about; the conflict policy orders these.
 Concern = Literal["security", "correctness", "performance", "style"]
+# how one run of a step ended, as its agent reports it
+StepOutcome = Literal["completed", "failed", "unsupported", "cancelled"]
 
 ROLES: tuple[str, ...] = ("orchestrator", "researcher", "developer", "reviewer")
 AGENT_ROLES: tuple[str, ...] = ("researcher", "developer", "reviewer")
@@ -408,7 +411,7 @@ class StepResult(Message, frozen=True, kw_only=True, tag="step_result"):
     attempt: int
     role: AgentRole
     instance_id: str
-    status: Literal["completed", "failed", "unsupported", "cancelled"]
+    status: StepOutcome
     summary: str = ""
     output: StepOutput | None = None
     issues: list[Issue] = []

@@ -33,6 +33,7 @@ from shared.outputs import offload_output
 from shared.protocol import (
     PRIORITIES,
     MetricEvent,
+    StepOutcome,
     StepResult,
     StepStarted,
     Timings,
@@ -395,13 +396,13 @@ class AgentService(Lifecycle):
         item: WorkItem,
         result: BrainResult,
         started_at: float,
-        status: str | None = None,
+        status: StepOutcome | None = None,
         *,
         run_id: str = "",
     ) -> None:
         run_id = run_id or new_id("run")
         finished = now()
-        final_status = status or result.status
+        final_status: StepOutcome = status or result.status
         step_result = StepResult(
             message_id=new_id("res"),
             task_id=item.task_id,
@@ -409,7 +410,7 @@ class AgentService(Lifecycle):
             attempt=item.attempt,
             role=item.to_agent,
             instance_id=self.instance_id,
-            status=final_status,  # type: ignore[arg-type]
+            status=final_status,
             summary=result.summary,
             output=result.output,
             issues=result.issues,
