@@ -28,11 +28,16 @@ $(STAMP): pyproject.toml $(LOCK) requirements/build.in
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
-## Upgrade every pinned dependency on purpose (needs the package index), then rebuild the venv.
-lock: $(STAMP)
-	$(BIN)/$(LOCK_CMD) --upgrade
-	$(BIN)/$(RUNTIME_LOCK_CMD)
-	$(BIN)/$(SDK_LOCK_CMD)
+## Upgrade every pinned dependency on purpose (needs the package index); the next target rebuilds
+## the venv. uv runs from its own small venv (the version the lock pins), not from .venv, so the
+## lock can be remade even when pyproject.toml asks for something .venv cannot satisfy yet.
+LOCK_TOOLS = .cadre/lock-tools
+lock:
+	$(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/python -m pip install --quiet "$$(grep -E '^uv==' $(LOCK) | cut -d' ' -f1)"
+	$(LOCK_TOOLS)/bin/$(LOCK_CMD) --upgrade
+	$(LOCK_TOOLS)/bin/$(RUNTIME_LOCK_CMD)
+	$(LOCK_TOOLS)/bin/$(SDK_LOCK_CMD)
 
 ## The embedded default: local nats-server + every service as a process + the example task.
 run: $(STAMP)
