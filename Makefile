@@ -1,11 +1,11 @@
 # Cadre — every target sets itself up: the first run creates .venv and installs the project
-# from the committed lock (requirements/lock.txt: every package pinned with its hashes), so a new
+# from the committed lock (requirements.txt: every package pinned with its hashes), so a new
 # release of any dependency cannot change what `make run` / `make test` install.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
-LOCK    = requirements/lock.txt
+LOCK    = requirements.txt
 PYTEST_ARGS ?=
 # what `make lock` runs (tests/unit/test_lock.py checks each lock's header names its command):
 # the full lock (every extra: what make installs), then two subsets at the same versions: what

@@ -15,6 +15,17 @@ from shared.protocol import WorkItem
 from shared.settings import Settings
 
 
+async def file_state(path: str, *, present: bool) -> None:
+    """Wait until ``path`` exists (or is gone): the test's signal to a brain in another process.
+
+    A file, not an event: the brain runs in a service process (and a redelivered item may
+    run in another one), so the only thing both sides share is the file system; polling
+    it is how that signal is read. No timeout: the step deadline and the test bound it.
+    """
+    while Path(path).exists() != present:
+        await asyncio.sleep(0.05)
+
+
 class EchoBrain:
     """Completes every step, saying which instance did it.
 
@@ -31,8 +42,7 @@ class EchoBrain:
             raise RuntimeError("scripted crash")
         hold = data.get("hold_file")
         if hold:
-            while Path(hold).exists():
-                await asyncio.sleep(0.05)
+            await file_state(hold, present=False)
         return BrainResult("completed", f"done by {ctx.instance_id}: {item.task.description}")
 
 
@@ -186,8 +196,8 @@ class CrashingBrain(ScriptedBrain):
             once = rule.get("once_file")
             if not (once and Path(once).exists()):
                 gate = rule.get("gate_file")  # die only once the test has seen the step start
-                while gate and not Path(gate).exists():
-                    await asyncio.sleep(0.05)
+                if gate:
+                    await file_state(gate, present=True)
                 if once:
                     Path(once).write_text("died once\n")
                 os._exit(137)

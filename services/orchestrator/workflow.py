@@ -247,20 +247,25 @@ class Engine:
         if key in st.late_results or _run(step, run_id).outcome == "applied":
             return False  # a copy of a result already recorded
         st.late_results.append(key)
-        why = _stale_why(step, msg.attempt)
         _record_run(step, msg, run_id, "not_applied", now)
+        self._late_event(st, msg, msg.step_id, f" ({_stale_why(step, msg.attempt)})", run_id, now)
+        return True
+
+    def _late_event(
+        self, st: WorkflowState, msg: StepResult, what: str, why: str, run_id: str, now: float
+    ) -> None:
+        """The trace line of a result that is recorded but never applied."""
         self.emit.event(
             st,
             "late_result",
-            f"[Orchestrator] Recorded, not applied: {msg.role} result for {msg.step_id} "
-            f"attempt {msg.attempt} from {msg.instance_id} ({why})",
+            f"[Orchestrator] Recorded, not applied: {msg.role} result for {what} "
+            f"attempt {msg.attempt} from {msg.instance_id}{why}",
             now,
             step_id=msg.step_id,
             role=msg.role,
             attempt=msg.attempt,
             detail=f"run {run_id}",
         )
-        return True
 
     def _unknown_step(self, st: WorkflowState, msg: StepStarted | StepResult, now: float) -> bool:
         """A message for a step this state does not have: recorded once, never applied.
@@ -275,17 +280,7 @@ class Engine:
             return False
         st.late_results.append(key)
         if isinstance(msg, StepResult):
-            self.emit.event(
-                st,
-                "late_result",
-                f"[Orchestrator] Recorded, not applied: {msg.role} result for unknown step {msg.step_id} "
-                f"attempt {msg.attempt} from {msg.instance_id}",
-                now,
-                step_id=msg.step_id,
-                role=msg.role,
-                attempt=msg.attempt,
-                detail=f"run {run_key(msg)}",
-            )
+            self._late_event(st, msg, f"unknown step {msg.step_id}", "", run_key(msg), now)
         return True
 
     def _after_end(self, st: WorkflowState, msg: StepStarted | StepResult, now: float) -> bool:

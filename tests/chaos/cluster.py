@@ -35,7 +35,7 @@ from shared.protocol import (
 )
 from shared.settings import Settings
 from tests.chaos.history import History
-from tests.helpers import stream_messages
+from tests.helpers import stream_messages, wait_for_value
 
 __all__ = ["KILLABLE", "SCRIPTED", "ChaosCluster", "Observer", "chaos_settings", "submit_until_stored"]
 
@@ -216,14 +216,13 @@ async def submit_until_stored(bus: Bus, task: TaskSubmission, what: str = "submi
     """Publish a task and retry until JetStream stores it (the broker may be down; dedup makes retries safe)."""
     from shared.protocol import encode
 
-    deadline = time.monotonic() + 60
-    while True:
+    async def stored() -> bool:
         try:
             await bus.js.publish(
                 bus.subjects.task_submit, encode(task), headers={"Nats-Msg-Id": task.message_id}, timeout=2
             )
-            return
-        except Exception as exc:  # broker down or reconnecting: try again
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: could not store {task.task_id} for 60s: {exc}") from exc
-            await asyncio.sleep(0.2)  # retry pacing while the broker is away, not synchronisation
+        except Exception:  # broker down or reconnecting: the next try publishes again
+            return False
+        return True
+
+    await wait_for_value(stored, 60, interval=0.2, what=f"{what}: JetStream to store {task.task_id}")

@@ -1,6 +1,6 @@
 """The committed lock agrees with pyproject.toml: every install (make, image, CI) gets what we tested.
 
-`make` installs only from `requirements/lock.txt` (`pip install --require-hashes --no-deps`), so
+`make` installs only from `requirements.txt` (`pip install --require-hashes --no-deps`), so
 a requirement added to or tightened in pyproject.toml without `make lock` would silently not be
 installed, or be installed at a version the project no longer accepts. These tests catch that.
 """
@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCK = ROOT / "requirements" / "lock.txt"
+LOCK = ROOT / "requirements.txt"  # the full lock: what make installs
 RUNTIME = ROOT / "requirements" / "runtime.txt"  # what the container image installs
 SDK = ROOT / "requirements" / "sdk.txt"  # the base install: the SDK alone
 _PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$")
@@ -100,7 +100,7 @@ def test_each_lock_was_made_by_the_command_make_lock_runs() -> None:
     for var, path in (("LOCK_CMD", LOCK), ("RUNTIME_LOCK_CMD", RUNTIME), ("SDK_LOCK_CMD", SDK)):
         cmd = re.search(rf"^{var} = (.+?)(?<!\\)$", makefile, re.S | re.M)
         assert cmd is not None, var
-        want = " ".join(cmd[1].replace("\\\n", " ").replace("$(LOCK)", "requirements/lock.txt").split())
+        want = " ".join(cmd[1].replace("\\\n", " ").replace("$(LOCK)", "requirements.txt").split())
         header = path.read_text().splitlines()[1].lstrip("# ").strip()
         assert " ".join(header.split()) == want, path.name
 
