@@ -67,13 +67,14 @@ fmt: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy --strict shared/contract
 
 bench: $(STAMP)
 	deploy/scripts/system-packages.sh bench
 	$(BIN)/python -m tests.bench
 
 schema: $(STAMP)
-	$(BIN)/python -m shared.schema docs/schema
+	$(BIN)/python -m shared.contract.schema docs/schema
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

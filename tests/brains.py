@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from shared.brains import BrainResult, StepContext
-from shared.errors import CapabilityMissing
-from shared.protocol import WorkItem
-from shared.settings import Settings
+from shared.agent.brains import BrainResult, StepContext
+from shared.bus.settings import Settings
+from shared.contract.errors import CapabilityMissing
+from shared.contract.protocol import WorkItem
 
 
 async def file_state(path: str, *, present: bool) -> None:
@@ -69,7 +69,7 @@ class ScriptedBrain:
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
         import msgspec
 
-        from shared.protocol import (
+        from shared.contract.protocol import (
             Change,
             DevelopmentOutput,
             Dispute,
@@ -163,7 +163,7 @@ async def _rewrite_workspace(item: WorkItem, ctx: StepContext, diff_kb: int) -> 
     """Rewrite workspace files so the diffs total ``diff_kb`` KiB; return the changes and the new workspace."""
     import difflib
 
-    from shared.protocol import Change
+    from shared.contract.protocol import Change
 
     ws = await ctx.workspace()
     changes = []

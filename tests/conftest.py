@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.natsserver import NatsServer
-from shared.settings import Settings
+from shared.bus.core import Bus
+from shared.bus.settings import Settings
+from shared.embedded.launcher import Stack
+from shared.embedded.natsserver import NatsServer
 
 
 @pytest.fixture(scope="session")

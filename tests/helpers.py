@@ -12,8 +12,8 @@ import msgspec
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
-from shared.bus import Bus
-from shared.protocol import (
+from shared.bus.core import Bus
+from shared.contract.protocol import (
     ArtifactRef,
     StepResult,
     StepStarted,
@@ -84,7 +84,7 @@ async def await_result(bus, task_id: str, timeout: float = 60.0):
     """
     from nats.js.errors import NotFoundError
 
-    from shared.protocol import result_decoder
+    from shared.contract.protocol import result_decoder
 
     async def last(subject: str):
         try:
@@ -109,7 +109,7 @@ async def await_result(bus, task_id: str, timeout: float = 60.0):
 
 async def task_events(bus, task_id: str) -> list:
     """Every stored event of a task, in order."""
-    from shared.protocol import event_decoder
+    from shared.contract.protocol import event_decoder
 
     return await stream_messages(
         bus.js, bus.subjects.stream_events, bus.subjects.events_all(task_id), event_decoder
@@ -202,7 +202,7 @@ def make_item(
 
 def feature_task(script: dict | None = None, task_type: str = "feature"):
     """The spec's example task ("Build user authentication API"), steered by a scripted-brain ``script``."""
-    from shared.protocol import ExpectedOutput, TaskBody, TaskSubmission, new_id, now
+    from shared.contract.protocol import ExpectedOutput, TaskBody, TaskSubmission, new_id, now
 
     return TaskSubmission(
         message_id=new_id("msg"),

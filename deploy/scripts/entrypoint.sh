@@ -18,7 +18,7 @@ case "$cmd" in
   orchestrator|researcher|developer|reviewer|monitor)
     exec python -m "services.$cmd" "$@" ;;
   bootstrap)
-    exec python -m shared.bootstrap "$@" ;;
+    exec python -m shared.bus.bootstrap "$@" ;;
   healthcheck)
     exec python /usr/local/lib/cadre/healthcheck.py "$@" ;;
   help|--help|-h)

@@ -18,8 +18,8 @@ import sys
 import time
 import urllib.request
 
-from shared.bus import connect
-from shared.settings import Settings
+from shared.bus.core import connect
+from shared.bus.settings import Settings
 
 __all__ = ["main"]
 

@@ -1,6 +1,6 @@
 """Wiring only: `python -m services.developer` runs one developer agent instance."""
 
-from shared.runtime import run_agent
+from shared.agent.runtime import run_agent
 
 BRAINS = {
     "builtin": "services.developer.builtin:BuiltinDeveloper",

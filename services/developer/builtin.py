@@ -22,9 +22,18 @@ from typing import NamedTuple
 
 import msgspec
 
-from shared.brains import BrainResult, StepContext
-from shared.protocol import Change, DevelopmentOutput, Issue, Setting, TestReport, WorkItem, encode, now
-from shared.settings import Settings
+from shared.agent.brains import BrainResult, StepContext
+from shared.bus.settings import Settings
+from shared.contract.protocol import (
+    Change,
+    DevelopmentOutput,
+    Issue,
+    Setting,
+    TestReport,
+    WorkItem,
+    encode,
+    now,
+)
 from shared.tools.analysis import analyze
 from shared.tools.fixes import FixOutcome, apply_fixes
 from shared.tools.testing import TestRuntime, performance_profile, run_suite, run_tests

@@ -20,13 +20,13 @@ from pathlib import Path
 import msgspec
 
 from services.developer.builtin import BuiltinDeveloper, fix_input, needs_workspace, suite_timeout
-from shared.brains import BrainResult, StepContext
-from shared.errors import LLMError
-from shared.llm import LLMClient, Meter, failed, workspace_digest
-from shared.protocol import Change, DevelopmentOutput, Dispute, Issue, TestReport, WorkItem
-from shared.settings import Settings
+from shared.agent.brains import BrainResult, StepContext
+from shared.agent.llm import LLMClient, Meter, failed, workspace_digest
+from shared.bus.settings import Settings
+from shared.contract.errors import LLMError
+from shared.contract.protocol import Change, DevelopmentOutput, Dispute, Issue, TestReport, WorkItem
+from shared.contract.workspace import SKIP_DIRS
 from shared.tools.testing import TestRun, run_suite
-from shared.workspace import SKIP_DIRS
 
 __all__ = ["LLMDeveloper", "DevReply", "safe_path"]
 

@@ -6,10 +6,10 @@ import asyncio
 import sys
 
 from services.monitor.service import MonitorService
-from shared.bus import Bus
-from shared.logs import setup_logging
-from shared.runtime import run_service
-from shared.settings import Settings
+from shared.agent.runtime import run_service
+from shared.bus.core import Bus
+from shared.bus.logs import setup_logging
+from shared.bus.settings import Settings
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from services.monitor.snapshot import (
     Totals,
     UsageTotals,
 )
-from shared.protocol import MetricEvent
+from shared.contract.protocol import MetricEvent
 
 __all__ = ["ACCURACY_UNAVAILABLE", "Figures", "human_duration"]
 

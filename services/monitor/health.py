@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from shared.protocol import Heartbeat, Message
+from shared.contract.protocol import Heartbeat, Message
 
 __all__ = [
     "Clock",

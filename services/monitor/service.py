@@ -27,8 +27,10 @@ from services.monitor.figures import Figures
 from services.monitor.health import Alert, Clock, HealthBoard, SystemClock, Transition
 from services.monitor.http import MonitorHTTP
 from services.monitor.snapshot import MonitorInfo, ServiceView, Snapshot
-from shared.bus import Bus
-from shared.protocol import (
+from shared.bus.core import Bus
+from shared.bus.service import Lifecycle, ServiceShell
+from shared.bus.settings import Settings
+from shared.contract.protocol import (
     AGENT_ROLES,
     PRIORITIES,
     ErrorReply,
@@ -38,8 +40,6 @@ from shared.protocol import (
     new_id,
     now,
 )
-from shared.service import Lifecycle, ServiceShell
-from shared.settings import Settings
 
 __all__ = ["MonitorService", "discover"]
 

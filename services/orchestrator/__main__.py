@@ -8,11 +8,11 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 from services.orchestrator.service import OrchestratorService
-from shared.bus import Bus
-from shared.logs import setup_logging
-from shared.protocol import Plan, TaskSubmission
-from shared.runtime import run_service
-from shared.settings import Settings
+from shared.agent.runtime import run_service
+from shared.bus.core import Bus
+from shared.bus.logs import setup_logging
+from shared.bus.settings import Settings
+from shared.contract.protocol import Plan, TaskSubmission
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
             planner: Callable[[TaskSubmission], Awaitable[Plan]] | None = None
             if settings.llm_base_url:
                 from services.orchestrator.planner import plan_with_llm
-                from shared.llm import LLMClient
+                from shared.agent.llm import LLMClient
 
                 client = LLMClient(settings)
                 stack.push_async_callback(client.aclose)

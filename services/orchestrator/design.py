@@ -7,7 +7,7 @@ researcher's recommended libraries and cited findings. With no research input it
 
 from __future__ import annotations
 
-from shared.protocol import DesignOutput, ResearchOutput, TaskSubmission
+from shared.contract.protocol import DesignOutput, ResearchOutput, TaskSubmission
 
 __all__ = ["design"]
 

@@ -20,7 +20,7 @@ from services.orchestrator.config import Ending, EngineConfig
 from services.orchestrator.design import design
 from services.orchestrator.emit import Emitter
 from services.orchestrator.state import StepState, WorkflowState
-from shared.protocol import ResearchOutput, WorkItem, encode, new_id
+from shared.contract.protocol import ResearchOutput, WorkItem, encode, new_id
 
 __all__ = ["run_inline", "step_inputs", "dispatch"]
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.orchestrator.state import Outgoing, StepState, WorkflowState
-from shared import textsafe
-from shared.protocol import (
+from shared.contract import textsafe
+from shared.contract.protocol import (
     CancelRequest,
     DeadLetter,
     FinalResult,
@@ -30,7 +30,7 @@ from shared.protocol import (
     encode,
     new_id,
 )
-from shared.subjects import Subjects
+from shared.contract.subjects import Subjects
 
 __all__ = ["Emitter"]
 

@@ -1,6 +1,6 @@
 """Validation at the door: what a submission must satisfy before it becomes a workflow.
 
-Ids and field shapes are checked by the typed decoder (``shared.protocol``
+Ids and field shapes are checked by the typed decoder (``shared.contract.protocol``
 ``Meta`` constraints). Here come the checks a decoder cannot make: sizes of
 the description, requirements and inputs, nesting depth, the workspace
 archive (named by its hash, packed size, unpacked size and file count, counted
@@ -24,13 +24,13 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from shared import uploads
-from shared.bus import ArtifactRefused, Bus, check_artifact_ref
-from shared.consumer import DECODE_ERRORS
-from shared.protocol import BoundedDecoder, FinalResult, TaskEvent, TaskSubmission, now
-from shared.settings import Settings
-from shared.subjects import token
-from shared.workspace import UnpackLimits, WorkspaceRefused, inspect
+from shared.bus import uploads
+from shared.bus.consumer import DECODE_ERRORS
+from shared.bus.core import ArtifactRefused, Bus, check_artifact_ref
+from shared.bus.settings import Settings
+from shared.contract.protocol import BoundedDecoder, FinalResult, TaskEvent, TaskSubmission, now
+from shared.contract.subjects import token
+from shared.contract.workspace import UnpackLimits, WorkspaceRefused, inspect
 
 __all__ = ["Limits", "Refused", "check_submission", "check_workspace", "check_task_id", "refuse"]
 
@@ -119,7 +119,7 @@ async def check_workspace(bus: Bus, sub: TaskSubmission, limits: Limits) -> Task
 
     The stored size is checked before anything is downloaded; the archive is
     then read once, counting files and bytes, and stops at the first limit.
-    A client's upload (``shared.uploads``) is copied into the object store for
+    A client's upload (``shared.bus.uploads``) is copied into the object store for
     the agents: the submission returned names that copy.
     """
     ref = sub.workspace

@@ -14,8 +14,8 @@ from typing import Any
 import msgspec
 import yaml
 
-from shared.errors import PlanError
-from shared.protocol import ROLES, Plan, PlanStep
+from shared.contract.errors import PlanError
+from shared.contract.protocol import ROLES, Plan, PlanStep
 
 __all__ = ["Template", "templates", "plan_from_template", "validate_plan", "TEMPLATE_DIR"]
 

@@ -18,9 +18,9 @@ from typing import Any
 import msgspec
 
 from services.orchestrator.plan import validate_plan
-from shared.errors import LLMError, PlanError
-from shared.llm import LLMClient
-from shared.protocol import ROLES, Plan, PlanStep
+from shared.agent.llm import LLMClient
+from shared.contract.errors import LLMError, PlanError
+from shared.contract.protocol import ROLES, Plan, PlanStep
 
 __all__ = ["plan_with_llm", "PLANNABLE", "PlanReply", "PlanReplyStep"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from shared.protocol import Concern, Conflict, Dispute, Issue
+from shared.contract.protocol import Concern, Conflict, Dispute, Issue
 
 __all__ = ["ConflictPolicy"]
 

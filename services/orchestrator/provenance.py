@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from services.orchestrator.state import WorkflowState
 from services.orchestrator.workflow import Engine
-from shared.protocol import StepResult, StepStarted
-from shared.subjects import Subjects
+from shared.contract.protocol import StepResult, StepStarted
+from shared.contract.subjects import Subjects
 
 __all__ = ["Guard", "subject_mismatch", "step_mismatch"]
 

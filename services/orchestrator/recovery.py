@@ -23,7 +23,7 @@ from services.orchestrator.config import Ending, EngineConfig
 from services.orchestrator.dispatch import dispatch
 from services.orchestrator.emit import Emitter
 from services.orchestrator.state import StepState, WorkflowState
-from shared.protocol import Recovery, RecoveryKind
+from shared.contract.protocol import Recovery, RecoveryKind
 
 __all__ = ["HealthProbe", "recover"]
 

@@ -13,9 +13,9 @@ import time
 import msgspec
 
 from services.orchestrator.state import StepState, WorkflowState
-from shared import textsafe
-from shared.outputs import clip, shorten
-from shared.protocol import (
+from shared.bus.outputs import clip, shorten
+from shared.contract import textsafe
+from shared.contract.protocol import (
     ArtifactRef,
     DesignOutput,
     DevelopmentOutput,

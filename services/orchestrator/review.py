@@ -23,7 +23,7 @@ from services.orchestrator.config import Ending, EngineConfig
 from services.orchestrator.emit import Emitter
 from services.orchestrator.policy import ConflictPolicy
 from services.orchestrator.state import StepState, WorkflowState
-from shared.protocol import DevelopmentOutput, Dispute, Issue, ReviewOutput
+from shared.contract.protocol import DevelopmentOutput, Dispute, Issue, ReviewOutput
 from shared.tools.scoring import blocks
 
 __all__ = ["review_verdict", "resolve_disputes", "insert_after", "no_progress", "name_blocking"]

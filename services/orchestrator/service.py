@@ -36,11 +36,13 @@ from services.orchestrator.plan import plan_from_template, templates, validate_p
 from services.orchestrator.policy import ConflictPolicy
 from services.orchestrator.state import Outgoing, WorkflowState, state_decoder
 from services.orchestrator.workflow import Engine, EngineConfig
-from shared.bus import Bus
-from shared.consumer import DECODE_ERRORS, Delivery, KeyedLocks, Rejected, SupervisedConsumer
-from shared.errors import CadreError, InvalidSubjectToken, PlanError
-from shared.outputs import offload_step_output
-from shared.protocol import (
+from shared.bus.consumer import DECODE_ERRORS, Delivery, KeyedLocks, Rejected, SupervisedConsumer
+from shared.bus.core import Bus
+from shared.bus.outputs import offload_step_output
+from shared.bus.service import Lifecycle, Pulse, ServiceShell
+from shared.bus.settings import Settings
+from shared.contract.errors import CadreError, InvalidSubjectToken, PlanError
+from shared.contract.protocol import (
     CancelReply,
     Heartbeat,
     Plan,
@@ -54,10 +56,8 @@ from shared.protocol import (
     task_decoder,
     work_decoder,
 )
-from shared.service import Lifecycle, Pulse, ServiceShell
-from shared.settings import Settings
-from shared.subjects import token
-from shared.workspace import pack_files
+from shared.contract.subjects import token
+from shared.contract.workspace import pack_files
 
 __all__ = ["OrchestratorService"]
 

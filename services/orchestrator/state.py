@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from shared.outputs import shorten
-from shared.protocol import (
+from shared.bus.outputs import shorten
+from shared.contract.protocol import (
     ArtifactRef,
     Conflict,
     Issue,

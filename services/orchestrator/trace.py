@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared import textsafe
-from shared.protocol import (
+from shared.contract import textsafe
+from shared.contract.protocol import (
     DesignOutput,
     DevelopmentOutput,
     Plan,

@@ -43,7 +43,7 @@ from services.orchestrator.recovery import HealthProbe, recover
 from services.orchestrator.report import final_result
 from services.orchestrator.review import no_progress, resolve_disputes, review_verdict
 from services.orchestrator.state import StepState, WorkflowState, WorkflowStatus, compact, encode_state
-from shared.protocol import (
+from shared.contract.protocol import (
     DevelopmentOutput,
     Plan,
     ReviewOutput,
@@ -54,7 +54,7 @@ from shared.protocol import (
     TaskSubmission,
     encode,
 )
-from shared.subjects import Subjects
+from shared.contract.subjects import Subjects
 
 __all__ = ["Engine", "EngineConfig", "Ending", "run_key"]
 
@@ -373,7 +373,7 @@ class Engine:
     def encode(self, st: WorkflowState, now: float) -> bytes:
         """The state's bytes for KV, never over ``max_state_bytes``.
 
-        Large outputs are already references (``shared/outputs.py``). Should a
+        Large outputs are already references (``shared/bus/outputs.py``). Should a
         state still outgrow the limit, its inline bulk is dropped (the task
         cannot go on without it) and a running task ends ``failed`` with the
         sizes as the reason; its latest workspace stays attached to the result.

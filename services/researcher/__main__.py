@@ -1,6 +1,6 @@
 """Wiring only: `python -m services.researcher` runs one researcher agent instance."""
 
-from shared.runtime import run_agent
+from shared.agent.runtime import run_agent
 
 BRAINS = {
     "builtin": "services.researcher.builtin:BuiltinResearcher",

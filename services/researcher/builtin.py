@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.brains import BrainResult, StepContext
-from shared.protocol import Library, Passage, ResearchOutput, WorkItem
-from shared.settings import Settings
+from shared.agent.brains import BrainResult, StepContext
+from shared.bus.settings import Settings
+from shared.contract.protocol import Library, Passage, ResearchOutput, WorkItem
 from shared.tools.code_facts import CodeFact, relevant_facts, scan_workspace
 from shared.tools.research_index import ResearchIndex
 from shared.tools.summary import summarize

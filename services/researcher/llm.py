@@ -16,11 +16,11 @@ import re
 import msgspec
 
 from services.researcher.builtin import BuiltinResearcher, no_match, report
-from shared.brains import BrainResult, StepContext
-from shared.errors import LLMError
-from shared.llm import LLMClient, Meter, failed
-from shared.protocol import Library, Passage, ResearchOutput, WorkItem
-from shared.settings import Settings
+from shared.agent.brains import BrainResult, StepContext
+from shared.agent.llm import LLMClient, Meter, failed
+from shared.bus.settings import Settings
+from shared.contract.errors import LLMError
+from shared.contract.protocol import Library, Passage, ResearchOutput, WorkItem
 
 __all__ = ["LLMResearcher", "ResearchReply", "check_citations"]
 

@@ -1,6 +1,6 @@
 """Wiring only: `python -m services.reviewer` runs one reviewer agent instance."""
 
-from shared.runtime import run_agent
+from shared.agent.runtime import run_agent
 
 BRAINS = {
     "builtin": "services.reviewer.builtin:BuiltinReviewer",

@@ -17,9 +17,9 @@ from typing import NamedTuple
 
 import msgspec
 
-from shared.brains import BrainResult, StepContext
-from shared.protocol import ReviewOutput, TestReport, WorkItem
-from shared.settings import Settings
+from shared.agent.brains import BrainResult, StepContext
+from shared.bus.settings import Settings
+from shared.contract.protocol import ReviewOutput, TestReport, WorkItem
 from shared.tools.analysis import analyze, blocking, python_files, score, verdict
 
 __all__ = ["BuiltinReviewer", "NO_WORKSPACE", "NO_PYTHON", "OpenReview", "bad_input", "open_review"]

@@ -21,11 +21,11 @@ from pathlib import Path
 import msgspec
 
 from services.reviewer.builtin import open_review
-from shared.brains import BrainResult, StepContext
-from shared.errors import LLMError
-from shared.llm import LLMClient, Meter, failed, workspace_digest
-from shared.protocol import Issue, ReviewOutput, TestReport, WorkItem
-from shared.settings import Settings
+from shared.agent.brains import BrainResult, StepContext
+from shared.agent.llm import LLMClient, Meter, failed, workspace_digest
+from shared.bus.settings import Settings
+from shared.contract.errors import LLMError
+from shared.contract.protocol import Issue, ReviewOutput, TestReport, WorkItem
 from shared.tools.analysis import analyze, score, verdict
 
 __all__ = ["LLMReviewer", "ReviewReply", "ReviewFinding", "semantic_issues"]

@@ -45,8 +45,9 @@ from typing import Any
 
 from radon.visitors import Class, ComplexityVisitor, Function
 
-from shared.errors import ToolFailed
-from shared.protocol import Concern, Issue, Severity
+from shared.contract.errors import ToolFailed
+from shared.contract.protocol import Concern, Issue, Severity
+from shared.contract.workspace import SKIP_DIRS
 from shared.tools.scoring import (
     CORRECTNESS_CAP,
     COVERAGE_PENALTY,
@@ -60,7 +61,6 @@ from shared.tools.scoring import (
     score,
     verdict,
 )
-from shared.workspace import SKIP_DIRS
 
 __all__ = [
     "WEIGHTS",

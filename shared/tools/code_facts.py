@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.contract.workspace import SKIP_DIRS
 from shared.tools.analysis import is_test_file
-from shared.workspace import SKIP_DIRS
 
 __all__ = ["CodeFact", "scan_workspace", "relevant_facts", "MAX_FILES", "MAX_FILE_BYTES"]
 

@@ -39,9 +39,9 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from shared.errors import CadreError
-from shared.sandbox import Sandbox, SandboxUnavailable
+from shared.contract.errors import CadreError
 from shared.tools.poetry_deps import poetry_requirements
+from shared.tools.sandbox import Sandbox, SandboxUnavailable
 
 __all__ = ["Declared", "EnvBuilder", "EnvUnavailable", "PythonEnv", "declared", "satisfied_here"]
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.protocol import Library, Passage
+from shared.contract.protocol import Library, Passage
 from shared.tools.text_sections import RELEASE_NOTES, pack_passages, package_text, split_sections
 
 __all__ = ["ResearchIndex", "DOC_SUFFIXES", "query_terms", "fts_query", "split_sections"]

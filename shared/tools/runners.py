@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from shared.workspace import SKIP_DIRS
+from shared.contract.workspace import SKIP_DIRS
 
 __all__ = ["Layout", "UnittestOutcome", "detect_layout", "missing_dependency", "parse_unittest_verbose"]
 

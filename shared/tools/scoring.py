@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from shared.protocol import Issue, TestReport
+from shared.contract.protocol import Issue, TestReport
 
 __all__ = [
     "WEIGHTS",

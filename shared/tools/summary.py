@@ -7,7 +7,7 @@ import math
 import sqlite3
 from collections.abc import Sequence
 
-from shared.protocol import Passage
+from shared.contract.protocol import Passage
 from shared.tools.research_index import fts_query, query_terms
 from shared.tools.text_sections import sentence_units
 

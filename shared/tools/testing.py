@@ -8,7 +8,7 @@ step. Nothing is estimated: every figure comes from pytest's JUnit XML,
 unittest's verbose lines (Django), coverage's JSON report or radon.
 
 Workspace code is untrusted: the tests run in a bubblewrap sandbox
-(``shared.sandbox``) on a throw-away copy of the workspace, with the
+(``shared.tools.sandbox``) on a throw-away copy of the workspace, with the
 interpreter of the project's own environment (``shared.tools.pyenv``) and the
 project's own runner (``shared.tools.runners``). The workspace is left exactly
 as it was. When the tests cannot run for an environment reason (no sandbox,
@@ -35,14 +35,14 @@ import msgspec
 from radon.complexity import cc_rank
 from radon.visitors import Class, ComplexityVisitor, Function
 
-from shared.protocol import TestReport
-from shared.sandbox import Sandbox
+from shared.contract.protocol import TestReport
+from shared.contract.workspace import SKIP_DIRS
 from shared.tools.pyenv import EnvBuilder, EnvUnavailable, declared
 from shared.tools.runners import Layout, detect_layout, missing_dependency, parse_unittest_verbose
-from shared.workspace import SKIP_DIRS
+from shared.tools.sandbox import Sandbox
 
 if TYPE_CHECKING:
-    from shared.settings import Settings
+    from shared.bus.settings import Settings
 
 __all__ = [
     "TestRun",

@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared.natsserver import find_nats_server
+from shared.embedded.natsserver import find_nats_server
 from tests.bench import procs, report
 from tests.bench.micro import micro_rows
 from tests.bench.profile import Recorder

@@ -22,11 +22,11 @@ from pathlib import Path
 import msgspec
 
 from services.researcher.builtin import KNOWLEDGE_DIR
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.natsserver import NatsServer
-from shared.protocol import TaskBody, TaskSubmission, WorkItem, encode, new_id, now, work_decoder
-from shared.settings import Settings
+from shared.bus.core import Bus
+from shared.bus.settings import Settings
+from shared.contract.protocol import TaskBody, TaskSubmission, WorkItem, encode, new_id, now, work_decoder
+from shared.embedded.launcher import Stack
+from shared.embedded.natsserver import NatsServer
 from shared.tools.research_index import ResearchIndex
 from tests.bench.procs import rss_kib
 from tests.helpers import await_result, wait_for_value

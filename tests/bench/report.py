@@ -218,7 +218,7 @@ _HOW = """## How it is measured
   fetched batch concurrently (different tasks), its agents one item at a time, as
   Cadre's do.
 - **Cadre 1x**: one orchestrator and one agent per role; **Cadre 2x**: two
-  orchestrators and two agents per role; real service processes (`shared/launcher.py`).
+  orchestrators and two agents per role; real service processes (`shared/embedded/launcher.py`).
 - **Celery**: Celery prefork worker (`-c 3`), Redis as broker and result backend,
   `chain` of 7 no-op tasks (`tests/bench/celery_app.py`); redis-server from Debian's
   packages (`deploy/scripts/system-packages.sh bench`, which `make bench` runs), started on 127.0.0.1 and stopped after.

@@ -28,11 +28,11 @@ from typing import Any
 import msgspec
 import nats
 
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.natsserver import NatsServer
-from shared.protocol import encode, result_decoder
-from shared.settings import Settings
+from shared.bus.core import Bus
+from shared.bus.settings import Settings
+from shared.contract.protocol import encode, result_decoder
+from shared.embedded.launcher import Stack
+from shared.embedded.natsserver import NatsServer
 from tests.bench import floor
 from tests.helpers import feature_task
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import msgspec
 
-from shared.brains import BrainResult, StepContext
-from shared.protocol import Issue, Passage, ResearchOutput, ReviewOutput, WorkItem
+from shared.agent.brains import BrainResult, StepContext
+from shared.contract.protocol import Issue, Passage, ResearchOutput, ReviewOutput, WorkItem
 from tests.brains import ScriptedBrain
 
 __all__ = ["BigOutputBrain"]

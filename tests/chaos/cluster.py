@@ -20,10 +20,9 @@ from pathlib import Path
 import msgspec
 from nats.aio.msg import Msg
 
-from shared.bus import Bus
-from shared.launcher import ServiceProcess, Stack
-from shared.natsserver import NatsServer
-from shared.protocol import (
+from shared.bus.core import Bus
+from shared.bus.settings import Settings
+from shared.contract.protocol import (
     Heartbeat,
     StepStarted,
     TaskSubmission,
@@ -33,7 +32,8 @@ from shared.protocol import (
     result_decoder,
     step_decoder,
 )
-from shared.settings import Settings
+from shared.embedded.launcher import ServiceProcess, Stack
+from shared.embedded.natsserver import NatsServer
 from tests.chaos.history import History
 from tests.helpers import stream_messages, wait_for_value
 
@@ -214,7 +214,7 @@ class ChaosCluster:
 
 async def submit_until_stored(bus: Bus, task: TaskSubmission, what: str = "submit") -> None:
     """Publish a task and retry until JetStream stores it (the broker may be down; dedup makes retries safe)."""
-    from shared.protocol import encode
+    from shared.contract.protocol import encode
 
     async def stored() -> bool:
         try:

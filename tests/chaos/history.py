@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from shared.protocol import FinalResult, StepResult, StepStarted, TaskEvent
+from shared.contract.protocol import FinalResult, StepResult, StepStarted, TaskEvent
 
 __all__ = ["Execution", "History", "Verdict", "check"]
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.protocol import ResearchOutput, TaskSubmission
+from shared.bus.core import Bus
+from shared.contract.protocol import ResearchOutput, TaskSubmission
+from shared.embedded.launcher import Stack
 from tests.helpers import await_result, feature_task
 
 pytestmark = pytest.mark.chaos

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from shared.protocol import FinalResult, StepRecord, StepRun, StepStarted, TaskEvent
+from shared.contract.protocol import FinalResult, StepRecord, StepRun, StepStarted, TaskEvent
 from tests.chaos.history import History, check
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from nats.js.errors import NotFoundError
 
-from shared.bus import Bus
+from shared.bus.core import Bus
 from tests.chaos.cluster import ChaosCluster, Observer, chaos_settings, submit_until_stored
 from tests.chaos.history import check
 from tests.helpers import await_result, feature_task, wait_for_value

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.protocol import AGENT_ROLES, PRIORITIES, DeadLetter, dead_letter_decoder
+from shared.bus.core import Bus
+from shared.contract.protocol import AGENT_ROLES, PRIORITIES, DeadLetter, dead_letter_decoder
+from shared.embedded.launcher import Stack
 from tests.chaos.cluster import SCRIPTED
 from tests.helpers import await_result, feature_task, stream_messages, wait_for_value
 

@@ -23,11 +23,11 @@ import nats
 import pytest
 from nats.errors import NoServersError
 
-from shared.bootstrap import bootstrap
+from shared.bus.bootstrap import bootstrap
+from shared.bus.settings import Settings
 from shared.client import CadreClient
-from shared.natsserver import NatsServer
-from shared.protocol import TaskBody, TaskSubmission
-from shared.settings import Settings
+from shared.contract.protocol import TaskBody, TaskSubmission
+from shared.embedded.natsserver import NatsServer
 from tests.helpers import wait_for_value
 
 ROOT = Path(__file__).resolve().parents[2]

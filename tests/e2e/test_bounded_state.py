@@ -12,11 +12,11 @@ import tarfile
 
 import msgspec
 
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.outputs import output_decoder
-from shared.protocol import DevelopmentOutput, encode
-from shared.workspace import pack_files
+from shared.bus.core import Bus
+from shared.bus.outputs import output_decoder
+from shared.contract.protocol import DevelopmentOutput, encode
+from shared.contract.workspace import pack_files
+from shared.embedded.launcher import Stack
 from tests.helpers import await_result, feature_task, task_events
 
 SCRIPTED = "tests.brains:ScriptedBrain"

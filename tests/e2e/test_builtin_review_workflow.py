@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.protocol import (
+from shared.bus.core import Bus
+from shared.contract.protocol import (
     DevelopmentOutput,
     ExpectedOutput,
     ResearchOutput,
@@ -24,7 +23,8 @@ from shared.protocol import (
     new_id,
     now,
 )
-from shared.workspace import pack_dir
+from shared.contract.workspace import pack_dir
+from shared.embedded.launcher import Stack
 from tests.helpers import await_result, task_events
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "auth-api"

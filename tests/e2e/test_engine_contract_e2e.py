@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.bus import Bus
-from shared.launcher import Stack
+from shared.bus.core import Bus
+from shared.embedded.launcher import Stack
 from tests.helpers import assert_eventually, await_result, feature_task, task_events, wait_for_value
 
 SCRIPTED = "tests.brains:ScriptedBrain"

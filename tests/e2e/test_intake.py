@@ -19,11 +19,11 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from services.orchestrator.state import state_decoder
-from shared import uploads
-from shared.bus import Bus
+from shared.bus import uploads
+from shared.bus.core import Bus
+from shared.bus.settings import Settings
 from shared.client import CadreClient
-from shared.launcher import Stack
-from shared.protocol import (
+from shared.contract.protocol import (
     ArtifactRef,
     DeadLetter,
     FinalResult,
@@ -34,8 +34,8 @@ from shared.protocol import (
     new_id,
     result_decoder,
 )
-from shared.settings import Settings
-from shared.workspace import pack_files
+from shared.contract.workspace import pack_files
+from shared.embedded.launcher import Stack
 from tests.helpers import await_result, stream_messages, task_events, wait_for_value
 
 

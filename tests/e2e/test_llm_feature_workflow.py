@@ -372,7 +372,7 @@ async def test_cadre_up_example_runs_the_feature_task_through_all_seven_steps_wi
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "shared.cli",
+            "shared.client.cli.app",
             "up",
             "--example",
             "--state-dir",

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shared.bus import Bus
-from shared.launcher import Stack
+from shared.bus.core import Bus
+from shared.embedded.launcher import Stack
 from tests.e2e.test_orchestration import SCRIPTED, submit
 from tests.fakes import ChatServer, Reply
 from tests.helpers import await_result, feature_task, task_events

@@ -8,9 +8,9 @@ import msgspec
 import pytest
 from nats.js.errors import KeyNotFoundError
 
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.protocol import TaskSubmission, encode
+from shared.bus.core import Bus
+from shared.contract.protocol import TaskSubmission, encode
+from shared.embedded.launcher import Stack
 from tests.helpers import await_result, feature_task, task_events, wait_for_value
 
 SCRIPTED = "tests.brains:ScriptedBrain"
@@ -236,7 +236,7 @@ async def test_item_past_max_deliver_is_taken_back_and_reassigned(bus: Bus, stac
     for _ in range(3):
         stack.add("developer", brain="tests.brains:CrashingBrain")
     # the consumers are created by whoever starts first: make sure they carry max_deliver=2
-    from shared.bus import ensure_topology
+    from shared.bus.core import ensure_topology
 
     await ensure_topology(bus.js, stack.settings)
     task = feature_task({"scores": [95], "die": {"step": "implement", "attempts": [1]}})
@@ -248,7 +248,7 @@ async def test_item_past_max_deliver_is_taken_back_and_reassigned(bus: Bus, stac
 
 
 async def test_cancel_stops_the_task_and_the_agent_working_on_it(bus: Bus, stack: Stack) -> None:
-    from shared.protocol import CancelReply, CancelRequest, encode
+    from shared.contract.protocol import CancelReply, CancelRequest, encode
     from tests.helpers import wait_for_value
 
     start_stack(stack)
@@ -270,7 +270,7 @@ async def test_cancel_stops_the_task_and_the_agent_working_on_it(bus: Bus, stack
     assert result.status == "cancelled" and result.reason == "user changed their mind"
 
     async def agent_stopped() -> bool:
-        from shared.protocol import dead_letter_decoder
+        from shared.contract.protocol import dead_letter_decoder
         from tests.helpers import stream_messages
 
         s = bus.subjects

@@ -20,20 +20,20 @@ from pathlib import Path
 
 import pytest
 
-from shared import protocol
-from shared.bus import Bus
+from shared.bus.core import Bus
+from shared.bus.settings import Settings
 from shared.client import CadreClient
-from shared.launcher import Stack
-from shared.protocol import (
+from shared.contract import protocol
+from shared.contract.protocol import (
     DevelopmentOutput,
     FinalResult,
     ReviewOutput,
     TaskBody,
     TaskSubmission,
 )
-from shared.sandbox import Sandbox
-from shared.settings import Settings
+from shared.embedded.launcher import Stack
 from shared.tools.pyenv import declared
+from shared.tools.sandbox import Sandbox
 from shared.tools.scoring import blocks
 from shared.tools.testing import TestRuntime, run_suite
 from tests.helpers import await_result, task_events

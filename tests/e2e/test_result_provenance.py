@@ -8,9 +8,8 @@ result after them completes the task.
 
 from __future__ import annotations
 
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.protocol import (
+from shared.bus.core import Bus
+from shared.contract.protocol import (
     ReviewOutput,
     StepResult,
     StepStarted,
@@ -22,6 +21,7 @@ from shared.protocol import (
     new_id,
     now,
 )
+from shared.embedded.launcher import Stack
 from tests.helpers import await_result, stream_messages, task_events, wait_for_value
 
 

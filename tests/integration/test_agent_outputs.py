@@ -5,11 +5,11 @@ Real nats-server, a real agent process with the scripted brain.
 
 from __future__ import annotations
 
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.outputs import INLINE_OUTPUT_LIMIT, output_decoder
-from shared.protocol import DevelopmentOutput, StepResult, StepStarted, encode
-from shared.workspace import pack_files
+from shared.bus.core import Bus
+from shared.bus.outputs import INLINE_OUTPUT_LIMIT, output_decoder
+from shared.contract.protocol import DevelopmentOutput, StepResult, StepStarted, encode
+from shared.contract.workspace import pack_files
+from shared.embedded.launcher import Stack
 from tests.helpers import StepFeed, make_item
 
 SCRIPTED = "tests.brains:ScriptedBrain"

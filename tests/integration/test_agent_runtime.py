@@ -10,9 +10,9 @@ from pathlib import Path
 import msgspec
 from nats.errors import TimeoutError as NatsTimeout
 
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.protocol import DeadLetter, StepResult, StepStarted, WorkItem, dead_letter_decoder
+from shared.bus.core import Bus
+from shared.contract.protocol import DeadLetter, StepResult, StepStarted, WorkItem, dead_letter_decoder
+from shared.embedded.launcher import Stack
 from tests.helpers import StepFeed, make_item, stream_messages, wait_for_value
 
 ECHO = "tests.brains:EchoBrain"

@@ -10,7 +10,7 @@ import msgspec
 import nats
 from nats.js.errors import NotFoundError
 
-from shared.protocol import encode
+from shared.contract.protocol import encode
 from tests.bench import floor
 from tests.helpers import feature_task, wait_for_value
 

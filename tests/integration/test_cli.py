@@ -24,15 +24,15 @@ import nats
 import pytest
 from nats.js.api import DeliverPolicy
 
-from shared.bus import Bus
+from shared.bus.core import Bus
+from shared.bus.settings import Settings
 from shared.client import ArtifactCorrupt, CadreClient
-from shared.embedded import pid_alive, read_state
-from shared.errors import TaskNotFound
-from shared.launcher import Stack
-from shared.protocol import ArtifactRef, TaskBody, TaskSubmission, event_decoder, new_id
-from shared.settings import Settings
-from shared.workspace import SKIP_DIRS, pack_dir, pack_files
-from shared.wstree import read_tree
+from shared.client.wstree import read_tree
+from shared.contract.errors import TaskNotFound
+from shared.contract.protocol import ArtifactRef, TaskBody, TaskSubmission, event_decoder, new_id
+from shared.contract.workspace import SKIP_DIRS, pack_dir, pack_files
+from shared.embedded.launcher import Stack
+from shared.embedded.stack import pid_alive, read_state
 from tests.helpers import wait_for_value
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,12 +55,12 @@ def _env() -> dict[str, str]:
 
 
 async def cadre(*args: str, settings: Settings | None = None, cwd: Path, timeout: float = 120) -> Ran:
-    """Run `python -m shared.cli ARGS` (with the test's server and prefix) and collect its output."""
+    """Run `python -m shared.client.cli.app ARGS` (with the test's server and prefix) and collect its output."""
     extra = ["--nats-url", settings.nats_url, "--prefix", settings.prefix] if settings else []
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "shared.cli",
+        "shared.client.cli.app",
         *args,
         *extra,
         cwd=cwd,
@@ -445,7 +445,7 @@ async def test_up_starts_healthy_services_and_down_stops_them(tmp_path: Path) ->
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "shared.cli",
+        "shared.client.cli.app",
         "up",
         "--services",
         "researcher,developer,reviewer",

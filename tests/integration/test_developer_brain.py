@@ -8,12 +8,12 @@ from pathlib import Path
 import msgspec
 
 from services.developer.builtin import NEEDS_LLM
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.protocol import ArtifactRef, DevelopmentOutput, WorkItem
+from shared.bus.core import Bus
+from shared.contract.protocol import ArtifactRef, DevelopmentOutput, WorkItem
+from shared.contract.workspace import pack_dir, unpack_to
+from shared.embedded.launcher import Stack
 from shared.tools.analysis import analyze
 from shared.tools.testing import PerformanceProfile, run_tests
-from shared.workspace import pack_dir, unpack_to
 from tests.helpers import StepFeed, make_item
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "auth-api"

@@ -16,8 +16,8 @@ import pytest
 
 from services.monitor.http import MonitorHTTP
 from services.monitor.snapshot import Snapshot
-from shared.embedded import PortTaken, monitor_port, read_state
-from shared.settings import Settings
+from shared.bus.settings import Settings
+from shared.embedded.stack import PortTaken, monitor_port, read_state
 from tests.helpers import wait_for_value
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +89,7 @@ async def _up(state_dir: Path, **env: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "shared.cli",
+        "shared.client.cli.app",
         "up",
         "--services",
         "monitor",

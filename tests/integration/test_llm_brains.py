@@ -17,9 +17,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.protocol import (
+from shared.bus.core import Bus
+from shared.contract.protocol import (
     DevelopmentOutput,
     Issue,
     MetricEvent,
@@ -32,8 +31,9 @@ from shared.protocol import (
     new_id,
     now,
 )
+from shared.contract.workspace import pack_files
+from shared.embedded.launcher import Stack
 from shared.tools.analysis import analyze, score
-from shared.workspace import pack_files
 from tests.fakes import ChatServer, Fail, Reply
 from tests.helpers import step_result, stream_messages, wait_for_value
 

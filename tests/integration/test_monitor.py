@@ -21,9 +21,9 @@ from services.monitor.figures import ACCURACY_UNAVAILABLE
 from services.monitor.health import Alert
 from services.monitor.service import MonitorService
 from services.monitor.snapshot import Snapshot
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.protocol import (
+from shared.bus.core import Bus
+from shared.bus.settings import Settings
+from shared.contract.protocol import (
     MetricEvent,
     TaskBody,
     WorkItem,
@@ -31,7 +31,7 @@ from shared.protocol import (
     new_id,
     now,
 )
-from shared.settings import Settings
+from shared.embedded.launcher import Stack
 from tests.helpers import await_result, feature_task, stream_messages, task_events, wait_for_value
 
 ECHO = "tests.brains:EchoBrain"
@@ -307,7 +307,7 @@ async def test_bad_metric_events_are_dead_lettered_and_the_monitor_keeps_countin
         assert snap.totals.events_folded == 1
 
         async def letters():
-            from shared.protocol import dead_letter_decoder
+            from shared.contract.protocol import dead_letter_decoder
 
             found = await stream_messages(
                 bus.js, s.stream_dead_letters, s.dead_letter_all, dead_letter_decoder
@@ -520,7 +520,7 @@ async def test_the_dashboard_in_headless_chromium_shows_live_agents_and_updates_
 async def test_a_role_with_pending_work_and_no_instance_pulling_raises_a_stalled_alert_until_one_pulls(
     bus: Bus, stack: Stack, settings: Settings
 ) -> None:
-    from shared.protocol import Heartbeat, encode
+    from shared.contract.protocol import Heartbeat, encode
 
     feed = await AlertFeed().start(bus)
     stop = asyncio.Event()

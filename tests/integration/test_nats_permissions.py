@@ -26,13 +26,12 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import StreamConfig
 
-from shared import uploads
-from shared.bootstrap import bootstrap
-from shared.bus import Bus
+from shared.bus import uploads
+from shared.bus.bootstrap import bootstrap
+from shared.bus.core import Bus
+from shared.bus.settings import Settings
 from shared.client import CadreClient, NoService
-from shared.launcher import Stack
-from shared.natsserver import NatsServer
-from shared.protocol import (
+from shared.contract.protocol import (
     AGENT_ROLES,
     Heartbeat,
     StepResult,
@@ -42,8 +41,9 @@ from shared.protocol import (
     new_id,
     now,
 )
-from shared.settings import Settings
-from shared.workspace import pack_files
+from shared.contract.workspace import pack_files
+from shared.embedded.launcher import Stack
+from shared.embedded.natsserver import NatsServer
 from tests.helpers import feature_task, wait_for_value
 
 ROOT = Path(__file__).resolve().parents[2]

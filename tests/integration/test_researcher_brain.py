@@ -6,10 +6,10 @@ import importlib.metadata as md
 import re
 from pathlib import Path
 
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.protocol import ResearchOutput, WorkItem
-from shared.workspace import pack_dir
+from shared.bus.core import Bus
+from shared.contract.protocol import ResearchOutput, WorkItem
+from shared.contract.workspace import pack_dir
+from shared.embedded.launcher import Stack
 from tests.helpers import make_item, step_result
 
 

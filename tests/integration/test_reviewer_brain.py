@@ -6,10 +6,10 @@ from pathlib import Path
 
 import msgspec
 
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.protocol import ArtifactRef, ReviewOutput, WorkItem
-from shared.workspace import pack_dir
+from shared.bus.core import Bus
+from shared.contract.protocol import ArtifactRef, ReviewOutput, WorkItem
+from shared.contract.workspace import pack_dir
+from shared.embedded.launcher import Stack
 from tests.helpers import StepFeed, make_item
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "auth-api"

@@ -16,8 +16,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from shared.sandbox import Limits, Sandbox
 from shared.tools.pyenv import EnvBuilder
+from shared.tools.sandbox import Limits, Sandbox
 from shared.tools.testing import TestRuntime, run_suite
 
 pytestmark = pytest.mark.skipif(Sandbox().unavailable() is not None, reason="bubblewrap cannot run here")

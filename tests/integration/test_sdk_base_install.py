@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.settings import Settings
+from shared.bus.core import Bus
+from shared.bus.settings import Settings
+from shared.embedded.launcher import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO = "tests.brains:EchoBrain"
@@ -26,8 +26,8 @@ _SCRIPT = textwrap.dedent(
     """
     import asyncio, importlib.util, sys
     from shared.client import CadreClient
-    from shared.protocol import FinalResult, TaskBody, TaskSubmission
-    from shared.settings import Settings
+    from shared.contract.protocol import FinalResult, TaskBody, TaskSubmission
+    from shared.bus.settings import Settings
 
     heavy = [m for m in ("typer", "rich", "aiohttp", "bandit", "ruff", "libcst", "openai", "yaml")
              if importlib.util.find_spec(m) is not None]

@@ -13,10 +13,12 @@ from pathlib import Path
 import msgspec
 from nats.errors import TimeoutError as NatsTimeout
 
-from shared.bus import Bus
-from shared.consumer import Delivery, SupervisedConsumer
-from shared.launcher import Stack
-from shared.protocol import (
+from shared.agent.runtime import run_service
+from shared.bus.consumer import Delivery, SupervisedConsumer
+from shared.bus.core import Bus
+from shared.bus.service import RESTART_LIMIT, Lifecycle, ServiceShell
+from shared.bus.settings import Settings
+from shared.contract.protocol import (
     CancelRequest,
     DeadLetter,
     StepResult,
@@ -26,9 +28,7 @@ from shared.protocol import (
     heartbeat_decoder,
     now,
 )
-from shared.runtime import run_service
-from shared.service import RESTART_LIMIT, Lifecycle, ServiceShell
-from shared.settings import Settings
+from shared.embedded.launcher import Stack
 from tests.helpers import (
     StepFeed,
     await_result,

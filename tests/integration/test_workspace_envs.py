@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from shared import protocol
-from shared.sandbox import Sandbox
+from shared.contract import protocol
 from shared.tools.analysis import TESTS_FAILED_PENALTY, score
 from shared.tools.pyenv import EnvBuilder, declared
+from shared.tools.sandbox import Sandbox
 from shared.tools.testing import TestRuntime, run_suite, run_tests
 
 pytestmark = pytest.mark.skipif(Sandbox().unavailable() is not None, reason="bubblewrap cannot run here")

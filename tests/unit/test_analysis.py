@@ -8,8 +8,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from shared import protocol
-from shared.protocol import Issue
+from shared.contract import protocol
+from shared.contract.protocol import Issue
 from shared.tools.analysis import analyze, blocking, blocks, is_test_file, python_files, score, verdict
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "auth-api"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from shared.cliview import StepBoard, trace_text
-from shared.protocol import Plan, PlanStep, TaskEvent
+from shared.client.cli.view import StepBoard, trace_text
+from shared.contract.protocol import Plan, PlanStep, TaskEvent
 
 PLAN = Plan(
     template="review",

@@ -8,8 +8,8 @@ import msgspec
 from services.orchestrator.plan import plan_from_template
 from services.orchestrator.state import WorkflowState, encode_state
 from services.orchestrator.workflow import Engine, EngineConfig
-from shared.outputs import shorten
-from shared.protocol import (
+from shared.bus.outputs import shorten
+from shared.contract.protocol import (
     ArtifactRef,
     Change,
     DeadLetter,
@@ -25,8 +25,8 @@ from shared.protocol import (
     Timings,
     encode,
 )
-from shared.protocol import TestReport as _report  # (a Test* name would be collected)
-from shared.subjects import Subjects
+from shared.contract.protocol import TestReport as _report  # (a Test* name would be collected)
+from shared.contract.subjects import Subjects
 
 ISSUE = Issue(
     id="i1", severity="HIGH", rule="bandit:B324", message="Weak md5 hash", tool="bandit", concern="security"

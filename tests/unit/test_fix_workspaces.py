@@ -21,7 +21,7 @@ import msgspec
 import pytest
 
 from services.orchestrator.report import markdown_report
-from shared.protocol import DevelopmentOutput, FinalResult, Issue, ReviewOutput, StepRecord
+from shared.contract.protocol import DevelopmentOutput, FinalResult, Issue, ReviewOutput, StepRecord
 from shared.tools.analysis import analyze, blocking, is_test_file, score, verdict
 from shared.tools.fixes import FixOutcome, apply_fixes
 

@@ -18,7 +18,7 @@ from types import ModuleType
 
 import pytest
 
-from shared.protocol import Issue
+from shared.contract.protocol import Issue
 from shared.tools.analysis import analyze
 from shared.tools.fixes import FixOutcome, apply_fixes
 from shared.tools.testing import run_suite

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of every typed decoder in shared/protocol.py.
+"""Property-based fuzzing of every typed decoder in shared/contract/protocol.py.
 
 Whatever bytes arrive on a subject, its decoder gives a value of its type or
 raises msgspec's ``DecodeError`` / ``ValidationError`` (what every consumer
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import protocol
+from shared.contract import protocol
 
 DECODERS: dict[str, msgspec.json.Decoder] = {
     name: getattr(protocol, name) for name in protocol.__all__ if name.endswith("_decoder")

@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from nats.js.errors import NotFoundError
 
 from services.orchestrator.service import task_id_for
-from shared.bus import Bus
-from shared.launcher import Stack
-from shared.protocol import PRIORITIES, dead_letter_decoder, task_decoder
+from shared.bus.core import Bus
+from shared.contract.protocol import PRIORITIES, dead_letter_decoder, task_decoder
+from shared.embedded.launcher import Stack
 from tests.helpers import stream_messages, wait_for_value
 
 _counter = itertools.count()

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from shared.launcher import settings_env
-from shared.settings import Settings
+from shared.bus.settings import Settings
+from shared.embedded.launcher import settings_env
 
 
 def _changed(name: str, value: Any) -> Any:

@@ -13,9 +13,9 @@ from services.developer.llm import safe_path
 from services.orchestrator.planner import plan_with_llm
 from services.researcher.llm import check_citations
 from services.reviewer.llm import ReviewFinding, semantic_issues
-from shared.errors import LLMError, PlanError
-from shared.llm import LLMClient, LLMReplyError, extract_json
-from shared.settings import Settings
+from shared.agent.llm import LLMClient, LLMReplyError, extract_json
+from shared.bus.settings import Settings
+from shared.contract.errors import LLMError, PlanError
 from tests.fakes import ChatServer, Fail, Raw, Reply
 
 

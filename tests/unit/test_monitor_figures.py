@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from services.monitor.figures import ACCURACY_UNAVAILABLE, Figures, human_duration
-from shared.protocol import MetricEvent, Usage
+from shared.contract.protocol import MetricEvent, Usage
 
 
 def ev(kind: str, role: str = "orchestrator", at: float = 100.0, **kw: object) -> MetricEvent:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.monitor.health import HealthBoard, Transition
-from shared.protocol import Heartbeat
+from shared.contract.protocol import Heartbeat
 
 
 class ManualClock:

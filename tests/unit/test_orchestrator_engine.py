@@ -9,8 +9,8 @@ from services.orchestrator.plan import plan_from_template, templates, validate_p
 from services.orchestrator.policy import ConflictPolicy
 from services.orchestrator.state import encode_state, state_decoder
 from services.orchestrator.workflow import Engine, EngineConfig
-from shared.errors import PlanError
-from shared.protocol import (
+from shared.contract.errors import PlanError
+from shared.contract.protocol import (
     Dispute,
     Issue,
     Plan,
@@ -24,7 +24,7 @@ from shared.protocol import (
     Timings,
     WorkItem,
 )
-from shared.subjects import Subjects
+from shared.contract.subjects import Subjects
 
 ISSUE = Issue(
     id="i1", severity="HIGH", rule="bandit:B324", message="Weak md5 hash", tool="bandit", concern="security"

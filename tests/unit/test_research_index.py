@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.protocol import Passage
+from shared.contract.protocol import Passage
 from shared.tools.code_facts import relevant_facts, scan_workspace
 from shared.tools.research_index import ResearchIndex, fts_query, query_terms, split_sections
 from shared.tools.summary import summarize

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import msgspec
 
-from shared.protocol import TaskBody, TaskSubmission
-from shared.schema import WIRE_TYPES, check_schemas, main, write_schemas
+from shared.contract.protocol import TaskBody, TaskSubmission
+from shared.contract.schema import WIRE_TYPES, check_schemas, main, write_schemas
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "schema"
 
@@ -21,7 +21,7 @@ def test_docs_schemas_equal_freshly_generated_ones(tmp_path: Path) -> None:
     assert kept == generated, "docs/schema has missing or stale files: run `make schema`"
     for name in generated:
         assert (DOCS / name).read_text() == (tmp_path / name).read_text(), (
-            f"docs/schema/{name} drifted from shared/protocol.py: run `make schema`"
+            f"docs/schema/{name} drifted from shared/contract/protocol.py: run `make schema`"
         )
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import InvalidSubjectToken
-from shared.subjects import StepSource, Subjects
+from shared.contract.errors import InvalidSubjectToken
+from shared.contract.subjects import StepSource, Subjects
 
 
 def test_a_step_result_subject_names_the_sending_role_and_parses_back() -> None:

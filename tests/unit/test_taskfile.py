@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.taskfile import TaskFileError, load_task_file, parse_task
+from shared.client.taskfile import TaskFileError, load_task_file, parse_task
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "tasks"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.sandbox import Sandbox
 from shared.tools.pyenv import EnvBuilder
+from shared.tools.sandbox import Sandbox
 from shared.tools.testing import TestRuntime, has_tests, performance_profile, run_suite, run_tests
 
 
@@ -159,7 +159,7 @@ def test_running_unsandboxed_needs_the_explicit_setting_and_is_logged_loudly(
 ) -> None:
     ws = make(tmp_path / "ws", {"calc.py": CALC, "tests/test_calc.py": TESTS})
     sandbox = Sandbox(bwrap="/nonexistent/bwrap", allow_unsandboxed=True)
-    with caplog.at_level(logging.WARNING, logger="shared.sandbox"):
+    with caplog.at_level(logging.WARNING, logger="shared.tools.sandbox"):
         report = run_tests(ws, runtime=_runtime(tmp_path, sandbox))
     assert report is not None and (report.passed, report.failed) == (1, 1) and not report.sandboxed
     assert any("UNSANDBOXED" in r.getMessage() for r in caplog.records)

@@ -8,9 +8,9 @@ from rich.console import Console
 
 from services.orchestrator import trace
 from services.orchestrator.report import markdown_report
-from shared import textsafe
-from shared.cliview import print_result, trace_text
-from shared.protocol import (
+from shared.client.cli.view import print_result, trace_text
+from shared.contract import textsafe
+from shared.contract.protocol import (
     Change,
     DevelopmentOutput,
     FinalResult,

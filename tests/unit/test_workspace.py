@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.workspace import UnpackLimits, WorkspaceRefused, inspect, pack_dir, pack_files, unpack_to
+from shared.contract.workspace import UnpackLimits, WorkspaceRefused, inspect, pack_dir, pack_files, unpack_to
 
 
 def _evil_archive() -> bytes:

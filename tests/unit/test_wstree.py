@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.workspace import pack_dir, pack_files
-from shared.wstree import UnsafeWorkspace, changed_files, git_patch, read_tree, write_tree
+from shared.client.wstree import UnsafeWorkspace, changed_files, git_patch, read_tree, write_tree
+from shared.contract.workspace import pack_dir, pack_files
 
 BEFORE = {
     "app/passwords.py": "import hashlib\n\ndef h(p):\n    return hashlib.md5(p.encode()).hexdigest()\n",

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from shared.protocol import Change, Dispute, Issue
+from shared.contract.protocol import Change, Dispute, Issue
 from shared.tools.fixes.envnames import EnvNames, existing_env_names
 from shared.tools.fixes.lint import ruff_plan, ruff_rows, run_ruff
 from shared.tools.fixes.model import FixOutcome, Plan, Site, Unfixable, Verify, file_diff, map_line, rule_code

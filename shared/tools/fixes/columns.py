@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.workspace import SKIP_DIRS
+from shared.contract.workspace import SKIP_DIRS
 
 __all__ = ["Column", "narrow_columns"]
 

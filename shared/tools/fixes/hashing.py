@@ -24,7 +24,7 @@ from pathlib import Path
 import libcst as cst
 import libcst.matchers as m
 
-from shared.protocol import Dispute, FollowUp
+from shared.contract.protocol import Dispute, FollowUp
 from shared.tools.fixes.columns import narrow_columns
 from shared.tools.fixes.model import Candidate, Plan, Site, Unfixable
 from shared.tools.fixes.tree import Tree, finish, from_import, str_literal, with_kwarg

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared.protocol import Issue
+from shared.contract.protocol import Issue
 from shared.tools.fixes.model import Candidate, Plan, Unfixable, map_line, rule_code
 
 __all__ = ["ruff_plan", "ruff_rows", "run_ruff"]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.protocol import Change, Dispute, FollowUp, Issue, Setting
+from shared.contract.protocol import Change, Dispute, FollowUp, Issue, Setting
 from shared.tools.fixes.envnames import EnvNames
 
 __all__ = [

@@ -7,7 +7,7 @@ import re
 import libcst as cst
 import libcst.matchers as m
 
-from shared.protocol import Setting
+from shared.contract.protocol import Setting
 from shared.tools.fixes.model import Candidate, Plan, Site, Unfixable, rule_code
 from shared.tools.fixes.tree import Tree, finish, from_import
 

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import msgspec
 
+from shared.bus.settings import Settings
 from shared.client import CadreClient, ServiceInfo
-from shared.errors import CadreError
-from shared.launcher import SERVICES, Stack
-from shared.natsserver import NatsServer
-from shared.protocol import AGENT_ROLES, now
-from shared.settings import Settings
+from shared.contract.errors import CadreError
+from shared.contract.protocol import AGENT_ROLES, now
+from shared.embedded.launcher import SERVICES, Stack
+from shared.embedded.natsserver import NatsServer
 
 __all__ = [
     "Embedded",
@@ -176,7 +176,7 @@ def stop_recorded(state_dir: Path, timeout: float = 60.0) -> UpState | None:
     state = read_state(state_dir)
     if state is None:
         return None
-    if pid_alive(state.pid) and _looks_like(state.pid, ("shared.cli", "cadre")):
+    if pid_alive(state.pid) and _looks_like(state.pid, ("shared.client.cli.app", "cadre")):
         _signal_and_wait(state.pid, timeout)
     for rec in state.services:
         if pid_alive(rec.pid) and _looks_like(rec.pid, (f"services.{rec.name}",)):

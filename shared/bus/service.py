@@ -24,8 +24,8 @@ from nats.micro.request import Handler
 from nats.micro.service import EndpointStats, Service
 
 from shared import __version__
-from shared.bus import Bus
-from shared.protocol import Heartbeat, encode, now
+from shared.bus.core import Bus
+from shared.contract.protocol import Heartbeat, encode, now
 
 __all__ = ["Lifecycle", "Pulse", "ServiceShell", "STOP_STEP_BOUND", "RESTART_LIMIT", "RESTART_WINDOW"]
 

@@ -13,8 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.protocol import Concern
-from shared.subjects import Subjects
+from shared.contract.protocol import Concern
+from shared.contract.subjects import Subjects
 
 __all__ = ["Settings", "default_instance_id"]
 
@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     )
     llm_context_chars: int = Field(60_000, description="bound on workspace text put in one prompt")
 
-    # --- sandbox for workspace code (shared/sandbox.py, shared/tools/testing.py) ------
+    # --- sandbox for workspace code (shared/tools/sandbox.py, shared/tools/testing.py) ------
     sandbox_allow_unsandboxed: bool = Field(
         False,
         description="run workspace code WITHOUT the bwrap sandbox where it is unavailable (unsafe, logged)",

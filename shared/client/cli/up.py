@@ -1,11 +1,11 @@
-"""``cadre up`` / ``cadre down``: the command side of the embedded deployment (``shared.embedded``).
+"""``cadre up`` / ``cadre down``: the command side of the embedded deployment (``shared.embedded.stack``).
 
 ``up`` checks its options, refuses to start a second deployment, starts
 nats-server (unless ``--nats-url`` names one) and every service through
 ``Embedded``, waits until each answers nats micro, then either stays up until
 Ctrl-C / ``cadre down`` (saying once when a service exits on its own) or, with
 ``--example``, submits the example task, follows it and stops. ``down`` stops
-what ``up`` recorded in ``<state-dir>/up.json``. ``shared.cli`` registers both.
+what ``up`` recorded in ``<state-dir>/up.json``. ``shared.client.cli.app`` registers both.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Annotated
 
 import typer
 
+from shared.bus.settings import Settings
 from shared.client import CadreClient
-from shared.cliopts import (
+from shared.client.cli.options import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TASK,
@@ -36,11 +37,10 @@ from shared.cliopts import (
     signals,
     unless_stopped,
 )
-from shared.cliview import services_table
-from shared.embedded import Embedded, PortTaken, ServiceFailed, live_state, stop_recorded
-from shared.launcher import SERVICES
-from shared.settings import Settings
-from shared.taskfile import load_task_file
+from shared.client.cli.view import services_table
+from shared.client.taskfile import load_task_file
+from shared.embedded.launcher import SERVICES
+from shared.embedded.stack import Embedded, PortTaken, ServiceFailed, live_state, stop_recorded
 
 __all__ = ["up", "down"]
 
@@ -113,7 +113,7 @@ def down(
 
 def _example_file(settings: Settings) -> Path:
     name = "build-auth-api.yaml" if settings.llm_base_url else "harden-auth-api.yaml"
-    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+    for root in (Path(__file__).resolve().parents[3], Path.cwd()):
         path = root / "examples" / "tasks" / name
         if path.is_file():
             return path

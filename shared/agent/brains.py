@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-from shared.protocol import ArtifactRef, Issue, StepOutput, Usage, WorkItem, new_id
-from shared.settings import Settings
-from shared.workspace import UnpackLimits, pack_dir, unpack_to
+from shared.bus.settings import Settings
+from shared.contract.protocol import ArtifactRef, Issue, StepOutput, Usage, WorkItem, new_id
+from shared.contract.workspace import UnpackLimits, pack_dir, unpack_to
 
 if TYPE_CHECKING:
-    from shared.bus import Bus
+    from shared.bus.core import Bus
 
 __all__ = ["Brain", "BrainResult", "StepContext", "load_brain"]
 

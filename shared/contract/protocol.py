@@ -425,7 +425,7 @@ class StepResult(Message, frozen=True, kw_only=True, tag="step_result"):
     retryable: bool = True
     run_id: str = ""
     # the full output in the object store, when ``output`` was shortened to keep messages
-    # and the workflow state small (diffs, long texts): see shared/outputs.py
+    # and the workflow state small (diffs, long texts): see shared/bus/outputs.py
     output_ref: ArtifactRef | None = None
 
 

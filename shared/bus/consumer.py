@@ -37,8 +37,8 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import FetchTimeoutError
 
-from shared.bus import Bus
-from shared.errors import CadreError
+from shared.bus.core import Bus
+from shared.contract.errors import CadreError
 
 __all__ = [
     "DECODE_ERRORS",

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from shared.errors import InvalidSubjectToken
-from shared.protocol import AGENT_ROLES, PRIORITIES
+from shared.contract.errors import InvalidSubjectToken
+from shared.contract.protocol import AGENT_ROLES, PRIORITIES
 
 __all__ = ["Subjects", "token", "StepSource"]
 

@@ -26,8 +26,8 @@ from typing import Any
 import msgspec
 import yaml
 
-from shared.errors import CadreError
-from shared.protocol import TaskSubmission, new_id
+from shared.contract.errors import CadreError
+from shared.contract.protocol import TaskSubmission, new_id
 
 __all__ = ["TaskFile", "TaskFileError", "load_task_file", "parse_task"]
 

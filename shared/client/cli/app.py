@@ -7,7 +7,7 @@ Every command takes ``--nats-url`` and ``--prefix``; without them it uses
 
 This module is the command table and the task commands; the shared plumbing
 (exit codes, options, settings resolution, error mapping, following a trace)
-is ``shared.cliopts`` and ``up`` / ``down`` live in ``shared.cliup``.
+is ``shared.client.cli.options`` and ``up`` / ``down`` live in ``shared.client.cli.up``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
-from shared import textsafe
+from shared.bus.settings import Settings
 from shared.client import CadreClient, NoService
-from shared.cliopts import (
+from shared.client.cli.options import (
     EXIT_OK,
     EXIT_PENDING,
     EXIT_TASK,
@@ -46,13 +46,13 @@ from shared.cliopts import (
     unless_stopped,
     workspace_changes,
 )
-from shared.cliup import down, up
-from shared.cliview import print_result, services_table, snapshot_view
-from shared.errors import TaskNotFound
-from shared.protocol import ROLES, FinalResult, encode
-from shared.settings import Settings
-from shared.taskfile import TaskFile, TaskFileError, load_task_file, parse_task
-from shared.wstree import UnsafeWorkspace
+from shared.client.cli.up import down, up
+from shared.client.cli.view import print_result, services_table, snapshot_view
+from shared.client.taskfile import TaskFile, TaskFileError, load_task_file, parse_task
+from shared.client.wstree import UnsafeWorkspace
+from shared.contract import textsafe
+from shared.contract.errors import TaskNotFound
+from shared.contract.protocol import ROLES, FinalResult, encode
 
 __all__ = ["app", "EXIT_OK", "EXIT_TASK", "EXIT_USAGE", "EXIT_UNKNOWN_TASK", "EXIT_PENDING"]
 
@@ -306,7 +306,7 @@ async def metrics(
     return EXIT_OK
 
 
-# the embedded deployment (shared/cliup.py), registered last so they list last in `cadre --help`
+# the embedded deployment (shared/client/cli/up.py), registered last so they list last in `cadre --help`
 app.command()(up)
 app.command()(down)
 

@@ -1,6 +1,6 @@
 """JSON Schemas of the wire messages, generated from the msgspec types.
 
-``python -m shared.schema docs/schema`` writes one ``<Type>.json`` per
+``python -m shared.contract.schema docs/schema`` writes one ``<Type>.json`` per
 message a non-Python client meets; ``--check`` only compares and exits 1
 when the files on disk drifted from the code. The output is deterministic
 (sorted keys), so the files can be kept in git and diffed.
@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from shared.protocol import (
+from shared.contract.protocol import (
     PROTOCOL_VERSION,
     CancelReply,
     CancelRequest,
@@ -110,7 +110,7 @@ def check_schemas(out_dir: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.schema", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m shared.contract.schema", description=__doc__)
     parser.add_argument("out_dir", type=Path, nargs="?", default=Path("docs/schema"))
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 on drift")
     args = parser.parse_args(argv)

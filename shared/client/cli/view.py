@@ -1,6 +1,6 @@
 """How the ``cadre`` CLI shows things: the live trace, a per-step progress board, results, tables.
 
-Rendering only (rich); the CLI commands in ``shared.cli`` decide what to show.
+Rendering only (rich); the CLI commands in ``shared.client.cli.app`` decide what to show.
 Trace lines come from the orchestrator already in the spec's style
 (``[Orchestrator] → [Developer]: Task: ...``); here they only get colour.
 """
@@ -18,9 +18,9 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from shared import textsafe
-from shared.protocol import FinalResult, Plan, TaskEvent
-from shared.wstree import FileChange
+from shared.client.wstree import FileChange
+from shared.contract import textsafe
+from shared.contract.protocol import FinalResult, Plan, TaskEvent
 
 __all__ = [
     "trace_text",

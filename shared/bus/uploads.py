@@ -17,11 +17,11 @@ import math
 
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
-from shared.bus import ArtifactRefused, Bus, check_artifact, check_artifact_ref
-from shared.errors import CadreError
-from shared.protocol import ArtifactRef
-from shared.settings import Settings
-from shared.subjects import token
+from shared.bus.core import ArtifactRefused, Bus, check_artifact, check_artifact_ref
+from shared.bus.settings import Settings
+from shared.contract.errors import CadreError
+from shared.contract.protocol import ArtifactRef
+from shared.contract.subjects import token
 
 __all__ = ["CHUNK_BYTES", "client_name", "upload", "fetch", "UploadFailed"]
 

@@ -22,11 +22,11 @@ import msgspec
 import openai
 from openai.types.chat import ChatCompletion
 
-from shared.brains import BrainResult
-from shared.errors import LLMError
-from shared.protocol import Usage
-from shared.settings import Settings
-from shared.workspace import SKIP_DIRS
+from shared.agent.brains import BrainResult
+from shared.bus.settings import Settings
+from shared.contract.errors import LLMError
+from shared.contract.protocol import Usage
+from shared.contract.workspace import SKIP_DIRS
 
 __all__ = [
     "LLMClient",

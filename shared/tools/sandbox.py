@@ -36,10 +36,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shared.errors import CadreError
+from shared.contract.errors import CadreError
 
 if TYPE_CHECKING:
-    from shared.settings import Settings
+    from shared.bus.settings import Settings
 
 __all__ = ["Limits", "Sandbox", "SandboxResult", "SandboxUnavailable", "read_tail"]
 

@@ -1,4 +1,4 @@
-"""One-shot topology bootstrap: ``python -m shared.bootstrap``.
+"""One-shot topology bootstrap: ``python -m shared.bus.bootstrap``.
 
 Under least privilege no service may create or delete streams, so a
 deployment runs this once (with the ``bootstrap`` user's credentials) before
@@ -23,10 +23,10 @@ import time
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import ServiceUnavailableError
 
-from shared.bus import Bus, ensure_topology
-from shared.errors import NotConnected
-from shared.logs import setup_logging
-from shared.settings import Settings
+from shared.bus.core import Bus, ensure_topology
+from shared.bus.logs import setup_logging
+from shared.bus.settings import Settings
+from shared.contract.errors import NotConnected
 
 __all__ = ["bootstrap", "main"]
 

@@ -25,12 +25,14 @@ from nats.aio.msg import Msg
 from nats.errors import MaxPayloadError
 from nats.micro.request import Request
 
-from shared.brains import Brain, BrainResult, StepContext, load_brain
-from shared.bus import Bus
-from shared.consumer import DECODE_ERRORS, Delivery, Puller, Rejected, SupervisedConsumer
-from shared.errors import CadreError, InvalidSubjectToken
-from shared.outputs import offload_output
-from shared.protocol import (
+from shared.agent.brains import Brain, BrainResult, StepContext, load_brain
+from shared.bus.consumer import DECODE_ERRORS, Delivery, Puller, Rejected, SupervisedConsumer
+from shared.bus.core import Bus
+from shared.bus.outputs import offload_output
+from shared.bus.service import Lifecycle, Pulse, ServiceShell
+from shared.bus.settings import Settings
+from shared.contract.errors import CadreError, InvalidSubjectToken
+from shared.contract.protocol import (
     PRIORITIES,
     MetricEvent,
     StepOutcome,
@@ -44,9 +46,7 @@ from shared.protocol import (
     now,
     work_decoder,
 )
-from shared.service import Lifecycle, Pulse, ServiceShell
-from shared.settings import Settings
-from shared.subjects import token
+from shared.contract.subjects import token
 
 __all__ = ["AgentService", "run_agent", "run_service"]
 
@@ -551,7 +551,7 @@ async def run_service(service: Any, settings: Settings) -> int:
 
 def run_agent(role: str, brains: dict[str, str]) -> None:
     """Entry point of an agent service process (``python -m services.<role>``)."""
-    from shared.logs import setup_logging
+    from shared.bus.logs import setup_logging
 
     settings = Settings(role=role)
     setup_logging(f"{role}:{settings.instance_id}", settings.log_level)

@@ -26,14 +26,14 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
+from shared.bus.settings import Settings
 from shared.client import CadreClient, NoDeployment, NoService
-from shared.cliview import StepBoard, print_result, trace_text
-from shared.embedded import live_state
-from shared.errors import CadreError, InvalidSubjectToken, NotConnected, TaskNotFound
-from shared.protocol import FinalResult, TaskEvent
-from shared.settings import Settings
-from shared.taskfile import TaskFileError
-from shared.wstree import FileChange
+from shared.client.cli.view import StepBoard, print_result, trace_text
+from shared.client.taskfile import TaskFileError
+from shared.client.wstree import FileChange
+from shared.contract.errors import CadreError, InvalidSubjectToken, NotConnected, TaskNotFound
+from shared.contract.protocol import FinalResult, TaskEvent
+from shared.embedded.stack import live_state
 
 __all__ = [
     "EXIT_OK",

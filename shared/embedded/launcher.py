@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from shared.settings import Settings
+from shared.bus.settings import Settings
 
 __all__ = ["ServiceProcess", "Stack", "settings_env", "SERVICES"]
 

@@ -34,10 +34,10 @@ from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableErr
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from shared.errors import NotConnected
-from shared.protocol import AGENT_ROLES, PRIORITIES, ArtifactRef, DeadLetter, encode, now
-from shared.settings import Settings
-from shared.subjects import Subjects
+from shared.bus.settings import Settings
+from shared.contract.errors import NotConnected
+from shared.contract.protocol import AGENT_ROLES, PRIORITIES, ArtifactRef, DeadLetter, encode, now
+from shared.contract.subjects import Subjects
 
 __all__ = ["Bus", "connect", "ensure_topology", "ArtifactRefused", "check_artifact", "check_artifact_ref"]
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from shared.protocol import (
+from shared.contract.protocol import (
     Change,
     DesignOutput,
     DevelopmentOutput,
@@ -34,7 +34,7 @@ from shared.protocol import (
 )
 
 if TYPE_CHECKING:
-    from shared.bus import Bus
+    from shared.bus.core import Bus
 
 __all__ = [
     "INLINE_OUTPUT_LIMIT",

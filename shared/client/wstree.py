@@ -17,7 +17,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from shared.errors import CadreError
+from shared.contract.errors import CadreError
 
 __all__ = [
     "MAX_FILES",

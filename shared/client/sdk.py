@@ -35,10 +35,12 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
 from nats.micro.service import DEFAULT_PREFIX as SRV_PREFIX
 
-from shared import uploads
-from shared.bus import Bus
-from shared.errors import CadreError, NotConnected, TaskNotFound
-from shared.protocol import (
+from shared.bus import uploads
+from shared.bus.core import Bus
+from shared.bus.settings import Settings
+from shared.client.wstree import FileChange, changed_files, git_patch, read_tree, write_tree
+from shared.contract.errors import CadreError, NotConnected, TaskNotFound
+from shared.contract.protocol import (
     ArtifactRef,
     CancelReply,
     CancelRequest,
@@ -51,10 +53,8 @@ from shared.protocol import (
     now,
     result_decoder,
 )
-from shared.settings import Settings
-from shared.subjects import Subjects
-from shared.workspace import pack_dir
-from shared.wstree import FileChange, changed_files, git_patch, read_tree, write_tree
+from shared.contract.subjects import Subjects
+from shared.contract.workspace import pack_dir
 
 __all__ = [
     "CadreClient",
@@ -198,7 +198,7 @@ class CadreClient:
 
         Fills what the caller left empty: ``task_id`` (``task_<hex>``),
         ``message_id`` and ``created_at``. ``workspace_dir`` is packed and
-        uploaded (``shared.uploads``, under this client's name) as the task's code workspace.
+        uploaded (``shared.bus.uploads``, under this client's name) as the task's code workspace.
         """
         task_id = task.task_id or new_id("task")
         fields: dict[str, Any] = {

@@ -1,0 +1,1 @@
+"""The agent runtime (pull, run a brain, publish the result), the brain interface and the LLM client."""

@@ -1,0 +1,1 @@
+"""The bus and service framework: connection, supervised consumer, service shell, settings."""
