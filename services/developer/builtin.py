@@ -23,7 +23,7 @@ from typing import NamedTuple
 import msgspec
 
 from shared.agent.brains import BrainResult, StepContext
-from shared.bus.settings import Settings
+from shared.agent.settings import AgentSettings
 from shared.contract.protocol import (
     Change,
     DevelopmentOutput,
@@ -115,7 +115,7 @@ def _tests_text(report: TestReport | None) -> str:
 class BuiltinDeveloper:
     """Developer brain that works on the step's code workspace with real tools."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.runtime = TestRuntime.from_settings(settings)  # the sandbox + per-project environments
 

@@ -26,10 +26,10 @@ from nats.micro.request import Request
 from services.monitor.figures import Figures
 from services.monitor.health import Alert, Clock, HealthBoard, SystemClock, Transition
 from services.monitor.http import MonitorHTTP
+from services.monitor.settings import MonitorSettings
 from services.monitor.snapshot import MonitorInfo, ServiceView, Snapshot
 from shared.bus.core import Bus
 from shared.bus.service import Lifecycle, ServiceShell
-from shared.bus.settings import Settings
 from shared.contract.protocol import (
     AGENT_ROLES,
     PRIORITIES,
@@ -129,7 +129,7 @@ async def discover(bus: Bus, window: float = _DISCOVERY_WINDOW) -> list[ServiceV
 class MonitorService(Lifecycle):
     """Health board + figures fed from the bus, served over NATS and HTTP."""
 
-    def __init__(self, bus: Bus, settings: Settings, *, clock: Clock | None = None) -> None:
+    def __init__(self, bus: Bus, settings: MonitorSettings, *, clock: Clock | None = None) -> None:
         self.bus = bus
         self.settings = settings
         self.instance_id = settings.instance_id

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import msgspec
 
 from shared.agent.brains import BrainResult, StepContext
-from shared.bus.settings import Settings
+from shared.agent.settings import AgentSettings
 from shared.contract.protocol import ReviewOutput, TestReport, WorkItem
 from shared.tools.analysis import analyze, blocking, python_files, score, verdict
 
@@ -66,7 +66,7 @@ async def open_review(item: WorkItem, ctx: StepContext, default_threshold: int) 
 class BuiltinReviewer:
     """Security and quality review of a Python workspace (task types review, security_review, final_review)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
 
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:

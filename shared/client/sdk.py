@@ -37,7 +37,8 @@ from nats.micro.service import DEFAULT_PREFIX as SRV_PREFIX
 
 from shared.bus import uploads
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
+from shared.bus.settings import BusSettings
+from shared.client.settings import ClientSettings
 from shared.client.wstree import FileChange, changed_files, git_patch, read_tree, write_tree
 from shared.contract.errors import CadreError, NotConnected, TaskNotFound
 from shared.contract.protocol import (
@@ -87,7 +88,7 @@ class NoService(CadreError):
 class NoDeployment(CadreError):
     """The server is reachable but holds no Cadre streams for this prefix."""
 
-    def __init__(self, settings: Settings, stream: str) -> None:
+    def __init__(self, settings: BusSettings, stream: str) -> None:
         self.stream = stream
         super().__init__(
             f"no Cadre deployment with prefix {settings.prefix!r} at {settings.nats_url} "
@@ -134,7 +135,7 @@ _ping_decoder = msgspec.json.Decoder(ServiceInfo)
 _cancel_reply_decoder = msgspec.json.Decoder(CancelReply)
 
 
-async def _probe(settings: Settings) -> None:
+async def _probe(settings: BusSettings) -> None:
     """Fail fast with the socket's own reason when no server accepts a connection.
 
     (nats-py keeps retrying a refused server even with reconnects off, so the
@@ -163,14 +164,18 @@ async def _probe(settings: Settings) -> None:
 class CadreClient:
     """A connection to one Cadre deployment (one NATS server set and one prefix)."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, settings: ClientSettings | None = None) -> None:
         self.bus = bus
-        self.settings = bus.settings
+        self.settings: BusSettings = settings or bus.settings
+        # the name uploads go under (CADRE_CLIENT_NAME); None: the connection's NATS user
+        self._upload_as = settings.upload_name() if settings is not None else None
         self._submitted: dict[str, str] = {}  # task id -> message id, for this client's submissions
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(cls, settings: Settings, name: str = "cadre-client") -> AsyncIterator[CadreClient]:
+    async def connect(
+        cls, settings: ClientSettings, name: str = "cadre-client"
+    ) -> AsyncIterator[CadreClient]:
         """Connect (failing at once with ``NotConnected`` when no server answers) and close on exit.
 
         The client never creates streams: that is the services' job, and a
@@ -184,7 +189,7 @@ class CadreClient:
         except TimeoutError as exc:
             raise NotConnected(settings.nats_url, "no NATS handshake (timed out)") from exc
         try:
-            yield cls(bus)
+            yield cls(bus, settings)
         finally:
             await bus.close()
 
@@ -210,7 +215,7 @@ class CadreClient:
             data = await asyncio.to_thread(pack_dir, Path(workspace_dir))
             # into the uploads stream under this client's own name (never the shared object store)
             fields["workspace"] = await uploads.upload(
-                self.bus, data, description=f"workspace ({Path(workspace_dir).name})"
+                self.bus, data, description=f"workspace ({Path(workspace_dir).name})", client=self._upload_as
             )
         chosen_id = bool(task.task_id)
         task = msgspec.structs.replace(task, **fields)

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import msgspec
 
-from shared.bus.settings import Settings
+from services.monitor.settings import MonitorSettings
 from shared.client import CadreClient, ServiceInfo
 from shared.contract.errors import CadreError
 from shared.contract.protocol import AGENT_ROLES, now
 from shared.embedded.launcher import SERVICES, Stack
 from shared.embedded.natsserver import NatsServer
+from shared.embedded.settings import StackSettings
 
 __all__ = [
     "Embedded",
@@ -106,7 +107,7 @@ def _last_line(path: Path | None) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def monitor_port(settings: Settings) -> dict[str, object]:
+def monitor_port(settings: MonitorSettings) -> dict[str, object]:
     """The monitor settings ``cadre up`` hands on: the configured port, given way when taken.
 
     Only the default gives way (the monitor binds a free port when it finds its port taken,
@@ -192,7 +193,7 @@ def stop_recorded(state_dir: Path, timeout: float = 60.0) -> UpState | None:
 class Embedded:
     """One embedded deployment: a nats-server (optional) and a ``Stack`` of services."""
 
-    settings: Settings
+    settings: StackSettings
     state_dir: Path
     services: tuple[str, ...] = SERVICES
     replicas: int = 1
@@ -202,7 +203,7 @@ class Embedded:
     state: UpState | None = field(default=None, init=False)
     monitor_url: str = field(default="", init=False)  # the URL the monitor bound, once healthy
 
-    def start(self) -> Settings:
+    def start(self) -> StackSettings:
         """Start the server and the services; returns the settings clients should use."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not self.use_existing_server:

@@ -42,7 +42,7 @@ from shared.tools.runners import Layout, detect_layout, missing_dependency, pars
 from shared.tools.sandbox import Sandbox
 
 if TYPE_CHECKING:
-    from shared.bus.settings import Settings
+    from shared.agent.settings import AgentSettings
 
 __all__ = [
     "TestRun",
@@ -73,7 +73,7 @@ class TestRuntime:
     envs: EnvBuilder
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TestRuntime:
+    def from_settings(cls, settings: AgentSettings) -> TestRuntime:
         sandbox = Sandbox.from_settings(settings)
         return cls(sandbox, EnvBuilder(sandbox, settings.env_cache_dir, install=settings.env_install))
 

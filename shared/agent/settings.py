@@ -1,0 +1,72 @@
+"""What an agent process (researcher, developer, reviewer) is configured by.
+
+``LLMSettings`` is the OpenAI-compatible endpoint (the LLM brains, and the
+orchestrator's LLM planner, which extends it too); ``AgentSettings`` adds the
+brain, its work folders, the research corpus, and the sandbox and per-project
+environments that workspace code runs in (``shared/tools/sandbox.py``,
+``shared/tools/testing.py``). Same ``CADRE_*`` names as ever.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings
+
+from shared.bus.settings import SETTINGS_CONFIG, BusSettings, CommaList
+
+__all__ = ["AgentSettings", "LLMSettings"]
+
+
+class LLMSettings(BaseSettings):
+    """An OpenAI-compatible chat endpoint (``shared/agent/llm.py``); unset URL: no model."""
+
+    model_config = SETTINGS_CONFIG
+
+    llm_base_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: str = "not-needed"
+    llm_timeout: float = 120.0
+    llm_max_retries: int = 4
+    llm_price_input_per_1k: float = 0.0
+    llm_price_output_per_1k: float = 0.0
+    llm_json_mode: bool = Field(
+        True, description="send response_format=json_object (turn off for servers that reject it)"
+    )
+
+
+class AgentSettings(BusSettings, LLMSettings):
+    """One agent instance: its brain, its folders, the sandbox for workspace code."""
+
+    model_config = SETTINGS_CONFIG
+
+    concurrency: int = Field(1, description="work items one instance runs at once")
+
+    # --- brains ---------------------------------------------------------------
+    brain: str = Field("builtin", description="builtin | llm | module:attribute")
+    work_dir: Path = Path(".cadre/work")
+    corpus_dirs: CommaList[Path] = []
+    index_path: Path = Path(".cadre/research-index.sqlite")
+    include_installed_packages: bool = True
+    llm_context_chars: int = Field(60_000, description="bound on workspace text put in one prompt")
+    review_threshold: int = Field(90, description="the reviewer's pass mark when a review item names none")
+
+    # --- sandbox for workspace code (shared/tools/sandbox.py, shared/tools/testing.py) ------
+    sandbox_allow_unsandboxed: bool = Field(
+        False,
+        description="run workspace code WITHOUT the bwrap sandbox where it is unavailable (unsafe, logged)",
+    )
+    sandbox_uid: int = Field(65534, description="uid/gid workspace code runs as when Cadre runs as root")
+    sandbox_cpu_seconds: int = 300
+    sandbox_memory_mb: int = Field(2048, description="address-space limit of sandboxed processes")
+    sandbox_max_processes: int = 256
+    sandbox_file_size_mb: int = 256
+    sandbox_wall_seconds: float = Field(600.0, description="upper bound on one sandboxed command (s)")
+    env_cache_dir: Path = Field(
+        Path(".cadre/envs"),
+        description="per-project virtual environments (by dependency hash) and uv's cache",
+    )
+    env_install: bool = Field(
+        True, description="install what a workspace declares (reaches the package index)"
+    )
