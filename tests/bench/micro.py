@@ -23,10 +23,10 @@ import msgspec
 
 from services.researcher.builtin import KNOWLEDGE_DIR
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
 from shared.contract.protocol import TaskBody, TaskSubmission, WorkItem, encode, new_id, now, work_decoder
 from shared.embedded.launcher import Stack
 from shared.embedded.natsserver import NatsServer
+from shared.embedded.settings import StackSettings
 from shared.tools.research_index import ResearchIndex
 from tests.bench.procs import rss_kib
 from tests.helpers import await_result, wait_for_value
@@ -58,7 +58,7 @@ def _codec() -> tuple[float, float]:
 
 
 async def _throughput(url: str, researchers: int, tasks: int, work_dir: Path) -> float:
-    settings = Settings(
+    settings = StackSettings(
         nats_url=url, prefix=f"b{uuid.uuid4().hex[:8]}", work_dir=work_dir, heartbeat_interval=1.0
     )
     bus = await Bus.open(settings, "bench")
@@ -98,7 +98,7 @@ async def _throughput(url: str, researchers: int, tasks: int, work_dir: Path) ->
 
 
 async def _memory(url: str, work_dir: Path) -> tuple[int, int]:
-    settings = Settings(nats_url=url, prefix=f"b{uuid.uuid4().hex[:8]}", work_dir=work_dir)
+    settings = StackSettings(nats_url=url, prefix=f"b{uuid.uuid4().hex[:8]}", work_dir=work_dir)
     stack = Stack(settings)
     agent = stack.add("researcher", brain="tests.brains:ScriptedBrain")
     bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])

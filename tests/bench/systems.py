@@ -29,10 +29,10 @@ import msgspec
 import nats
 
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
 from shared.contract.protocol import encode, result_decoder
 from shared.embedded.launcher import Stack
 from shared.embedded.natsserver import NatsServer
+from shared.embedded.settings import StackSettings
 from tests.bench import floor
 from tests.helpers import feature_task
 
@@ -144,7 +144,7 @@ class CadreSystem(System):
 
     async def start(self) -> None:
         self.server.start()
-        self.settings = Settings(
+        self.settings = StackSettings(
             nats_url=self.server.url,
             prefix=f"b{uuid.uuid4().hex[:8]}",
             work_dir=self.work_dir / "work",

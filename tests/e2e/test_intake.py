@@ -21,7 +21,6 @@ from nats.js.errors import NotFoundError
 from services.orchestrator.state import state_decoder
 from shared.bus import uploads
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
 from shared.client import CadreClient
 from shared.contract.protocol import (
     ArtifactRef,
@@ -36,6 +35,7 @@ from shared.contract.protocol import (
 )
 from shared.contract.workspace import pack_files
 from shared.embedded.launcher import Stack
+from shared.embedded.settings import StackSettings
 from tests.helpers import await_result, stream_messages, task_events, wait_for_value
 
 
@@ -298,7 +298,7 @@ async def test_a_reused_task_id_is_refused_to_its_sender_without_touching_the_fi
 
 
 async def test_the_client_sdk_reads_the_refusal_of_its_reused_task_id(
-    bus: Bus, intake: Stack, settings: Settings
+    bus: Bus, intake: Stack, settings: StackSettings
 ) -> None:
     first = submission()
     await bus.publish(bus.subjects.task_submit, first, msg_id=first.message_id)
@@ -315,7 +315,7 @@ async def test_the_client_sdk_reads_the_refusal_of_its_reused_task_id(
 
 
 async def test_cancelling_a_wildcard_an_empty_or_a_dotted_task_id_is_a_clear_refusal(
-    bus: Bus, intake: Stack, settings: Settings
+    bus: Bus, intake: Stack, settings: StackSettings
 ) -> None:
     async with CadreClient.connect(settings) as client:
         await wait_for_value(lambda: _services(client), 30, what="the orchestrator's cancel endpoint")

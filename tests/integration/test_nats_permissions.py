@@ -29,7 +29,6 @@ from nats.js.api import StreamConfig
 from shared.bus import uploads
 from shared.bus.bootstrap import bootstrap
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
 from shared.client import CadreClient, NoService
 from shared.contract.protocol import (
     AGENT_ROLES,
@@ -44,6 +43,7 @@ from shared.contract.protocol import (
 from shared.contract.workspace import pack_files
 from shared.embedded.launcher import Stack
 from shared.embedded.natsserver import NatsServer
+from shared.embedded.settings import StackSettings
 from tests.helpers import feature_task, wait_for_value
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,9 +63,9 @@ class Deployment:
     server: NatsServer
     passwords: dict[str, str]
 
-    def settings(self, user: str, **overrides: object) -> Settings:
-        """Settings for one user: its password, its own inbox prefix, bootstrap off."""
-        return Settings(
+    def settings(self, user: str, **overrides: object) -> StackSettings:
+        """Settings of every service for one user: its password, its own inbox prefix, bootstrap off."""
+        return StackSettings(
             nats_url=self.server.url,
             nats_user=user,
             nats_password=self.passwords[user],
