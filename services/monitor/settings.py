@@ -18,8 +18,10 @@ class MonitorSettings(BusSettings):
 
     model_config = SETTINGS_CONFIG
 
-    monitor_http_host: str = "127.0.0.1"
-    monitor_http_port: int = 8080
+    monitor_http_host: str = Field(
+        "127.0.0.1", description="where the dashboard, /status and /metrics listen"
+    )
+    monitor_http_port: int = Field(8080, description="their port (0: any free port)")
     monitor_http_port_fallback: bool = Field(
         False,
         description="when monitor_http_port is taken, bind a free port instead"
@@ -31,7 +33,10 @@ class MonitorSettings(BusSettings):
     monitor_stall_interval: float = Field(
         2.0, description="how often each role's pending work is compared with its pulling instances (s)"
     )
-    monitor_roles: CommaList[str] = ["orchestrator", "researcher", "developer", "reviewer"]
-    monitor_recent_tasks: int = 20
-    monitor_recent_alerts: int = 50
+    monitor_roles: CommaList[str] = Field(
+        ["orchestrator", "researcher", "developer", "reviewer"],
+        description="roles that must have a live instance (a,b,...)",
+    )
+    monitor_recent_tasks: int = Field(20, description="recent tasks the snapshot lists")
+    monitor_recent_alerts: int = Field(50, description="recent alerts the snapshot lists")
     monitor_replay_timeout: float = Field(60.0, description="bound on the start-up metric replay (s)")

@@ -24,18 +24,25 @@ class OrchestratorSettings(BusSettings, LLMSettings):
     model_config = SETTINGS_CONFIG
 
     # --- the engine -------------------------------------------------------------
-    step_deadline: float = Field(30 * 60.0, description="a step not reported within this is re-run (s)")
-    max_attempts: int = 3
+    step_deadline: float = Field(30 * 60.0, description="a step still running after this times out and is recovered (s)")
+    max_attempts: int = Field(3, description="runs of one step before it fails")
     review_threshold: int = Field(90, description="the score a review must reach")
-    review_max_rounds: int = 3
-    conflict_policy: CommaList[Concern] = ["security", "correctness", "performance", "style"]
-    tick_interval: float = 1.0
+    review_max_rounds: int = Field(3, description="review -> fix rounds before the task needs attention")
+    conflict_policy: CommaList[Concern] = Field(
+        ["security", "correctness", "performance", "style"],
+        description="which concern wins a dispute, first wins (a,b,...)",
+    )
+    tick_interval: float = Field(1.0, description="how often deadlines are checked (s)")
     workflow_retention: float = Field(
         24 * 3600.0,
         description="delete a finished workflow's KV key this long after it ended (s); its trace"
         " and final result stay on the events stream for events_max_age",
     )
-    planner: Literal["template", "llm"] = "template"
+    planner: Literal["template", "llm"] = Field(
+        "template",
+        description="template: a matching plan template, else the model (when CADRE_LLM_BASE_URL is set);"
+        " llm: the model first",
+    )
 
     # --- intake limits (checked at the door; docs/security.md) --------------------
     max_description_bytes: int = Field(8 * 1024, description="task.description, UTF-8 bytes")

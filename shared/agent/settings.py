@@ -24,13 +24,17 @@ class LLMSettings(BaseSettings):
 
     model_config = SETTINGS_CONFIG
 
-    llm_base_url: str | None = None
-    llm_model: str = "gpt-4o-mini"
-    llm_api_key: str = "not-needed"
-    llm_timeout: float = 120.0
-    llm_max_retries: int = 4
-    llm_price_input_per_1k: float = 0.0
-    llm_price_output_per_1k: float = 0.0
+    llm_base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint, e.g. http://ollama:11434/v1"
+    )
+    llm_model: str = Field("gpt-4o-mini", description="model name the endpoint serves")
+    llm_api_key: str = Field("not-needed", description="bearer token for the endpoint")
+    llm_timeout: float = Field(120.0, description="bound on one request (s)")
+    llm_max_retries: int = Field(4, description="retries of a transient failure (with backoff)")
+    llm_price_input_per_1k: float = Field(
+        0.0, description="cost per 1000 prompt tokens, for the cost figures"
+    )
+    llm_price_output_per_1k: float = Field(0.0, description="cost per 1000 completion tokens")
     llm_json_mode: bool = Field(
         True, description="send response_format=json_object (turn off for servers that reject it)"
     )
@@ -45,10 +49,16 @@ class AgentSettings(BusSettings, LLMSettings):
 
     # --- brains ---------------------------------------------------------------
     brain: str = Field("builtin", description="builtin | llm | module:attribute")
-    work_dir: Path = Path(".cadre/work")
-    corpus_dirs: CommaList[Path] = []
-    index_path: Path = Path(".cadre/research-index.sqlite")
-    include_installed_packages: bool = True
+    work_dir: Path = Field(Path(".cadre/work"), description="where each step's copy of the workspace goes")
+    corpus_dirs: CommaList[Path] = Field(
+        [], description="folders of documents the research index reads (a,b)"
+    )
+    index_path: Path = Field(
+        Path(".cadre/research-index.sqlite"), description="the research index (SQLite FTS5)"
+    )
+    include_installed_packages: bool = Field(
+        True, description="also index the metadata of the installed Python packages"
+    )
     llm_context_chars: int = Field(60_000, description="bound on workspace text put in one prompt")
     review_threshold: int = Field(90, description="the reviewer's pass mark when a review item names none")
 
@@ -58,10 +68,10 @@ class AgentSettings(BusSettings, LLMSettings):
         description="run workspace code WITHOUT the bwrap sandbox where it is unavailable (unsafe, logged)",
     )
     sandbox_uid: int = Field(65534, description="uid/gid workspace code runs as when Cadre runs as root")
-    sandbox_cpu_seconds: int = 300
+    sandbox_cpu_seconds: int = Field(300, description="CPU-time limit of sandboxed processes (s)")
     sandbox_memory_mb: int = Field(2048, description="address-space limit of sandboxed processes")
-    sandbox_max_processes: int = 256
-    sandbox_file_size_mb: int = 256
+    sandbox_max_processes: int = Field(256, description="processes of the sandbox's uid")
+    sandbox_file_size_mb: int = Field(256, description="largest file sandboxed code may write")
     sandbox_wall_seconds: float = Field(600.0, description="upper bound on one sandboxed command (s)")
     env_cache_dir: Path = Field(
         Path(".cadre/envs"),

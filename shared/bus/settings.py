@@ -55,20 +55,20 @@ class BusSettings(BaseSettings):
 
     # --- bus ---------------------------------------------------------------
     nats_url: str = Field("nats://127.0.0.1:4222", description="comma-separated server URLs")
-    creds_file: Path | None = None
-    nats_user: str | None = None
-    nats_password: str | None = None
-    nats_tls_ca: Path | None = None
+    creds_file: Path | None = Field(None, description="NATS credentials file (JWT + nkey)")
+    nats_user: str | None = Field(None, description="NATS user (one per service under least privilege)")
+    nats_password: str | None = Field(None, description="that user's password")
+    nats_tls_ca: Path | None = Field(None, description="CA certificate the server's TLS is checked against")
     inbox_prefix: str = Field(
         "_INBOX", description="reply-subject prefix; per-user (e.g. _INBOX_developer) under least privilege"
     )
-    prefix: str = "cadre"
+    prefix: str = Field("cadre", description="subject, stream and bucket prefix: one deployment per prefix")
     bootstrap: bool = Field(True, description="create streams/buckets at start (off under least privilege)")
     js_replicas: int = Field(1, description="JetStream replicas of every stream and bucket (3 on a cluster)")
-    dedup_window: float = 120.0
-    ack_wait: float = 30.0
-    max_deliver: int = 5
-    connect_timeout: float = 5.0
+    dedup_window: float = Field(120.0, description="JetStream duplicate window of the streams (s)")
+    ack_wait: float = Field(30.0, description="an unacknowledged message is redelivered after (s)")
+    max_deliver: int = Field(5, description="deliveries of one message before it becomes a dead letter")
+    connect_timeout: float = Field(5.0, description="bound on one connection attempt (s)")
     # --- retention: bounds on the server's disk and memory for a long-running deployment ------
     events_max_age: float = Field(3 * 24 * 3600.0, description="task traces and final results (s)")
     events_max_bytes: int = Field(256 * 1024**2, description="events stream size cap; oldest dropped")
@@ -86,12 +86,14 @@ class BusSettings(BaseSettings):
     max_workspace_files: int = Field(5_000, description="files in a workspace")
 
     # --- identity and health ------------------------------------------------------
-    instance_id: str = Field(default_factory=default_instance_id)
-    heartbeat_interval: float = 2.0
+    instance_id: str = Field(
+        default_factory=default_instance_id, description="this instance's name (host-pid)"
+    )
+    heartbeat_interval: float = Field(2.0, description="seconds between heartbeats")
     dead_after: float = Field(5.0, description="an instance silent this long is dead (s)")
     monitor_forget_after: float = Field(3600.0, description="drop a dead instance from the table after (s)")
-    drain_timeout: float = 20.0
-    log_level: str = "INFO"
+    drain_timeout: float = Field(20.0, description="bound on finishing in-flight work after SIGTERM (s)")
+    log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
 
     @field_validator("prefix")
     @classmethod
