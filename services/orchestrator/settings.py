@@ -24,7 +24,9 @@ class OrchestratorSettings(BusSettings, LLMSettings):
     model_config = SETTINGS_CONFIG
 
     # --- the engine -------------------------------------------------------------
-    step_deadline: float = Field(30 * 60.0, description="a step still running after this times out and is recovered (s)")
+    step_deadline: float = Field(
+        30 * 60.0, description="a step still running after this times out and is recovered (s)"
+    )
     max_attempts: int = Field(3, description="runs of one step before it fails")
     review_threshold: int = Field(90, description="the score a review must reach")
     review_max_rounds: int = Field(3, description="review -> fix rounds before the task needs attention")
