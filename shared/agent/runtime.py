@@ -34,6 +34,7 @@ from shared.bus.service import Lifecycle, Pulse, ServiceShell
 from shared.contract.errors import CadreError, InvalidSubjectToken
 from shared.contract.protocol import (
     PRIORITIES,
+    AgentRole,
     MetricEvent,
     StepOutcome,
     StepResult,
@@ -99,7 +100,7 @@ class AgentService(Lifecycle):
     bus: Bus
     brain: Brain
     settings: AgentSettings
-    role: str  # the service's own (researcher, developer, reviewer): not a setting
+    role: AgentRole  # the service's own (researcher, developer, reviewer): not a setting
     instance_id: str = field(init=False)
     _shell: ServiceShell = field(init=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
@@ -314,7 +315,7 @@ class AgentService(Lifecycle):
                     task_id=env.task_id,
                     step_id=env.step_id,
                     attempt=env.attempt,
-                    role=self.role,  # type: ignore[arg-type]
+                    role=self.role,
                     instance_id=self.instance_id,
                     status="failed",
                     summary="work item rejected",
@@ -514,7 +515,7 @@ class AgentService(Lifecycle):
 
 
 def build_agent(
-    role: str, brains: dict[str, str]
+    role: AgentRole, brains: dict[str, str]
 ) -> Callable[[AgentSettings, Bus, AsyncExitStack], Awaitable[AgentService]]:
     """The ``build`` an agent's ``__main__`` hands ``run_service``: its brain (from ``brains``) and runtime."""
 
