@@ -79,7 +79,7 @@ schema: $(STAMP)
 
 # docs/deployment.md's settings tables, from the settings classes
 settings-doc: $(STAMP)
-	$(BIN)/python -m shared.embedded.settings_doc docs/deployment.md
+	$(BIN)/python -m shared.client.cli.settings_doc docs/deployment.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from shared.bus.core import Bus
+from shared.client.cli.settings import StackSettings
 from shared.embedded.launcher import Stack
 from shared.embedded.natsserver import NatsServer
-from shared.embedded.settings import StackSettings
 
 
 @pytest.fixture(scope="session")

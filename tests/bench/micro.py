@@ -23,10 +23,10 @@ import msgspec
 
 from services.researcher.builtin import KNOWLEDGE_DIR
 from shared.bus.core import Bus
+from shared.client.cli.settings import StackSettings
 from shared.contract.protocol import TaskBody, TaskSubmission, WorkItem, encode, new_id, now, work_decoder
 from shared.embedded.launcher import Stack
 from shared.embedded.natsserver import NatsServer
-from shared.embedded.settings import StackSettings
 from shared.tools.research_index import ResearchIndex
 from tests.bench.procs import rss_kib
 from tests.helpers import await_result, wait_for_value

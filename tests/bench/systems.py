@@ -29,10 +29,10 @@ import msgspec
 import nats
 
 from shared.bus.core import Bus
+from shared.client.cli.settings import StackSettings
 from shared.contract.protocol import encode, result_decoder
 from shared.embedded.launcher import Stack
 from shared.embedded.natsserver import NatsServer
-from shared.embedded.settings import StackSettings
 from tests.bench import floor
 from tests.helpers import feature_task
 

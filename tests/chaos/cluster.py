@@ -21,6 +21,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from shared.bus.core import Bus
+from shared.client.cli.settings import StackSettings
 from shared.contract.protocol import (
     Heartbeat,
     StepStarted,
@@ -33,7 +34,6 @@ from shared.contract.protocol import (
 )
 from shared.embedded.launcher import ServiceProcess, Stack
 from shared.embedded.natsserver import NatsServer
-from shared.embedded.settings import StackSettings
 from tests.chaos.history import History
 from tests.helpers import stream_messages, wait_for_value
 

@@ -25,9 +25,9 @@ from nats.errors import NoServersError
 
 from shared.bus.bootstrap import bootstrap
 from shared.client import CadreClient
+from shared.client.cli.settings import StackSettings
 from shared.contract.protocol import TaskBody, TaskSubmission
 from shared.embedded.natsserver import NatsServer
-from shared.embedded.settings import StackSettings
 from tests.helpers import wait_for_value
 
 ROOT = Path(__file__).resolve().parents[2]

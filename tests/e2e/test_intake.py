@@ -22,6 +22,7 @@ from services.orchestrator.state import state_decoder
 from shared.bus import uploads
 from shared.bus.core import Bus
 from shared.client import CadreClient
+from shared.client.cli.settings import StackSettings
 from shared.contract.protocol import (
     ArtifactRef,
     DeadLetter,
@@ -35,7 +36,6 @@ from shared.contract.protocol import (
 )
 from shared.contract.workspace import pack_files
 from shared.embedded.launcher import Stack
-from shared.embedded.settings import StackSettings
 from tests.helpers import await_result, stream_messages, task_events, wait_for_value
 
 

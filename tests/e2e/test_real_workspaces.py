@@ -22,6 +22,7 @@ import pytest
 
 from shared.bus.core import Bus
 from shared.client import CadreClient
+from shared.client.cli.settings import StackSettings
 from shared.contract import protocol
 from shared.contract.protocol import (
     DevelopmentOutput,
@@ -31,7 +32,6 @@ from shared.contract.protocol import (
     TaskSubmission,
 )
 from shared.embedded.launcher import Stack
-from shared.embedded.settings import StackSettings
 from shared.tools.pyenv import declared
 from shared.tools.sandbox import Sandbox
 from shared.tools.scoring import blocks

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 
 from shared.bus.core import Bus
+from shared.client.cli.settings import StackSettings
 from shared.embedded.launcher import Stack
-from shared.embedded.settings import StackSettings
 from tests.helpers import await_result, feature_task, task_events
 
 SCRIPTED = "tests.brains:ScriptedBrain"

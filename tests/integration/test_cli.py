@@ -26,12 +26,12 @@ from nats.js.api import DeliverPolicy
 
 from shared.bus.core import Bus
 from shared.client import ArtifactCorrupt, CadreClient
+from shared.client.cli.settings import StackSettings
 from shared.client.wstree import read_tree
 from shared.contract.errors import TaskNotFound
 from shared.contract.protocol import ArtifactRef, TaskBody, TaskSubmission, event_decoder, new_id
 from shared.contract.workspace import SKIP_DIRS, pack_dir, pack_files
 from shared.embedded.launcher import Stack
-from shared.embedded.settings import StackSettings
 from shared.embedded.stack import pid_alive, read_state
 from tests.helpers import wait_for_value
 

@@ -23,6 +23,7 @@ from services.monitor.service import MonitorService
 from services.monitor.settings import MonitorSettings
 from services.monitor.snapshot import Snapshot
 from shared.bus.core import Bus
+from shared.client.cli.settings import StackSettings
 from shared.contract.protocol import (
     MetricEvent,
     TaskBody,
@@ -32,7 +33,6 @@ from shared.contract.protocol import (
     now,
 )
 from shared.embedded.launcher import Stack
-from shared.embedded.settings import StackSettings
 from tests.helpers import await_result, feature_task, stream_messages, task_events, wait_for_value
 
 ECHO = "tests.brains:EchoBrain"

@@ -30,6 +30,7 @@ from shared.bus import uploads
 from shared.bus.bootstrap import bootstrap
 from shared.bus.core import Bus
 from shared.client import CadreClient, NoService
+from shared.client.cli.settings import StackSettings
 from shared.contract.protocol import (
     AGENT_ROLES,
     Heartbeat,
@@ -43,7 +44,6 @@ from shared.contract.protocol import (
 from shared.contract.workspace import pack_files
 from shared.embedded.launcher import Stack
 from shared.embedded.natsserver import NatsServer
-from shared.embedded.settings import StackSettings
 from tests.helpers import feature_task, wait_for_value
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from shared.bus.core import Bus
+from shared.client.cli.settings import StackSettings
 from shared.embedded.launcher import Stack
-from shared.embedded.settings import StackSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO = "tests.brains:EchoBrain"

@@ -16,6 +16,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from shared.bus.consumer import Delivery, SupervisedConsumer
 from shared.bus.core import Bus
 from shared.bus.service import RESTART_LIMIT, Lifecycle, ServiceShell, serve
+from shared.client.cli.settings import StackSettings
 from shared.contract.protocol import (
     CancelRequest,
     DeadLetter,
@@ -27,7 +28,6 @@ from shared.contract.protocol import (
     now,
 )
 from shared.embedded.launcher import Stack
-from shared.embedded.settings import StackSettings
 from tests.helpers import (
     StepFeed,
     await_result,

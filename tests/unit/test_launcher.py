@@ -15,9 +15,9 @@ from services.monitor.settings import MonitorSettings
 from services.orchestrator.settings import OrchestratorSettings
 from shared.agent.settings import AgentSettings
 from shared.bus.settings import BusSettings
+from shared.client.cli.settings import SETTINGS_CLASSES, StackSettings
 from shared.client.settings import ClientSettings
 from shared.embedded.launcher import settings_env
-from shared.embedded.settings import SETTINGS_CLASSES, StackSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 

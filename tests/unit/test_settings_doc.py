@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.embedded.settings import StackSettings
-from shared.embedded.settings_doc import rewrite, settings_tables
+from shared.client.cli.settings import StackSettings
+from shared.client.cli.settings_doc import rewrite, settings_tables
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
 

@@ -36,11 +36,11 @@ from shared.client.cli.options import (
     signals,
     unless_stopped,
 )
+from shared.client.cli.settings import StackSettings
 from shared.client.cli.view import services_table
 from shared.client.taskfile import load_task_file
 from shared.embedded.launcher import SERVICES
-from shared.embedded.settings import StackSettings
-from shared.embedded.stack import Embedded, PortTaken, ServiceFailed, live_state, stop_recorded
+from shared.embedded.stack import Embedded, PortTaken, ServiceFailed, live_state, monitor_port, stop_recorded
 
 __all__ = ["up", "down"]
 
@@ -77,9 +77,13 @@ def up(
     if nats_url:
         run(_probe(settings))
 
-    emb = Embedded(settings, state_dir, names, replicas, use_existing_server=bool(nats_url))
+    emb: Embedded[StackSettings] = Embedded(
+        settings, state_dir, names, replicas, use_existing_server=bool(nats_url)
+    )
     code = EXIT_TASK
     try:
+        if "monitor" in names:  # the configured port, or a free one when the default is taken
+            emb.settings = settings.model_copy(update=monitor_port(settings))
         settings = emb.start()
         out.print(f"nats-server: {settings.nats_url} · prefix {settings.prefix} · logs {state_dir / 'logs'}")
         code = run(_serve(emb, settings, task_file, start_timeout, timeout))

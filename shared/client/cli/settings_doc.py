@@ -1,6 +1,6 @@
 """The settings tables of docs/deployment.md, generated from the settings classes.
 
-``python -m shared.embedded.settings_doc docs/deployment.md`` rewrites the part of
+``python -m shared.client.cli.settings_doc docs/deployment.md`` rewrites the part of
 the file between the ``settings-table`` markers (``make settings-doc``);
 ``tests/unit/test_settings_doc.py`` fails when the file is out of date.
 """

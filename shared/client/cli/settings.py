@@ -1,10 +1,11 @@
-"""Every service's settings in one object: what an embedded deployment hands its children.
+"""Every service's settings in one object: what ``cadre up`` hands the services it starts.
 
-``cadre up`` and the tests start the whole set of services from one process;
+``cadre up`` (and the test harness) start the whole set of services from one process;
 ``StackSettings`` is the union of ``AgentSettings``, ``OrchestratorSettings``,
 ``MonitorSettings`` and ``ClientSettings``, so the launcher forwards every
 setting any child reads (``settings_env``), and the one object also serves
-the clients of that deployment. A service itself never gets this type.
+the clients of that deployment. A service itself never gets this type. It lives
+with the command, not in ``shared/embedded`` (which never imports a service).
 """
 
 from __future__ import annotations
