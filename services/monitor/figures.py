@@ -2,7 +2,7 @@
 
 ``Figures.fold(event)`` is the only way figures change, so the monitor can
 rebuild them after a restart by replaying the metric stream from the start.
-The views it returns are the parts of ``services.monitor.snapshot.Snapshot``,
+The views it returns are the parts of ``shared.contract.monitoring.Snapshot``,
 the JSON the monitor serves.
 """
 
@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from services.monitor.snapshot import (
+from shared.contract.monitoring import (
     DeveloperFigures,
     OrchestratorFigures,
     ResearcherFigures,

@@ -3,7 +3,9 @@
 JSON on the wire, so any NATS client can speak it. Each message is a frozen,
 kw_only Struct tagged by its ``type`` field and carries a schema ``version``.
 New fields always get defaults; field types never change. One typed decoder
-per subject family lives at the bottom of this module.
+per subject family lives at the bottom of this module; the monitor's and the agents'
+answers (``Alert``, ``Snapshot``, ``AgentStatus``) are in ``shared.contract.monitoring``,
+and ``shared.contract.registry`` maps every subject family to its decoder.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ __all__ = [
     "metric_decoder",
     "dead_letter_decoder",
     "cancel_decoder",
+    "cancel_reply_decoder",
+    "error_decoder",
 ]
 
 PROTOCOL_VERSION = 1
@@ -682,3 +686,5 @@ heartbeat_decoder: BoundedDecoder[Heartbeat] = BoundedDecoder(Heartbeat)
 metric_decoder: BoundedDecoder[MetricEvent] = BoundedDecoder(MetricEvent)
 dead_letter_decoder: BoundedDecoder[DeadLetter] = BoundedDecoder(DeadLetter)
 cancel_decoder: BoundedDecoder[CancelRequest] = BoundedDecoder(CancelRequest)
+cancel_reply_decoder: BoundedDecoder[CancelReply] = BoundedDecoder(CancelReply)
+error_decoder: BoundedDecoder[ErrorReply] = BoundedDecoder(ErrorReply)
