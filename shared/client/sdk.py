@@ -1,4 +1,4 @@
-"""The async client SDK: submit a task, follow its events, read its result, cancel it.
+"""The async client SDK: submit a task, follow its events, read its result, cancel it, watch health.
 
 ``CadreClient`` is what the ``cadre`` CLI uses and what a Python program
 embedding Cadre should use. It speaks only the documented wire contract
@@ -13,6 +13,9 @@ stream, so a late reader replays a task from its first event.
         result = await client.result(task_id, timeout=60)
         await client.download_workspace(task_id, Path("fixed"))     # the patched tree
         Path("fix.patch").write_text(await client.workspace_patch(task_id))
+        snap = await client.snapshot()          # the monitor's Snapshot: health, instances, figures
+
+Every method returns typed values (``shared.contract`` structs): no JSON dicts.
 """
 
 from __future__ import annotations
@@ -464,19 +467,30 @@ class CadreClient:
         subject = self.subjects.agent_status(role, instance_id)
         return await self._request(f"{role} {instance_id}", subject, b"", agent_status_decoder, timeout)
 
-    async def alerts(self) -> AsyncIterator[Alert]:
-        """The monitor's alerts as they are raised, from now on (core NATS: no replay).
+    @contextlib.asynccontextmanager
+    async def alerts(self) -> AsyncIterator[AsyncIterator[Alert]]:
+        """The monitor's alerts from now on (core NATS: no replay), as a typed stream.
 
-        The monitor keeps the recent ones in ``snapshot().alerts``. Undecodable
-        messages are logged and skipped.
+            async with client.alerts() as alerts:
+                async for alert in alerts:
+                    print(alert.kind, alert.text)
+
+        The subscription is in place when the ``async with`` body starts, so nothing
+        raised after that is missed. The monitor keeps the recent ones in
+        ``snapshot().alerts``. Undecodable messages are logged and skipped.
         """
         sub = await self.bus.nc.subscribe(self.subjects.alert_all)
-        try:
+        await self.bus.nc.flush()
+
+        async def feed() -> AsyncIterator[Alert]:
             async for msg in sub.messages:
                 try:
                     yield alert_decoder.decode(msg.data)
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     logger.warning("skipping undecodable alert subject=%s err=%s", msg.subject, exc)
+
+        try:
+            yield feed()
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
