@@ -86,7 +86,9 @@ def test_every_module_level_bounded_decoder_is_a_registered_family(modules: list
         for name, value in vars(m).items()
         if isinstance(value, BoundedDecoder) and id(value) not in registered
     ]
-    assert loose == [], "a contract decoder outside the registry: add its family to shared/contract/registry.py"
+    assert loose == [], (
+        "a contract decoder outside the registry: add its family to shared/contract/registry.py"
+    )
 
 
 def test_every_wire_type_has_a_schema_file_naming_it() -> None:
