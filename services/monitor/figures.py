@@ -22,27 +22,14 @@ from shared.contract.monitoring import (
     Totals,
     UsageTotals,
 )
-from shared.contract.protocol import MetricEvent
+from shared.contract.protocol import METRIC_KINDS, MetricEvent
 
 __all__ = ["ACCURACY_UNAVAILABLE", "Figures", "human_duration"]
 
 logger = logging.getLogger(__name__)
 
 ACCURACY_UNAVAILABLE = "unavailable: no ground truth"
-KINDS = frozenset(
-    {
-        "step_completed",
-        "step_failed",
-        "delegated",
-        "decomposed",
-        "conflict_resolved",
-        "reassigned",
-        "retry",
-        "review_verdict",
-        "research_used",
-        "task_finished",
-    }
-)
+KINDS = frozenset(METRIC_KINDS)
 
 
 def human_duration(seconds: float | None) -> str | None:

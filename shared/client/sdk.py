@@ -52,6 +52,7 @@ from shared.contract.monitoring import (
     snapshot_decoder,
 )
 from shared.contract.protocol import (
+    FINAL_EVENT_KINDS,
     ArtifactRef,
     BoundedDecoder,
     CancelReply,
@@ -84,7 +85,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Event kinds after which the orchestrator publishes nothing more for a task.
-FINAL_KINDS = frozenset({"completed", "failed", "rejected", "cancelled"})
+FINAL_KINDS = frozenset(FINAL_EVENT_KINDS)
 
 _POLL = 0.5  # how long one wait on a subscription blocks before re-checking deadlines
 

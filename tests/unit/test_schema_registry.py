@@ -8,6 +8,7 @@ types are the ones ``make schema`` writes to ``docs/schema``.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import pkgutil
@@ -125,3 +126,45 @@ def test_every_family_decodes_what_its_own_type_encodes_and_refuses_another_fami
     with pytest.raises(msgspec.ValidationError):
         family("error").decoder.decode(cancel)
     assert family("error").decoder.decode(encode(ErrorReply(code="500", message="m"))).message == "m"
+
+
+def _strings(node: ast.AST) -> set[str]:
+    """The string values an expression can take: a constant, or either branch of ``a if c else b``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return {node.value}
+    if isinstance(node, ast.IfExp):
+        return _strings(node.body) | _strings(node.orelse)
+    return set()
+
+
+def _sent_kinds() -> tuple[set[str], set[str]]:
+    """The string kinds the code passes to ``emit.event``/``emit.metric``, ``TaskEvent``/``MetricEvent``."""
+    events: set[str] = set()
+    metrics: set[str] = set()
+    root = DOCS.parents[1]
+    for path in [*(root / "services").rglob("*.py"), *(root / "shared").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            found: list[ast.AST] = []
+            if name in ("event", "metric") and len(node.args) >= 2:
+                found = [node.args[1]]
+            elif name in ("TaskEvent", "MetricEvent"):
+                found = [k.value for k in node.keywords if k.arg == "kind"]
+            into = events if name in ("event", "TaskEvent") else metrics
+            for arg in found:
+                into |= _strings(arg)
+    return events, metrics
+
+
+def test_every_event_and_metric_kind_the_code_sends_is_one_the_contract_lists() -> None:
+    from shared.contract.protocol import EVENT_KINDS, FINAL_EVENT_KINDS, METRIC_KINDS
+
+    events, metrics = _sent_kinds()
+    assert len(events) >= 12 and len(metrics) >= 6, "the scan found too little to mean anything"
+    assert events - set(EVENT_KINDS) == set(), (
+        "add the new event kind to EventKind in shared/contract/protocol.py"
+    )
+    assert metrics - set(METRIC_KINDS) == set(), "add the new metric kind to MetricKind"
+    assert set(FINAL_EVENT_KINDS) <= set(EVENT_KINDS)
