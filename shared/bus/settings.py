@@ -91,7 +91,9 @@ class Settings(BaseSettings):
         description="as root: first uid/gid of the range each concurrent sandbox gets its own uid from"
         " (uids no account or container on the host uses)",
     )
-    sandbox_uid_count: int = Field(64, description="how many uids the range holds (concurrent sandboxes per host)")
+    sandbox_uid_count: int = Field(
+        64, description="how many uids the range holds (concurrent sandboxes per host)"
+    )
     sandbox_run_dir: Path = Field(
         Path("/run/cadre/sandbox-uids"),
         description="lock files of the leased uids; every agent process on the host must use the same one",

@@ -228,7 +228,14 @@ class Sandbox:
         if self.uid is None and self.privileged and self.unavailable() is None:
             with self.slot() as bound:
                 return bound.run(
-                    argv, cwd=cwd, rw=rw, ro=ro, env=env, network=network, limits=limits, tail_chars=tail_chars
+                    argv,
+                    cwd=cwd,
+                    rw=rw,
+                    ro=ro,
+                    env=env,
+                    network=network,
+                    limits=limits,
+                    tail_chars=tail_chars,
                 )
         reason = self.unavailable()
         if reason is not None:

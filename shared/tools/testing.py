@@ -76,7 +76,10 @@ class TestRuntime:
     def from_settings(cls, settings: Settings) -> TestRuntime:
         sandbox = Sandbox.from_settings(settings)
         envs = EnvBuilder(
-            sandbox, settings.env_cache_dir, install=settings.env_install, allow_builds=settings.env_allow_builds
+            sandbox,
+            settings.env_cache_dir,
+            install=settings.env_install,
+            allow_builds=settings.env_allow_builds,
         )
         return cls(sandbox, envs)
 
