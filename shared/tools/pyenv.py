@@ -309,8 +309,12 @@ class EnvBuilder:
         logger.info("environment built digest=%s requirements=%d", decl.digest, len(decl.requirements))
 
     def _install(self, box: Sandbox, uv: str, decl: Declared, env_dir: Path, reqs: Path) -> None:
-        # each sandbox uid has its own uv cache: files one uid wrote, another could not update
-        uv_cache = self.cache_dir / "uv-cache" / (str(box.uid) if box.uid is not None else "shared")
+        if self.allow_builds:
+            # build code could poison a shared cache for later installs: this build gets its own, thrown away
+            uv_cache = env_dir / "uv-cache"
+        else:
+            # each sandbox uid has its own uv cache: files one uid wrote, another could not update
+            uv_cache = self.cache_dir / "uv-cache" / (str(box.uid) if box.uid is not None else "shared")
         uv_cache.mkdir(parents=True, exist_ok=True)
         box.prepare(env_dir, uv_cache)
         env = {k: os.environ[k] for k in _NET_ENV if k in os.environ}
@@ -321,12 +325,11 @@ class EnvBuilder:
         env.update(UV_SYSTEM_CERTS="1", UV_NATIVE_TLS="1")
         install = [uv, "pip", "install", "--quiet", "--python", str(env_dir / "venv" / "bin" / "python")]
         if self.allow_builds:
-            # build code may change what it can reach: the environment gets copies, not cache hard links
-            env["UV_LINK_MODE"] = "copy"
+            env["UV_LINK_MODE"] = "copy"  # the environment keeps no links into the thrown-away cache
             logger.warning(
                 "environment %s: building dependencies without a wheel is allowed (CADRE_ENV_ALLOW_BUILDS=true):"
                 " their build code runs in the install sandbox WITH the host's network (no credentials,"
-                " writes only to the environment and uv's cache)",
+                " writes only to the environment and a uv cache of its own, deleted afterwards)",
                 decl.digest,
             )
         else:
@@ -341,6 +344,8 @@ class EnvBuilder:
             res = box.run(argv, cwd=env_dir, rw=[env_dir, uv_cache], env=env, network=network, limits=limits)
             if res.returncode != 0 or res.timed_out:
                 raise EnvUnavailable(self._failure(res.output, res.returncode))
+        if self.allow_builds:
+            shutil.rmtree(uv_cache, ignore_errors=True)
 
     def _failure(self, output: str, returncode: int) -> str:
         """One line: which dependency needs a build (and the setting), else uv's own reason."""

@@ -7,7 +7,8 @@ connects out to a port this test listens on, reporting what it managed. By
 default uv installs wheels only: the sdist is never even downloaded and the
 step names the package and ``CADRE_ENV_ALLOW_BUILDS``. With the setting, the
 build code runs in the install sandbox: it reaches the network (the report
-arrives), but finds no secret and writes nothing outside.
+arrives), but finds no secret, writes nothing outside, and its uv cache is
+thrown away.
 """
 
 from __future__ import annotations
@@ -193,3 +194,6 @@ def test_with_builds_allowed_the_build_code_runs_in_the_sandbox_without_secrets_
         assert int(fields["uid"]) != 0, "not as root"
     assert not (tmp_path / "outside.txt").exists()
     assert any("WITH the host's network" in r.getMessage() for r in caplog.records)
+    # the build had a uv cache of its own, deleted afterwards: nothing it wrote is read by later installs
+    envs = tmp_path / "envs"
+    assert not (envs / "uv-cache").exists() and list(envs.glob("envs/*/uv-cache")) == []
