@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.bus.settings import Settings
+from shared.tools.testing import TestRuntime
 from shared.tools.uidpool import SandboxBusy, UidPool
 
 FIRST = 1_950_000_000
@@ -83,3 +85,17 @@ def test_a_range_outside_the_valid_uids_is_refused() -> None:
         UidPool(2**31 - 1, 2, Path("/nonexistent"))
     with pytest.raises(ValueError, match="bad sandbox uid range"):
         UidPool(0, 10, Path("/nonexistent"))
+
+
+def test_the_settings_give_the_sandbox_its_uid_range_and_the_installer_its_build_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CADRE_SANDBOX_UID", str(FIRST))
+    monkeypatch.setenv("CADRE_SANDBOX_UID_COUNT", "3")
+    monkeypatch.setenv("CADRE_SANDBOX_RUN_DIR", str(tmp_path / "leases"))
+    monkeypatch.setenv("CADRE_ENV_ALLOW_BUILDS", "true")
+    runtime = TestRuntime.from_settings(Settings())
+    pool = runtime.sandbox.uids
+    assert (pool.first, pool.count, pool.run_dir) == (FIRST, 3, tmp_path / "leases")
+    assert runtime.envs.allow_builds is True
+    assert TestRuntime.from_settings(Settings(env_allow_builds=False)).envs.allow_builds is False
