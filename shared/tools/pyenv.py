@@ -351,9 +351,10 @@ class EnvBuilder:
         """One line: which dependency needs a build (and the setting), else uv's own reason."""
         needs = sorted(set(_NEEDS_BUILD.findall(output)))
         if needs and not self.allow_builds:
+            has, it = ("has", "it") if len(needs) == 1 else ("have", "them")
             return (
-                f"the declared dependencies could not be installed: {', '.join(needs)} has no wheel for this"
-                " platform and building from source is off (CADRE_ENV_ALLOW_BUILDS=true builds it in the"
+                f"the declared dependencies could not be installed: {', '.join(needs)} {has} no wheel for this"
+                f" platform and building from source is off (CADRE_ENV_ALLOW_BUILDS=true builds {it} in the"
                 " install sandbox, which has the network)"
             )
         lines = [ln.strip(" ×╰─▶│") for ln in output.splitlines() if ln.strip(" ×╰─▶│")]
