@@ -16,7 +16,7 @@ import pytest
 
 from services.monitor.http import MonitorHTTP
 from services.monitor.settings import MonitorSettings
-from services.monitor.snapshot import Snapshot
+from shared.contract.monitoring import Snapshot
 from shared.embedded.stack import PortTaken, monitor_port, read_state
 from tests.helpers import wait_for_value
 
