@@ -35,7 +35,7 @@ from services.orchestrator import intake, provenance
 from services.orchestrator.plan import plan_from_template, templates, validate_plan
 from services.orchestrator.policy import ConflictPolicy
 from services.orchestrator.state import Outgoing, WorkflowState, state_decoder
-from services.orchestrator.workflow import Engine, EngineConfig
+from services.orchestrator.workflow import Engine, EngineConfig, run_key
 from shared.bus.consumer import DECODE_ERRORS, Delivery, KeyedLocks, Rejected, SupervisedConsumer
 from shared.bus.core import Bus
 from shared.bus.outputs import offload_step_output
@@ -47,6 +47,7 @@ from shared.contract.protocol import (
     Heartbeat,
     Plan,
     StepMessage,
+    StepStarted,
     TaskSubmission,
     cancel_decoder,
     encode,
@@ -69,6 +70,11 @@ _RESULTS_CONCURRENCY = 64
 _INTAKE_CONCURRENCY = 8
 # Bound on waiting for the store's acks of one outbox flush.
 _PUBLISH_BOUND = 10.0
+# A held StepStarted is written with its task's next write, or after this long (a step still running).
+_HELD_WRITE_DELAY = 0.25
+# A result from an instance with no started run of its attempt waits this many deliveries for the
+# notice (another orchestrator may hold it) before it is refused.
+_DEFER_DELIVERIES = 4
 
 
 class _MaxDeliverAdvisory(msgspec.Struct):
@@ -88,6 +94,15 @@ class _Cached:
     state: WorkflowState
     revision: int
     sent: set[str] = field(default_factory=set)  # outbox ids published, still in the KV copy
+
+
+@dataclass
+class _Held:
+    """A ``StepStarted`` taken off the stream but not yet written: applied with the task's next
+    write (``_mutate``), acked only once that write is stored, so a crash redelivers it."""
+
+    guard: provenance.Guard
+    delivery: Delivery
 
 
 def task_id_for(sub_task_id: str, message_id: str) -> str:
@@ -110,6 +125,9 @@ class OrchestratorService(Lifecycle):
     _open: set[str] = field(default_factory=set, init=False)
     _cache: dict[str, _Cached] = field(default_factory=dict, init=False)
     _locks: KeyedLocks = field(default_factory=KeyedLocks, init=False)
+    # task -> run key -> started notice held for the task's next write; tasks with a write scheduled
+    _held: dict[str, dict[str, _Held]] = field(default_factory=dict, init=False)
+    _held_timers: set[str] = field(default_factory=set, init=False)
     # finished and fully flushed, with when they ended: periodic resumes skip them and
     # delete their keys once ``workflow_retention`` has passed
     _settled: dict[str, float] = field(default_factory=dict, init=False)
@@ -186,9 +204,15 @@ class OrchestratorService(Lifecycle):
             "loop_restarts": sum(self._shell.restarts.values()),
             "open_tasks": len(self._open),
             "cached_tasks": len(self._cache),
+            "held_started": sum(len(h) for h in self._held.values()),
         }
 
     async def stop(self) -> None:
+        held, self._held = self._held, {}
+        for runs in held.values():  # redelivered at once to whoever runs on, not after AckWait
+            for h in runs.values():
+                with contextlib.suppress(Exception):
+                    await h.delivery.msg.nak()
         if await self._shell.close():
             logger.info("orchestrator stopped")
 
@@ -256,46 +280,115 @@ class OrchestratorService(Lifecycle):
         return _Cached(state_decoder.decode(entry.value), entry.revision)
 
     async def _mutate(
-        self, task_id: str, transition: Callable[[WorkflowState, float], bool], *, fresh: bool = True
+        self, task_id: str, transition: Callable[[WorkflowState, float], bool], *, fresh: bool = False
     ) -> WorkflowState | None:
-        """Apply one transition and write it once if it changed the state.
+        """Apply the held started notices and one transition; write once if they changed the state.
 
-        ``fresh`` (every message-driven change) reads the state from KV first, as another
-        instance may have moved the task on; only the deadline ticks (``fresh=False``)
-        decide on the cached copy, and a revision conflict makes them re-read too.
+        The cached copy is used when there is one (``fresh`` reads KV first). That is safe
+        with several instances: a write is revision-checked, so a stale copy cannot commit
+        (a conflict re-reads and decides again), and every "nothing to do" the engine
+        decides rests on a fact that only ever becomes true (a run listed, a result
+        applied, a key in ``late_results``, a task ended), which a stale copy cannot
+        show before KV does. The one decision that is not of that kind, deferring a
+        result whose starter is not listed, re-reads first (``_on_step_message``).
         """
         async with self._locks.hold(task_id):
-            for _ in range(_MUTATE_RETRIES):
-                cached = self._cache.get(task_id)
-                if cached is None or fresh:
-                    loaded = await self._load(task_id)
-                    if loaded is None:
-                        self._cache.pop(task_id, None)
-                        return None
-                    if cached is not None and cached.revision == loaded.revision:
-                        loaded.sent = cached.sent  # what this instance already published
-                    cached = loaded
-                    fresh = False
-                st = cached.state
-                # entries published already leave the state with this write (lazy clear)
-                st.outbox = [o for o in st.outbox if o.id not in cached.sent]
-                cached.sent.clear()
-                try:
-                    changed = transition(st, now())
-                    if changed:
-                        cached.revision = await self.kv.update(
-                            task_id, self._encode(st), last=cached.revision
-                        )
-                except KeyWrongLastSequenceError:
+            held = self._held.pop(task_id, {})  # applied with this write, acked after it
+            try:
+                st = await self._mutate_locked(task_id, transition, list(held.values()), fresh)
+            except BaseException:
+                for key, h in held.items():  # the next write (a timer, a tick, a message) applies them
+                    self._held.setdefault(task_id, {}).setdefault(key, h)
+                raise
+        if held:
+            await self._settle_held(task_id, list(held.values()), found=st is not None)
+        return st
+
+    async def _mutate_locked(
+        self,
+        task_id: str,
+        transition: Callable[[WorkflowState, float], bool],
+        held: list[_Held],
+        fresh: bool,
+    ) -> WorkflowState | None:
+        """``_mutate`` under the task's lock: None when KV has no such task."""
+        for _ in range(_MUTATE_RETRIES):
+            cached = self._cache.get(task_id)
+            if cached is None or fresh:
+                loaded = await self._load(task_id)
+                if loaded is None:
                     self._cache.pop(task_id, None)
-                    continue  # another instance moved it on: re-read and decide again
-                except BaseException:
-                    self._cache.pop(task_id, None)  # half-applied in memory: never reuse it
-                    raise
-                self._cache[task_id] = cached
-                await self._flush(task_id, cached)
-                return st
-            raise CadreError(f"workflow {task_id}: too many concurrent updates")
+                    return None
+                if cached is not None and cached.revision == loaded.revision:
+                    loaded.sent = cached.sent  # what this instance already published
+                cached = loaded
+                fresh = False
+            st = cached.state
+            # entries published already leave the state with this write (lazy clear)
+            st.outbox = [o for o in st.outbox if o.id not in cached.sent]
+            cached.sent.clear()
+            try:
+                t = now()
+                changed = False
+                for h in held:  # the started notices first: they precede the message in the stream
+                    changed = h.guard(st, t) or changed
+                changed = transition(st, t) or changed
+                if changed:
+                    cached.revision = await self.kv.update(task_id, self._encode(st), last=cached.revision)
+            except KeyWrongLastSequenceError:
+                self._cache.pop(task_id, None)
+                continue  # another instance moved it on: re-read and decide again
+            except BaseException:
+                self._cache.pop(task_id, None)  # half-applied in memory: never reuse it
+                raise
+            self._cache[task_id] = cached
+            await self._flush(task_id, cached)
+            return st
+        raise CadreError(f"workflow {task_id}: too many concurrent updates")
+
+    async def _settle_held(self, task_id: str, held: list[_Held], *, found: bool) -> None:
+        """Ack the started notices a write just stored; dead-letter refused ones (all, for an unknown task)."""
+        for h in held:
+            reason = f"refused: {h.guard.refused}" if h.guard.refused else None
+            if not found:
+                reason = f"unknown task {task_id!r}"
+            d = h.delivery
+            try:
+                if reason is not None:
+                    await self.bus.dead_letter(
+                        "orchestrator", d.subject, d.msg.data, f"unroutable: {reason}", d.headers
+                    )
+                    self.results.stats.dead_lettered += 1
+                await d.msg.ack()
+            except Exception as exc:  # redelivered after AckWait: applying it again changes nothing
+                self.results.stats.errors += 1
+                logger.warning("settling a started notice failed task=%s err=%s", task_id, exc)
+
+    def _hold(self, notice: StepStarted, guard: provenance.Guard, delivery: Delivery) -> None:
+        """Keep a started notice for the task's next write; schedule one should no message come first."""
+        delivery.take()  # acked by ``_settle_held`` once a write has stored it
+        task_id = notice.task_id
+        runs = self._held.setdefault(task_id, {})
+        earlier = runs.get(run_key(notice))
+        if earlier is not None:  # a redelivery of a notice still held: keep one, the old copy needs no ack
+            logger.debug("started notice redelivered while held task=%s", task_id)
+        runs[run_key(notice)] = _Held(guard, delivery)
+        if task_id not in self._held_timers:
+            self._held_timers.add(task_id)
+            self._shell.spawn(self._write_held(task_id), f"held-{task_id}")
+
+    async def _write_held(self, task_id: str) -> None:
+        """Write the held notices of a task whose step is still running (its result did not come first)."""
+        try:
+            await asyncio.sleep(_HELD_WRITE_DELAY)  # a timer, not a synchronisation: the result usually wins
+        finally:
+            self._held_timers.discard(task_id)
+        if task_id not in self._held:
+            return
+        try:
+            await self._mutate(task_id, lambda st, t: False)
+        except Exception as exc:  # kept held: the tick loop writes them on its next pass
+            logger.warning("writing held started notices failed task=%s err=%s", task_id, exc)
 
     async def _flush(self, task_id: str, cached: _Cached) -> None:
         """Publish the unsent outbox at once and await the acks together; settle a finished task."""
@@ -426,9 +519,21 @@ class OrchestratorService(Lifecycle):
         step_msg = await offload_step_output(self.bus, step_msg)  # engine: large outputs by reference
         # applied only when it matches its step: role (subject, message, step), attempt, instance
         guard = provenance.Guard(
-            self.engine, step_msg, provenance.subject_mismatch(self.bus.subjects, delivery.subject, step_msg)
+            self.engine,
+            step_msg,
+            provenance.subject_mismatch(self.bus.subjects, delivery.subject, step_msg),
+            may_defer=delivery.num_delivered < _DEFER_DELIVERIES,
         )
+        if isinstance(step_msg, StepStarted):
+            # no write of its own: applied with the task's next write (usually its result's),
+            # acked after it; see docs/orchestrator.md "Durability and the hot path"
+            self._hold(step_msg, guard, delivery)
+            return
         found = await self._mutate(step_msg.task_id, guard)
+        if guard.deferred is not None:  # a decision not to apply: only ever taken on KV's copy
+            found = await self._mutate(step_msg.task_id, guard, fresh=True)
+            if guard.deferred is not None:
+                raise CadreError(f"result deferred, its run's started notice not yet seen: {guard.deferred}")
         if guard.refused is not None:
             raise Rejected(f"refused: {guard.refused}")
         if found is None:
@@ -501,7 +606,7 @@ class OrchestratorService(Lifecycle):
                     await self.resume()  # workflows another instance accepted or moved on
                 except Exception:
                     logger.exception("resume failed")
-            for task_id in list(self._open):
+            for task_id in list(self._open | set(self._held)):  # held notices: a write that failed
                 try:
                     await self._mutate(
                         task_id, lambda st, t: self.engine.on_tick(st, t, self.health), fresh=False
