@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,6 +129,8 @@ class OrchestratorService(Lifecycle):
     # task -> run key -> started notice held for the task's next write; tasks with a write scheduled
     _held: dict[str, dict[str, _Held]] = field(default_factory=dict, init=False)
     _held_timers: set[str] = field(default_factory=set, init=False)
+    # KV reads / writes / revision conflicts and how held notices were written ($SRV.STATS "workflow_io")
+    _io: Counter[str] = field(default_factory=Counter, init=False)
     # finished and fully flushed, with when they ended: periodic resumes skip them and
     # delete their keys once ``workflow_retention`` has passed
     _settled: dict[str, float] = field(default_factory=dict, init=False)
@@ -205,6 +208,7 @@ class OrchestratorService(Lifecycle):
             "open_tasks": len(self._open),
             "cached_tasks": len(self._cache),
             "held_started": sum(len(h) for h in self._held.values()),
+            "workflow_io": dict(self._io),
         }
 
     async def stop(self) -> None:
@@ -242,6 +246,7 @@ class OrchestratorService(Lifecycle):
         if cached is None:
             return
         entry = await self.kv.get(task_id)
+        self._io["reads"] += 1
         if entry.revision is not None and entry.revision != cached.revision:
             self._cache.pop(task_id, None)
 
@@ -273,6 +278,7 @@ class OrchestratorService(Lifecycle):
 
     async def _load(self, task_id: str) -> _Cached | None:
         try:
+            self._io["reads"] += 1
             entry = await self.kv.get(task_id)
         except KeyNotFoundError:
             return None
@@ -301,6 +307,7 @@ class OrchestratorService(Lifecycle):
                     self._held.setdefault(task_id, {}).setdefault(key, h)
                 raise
         if held:
+            self._io["started_applied"] += len(held)
             await self._settle_held(task_id, list(held.values()), found=st is not None)
         return st
 
@@ -334,8 +341,10 @@ class OrchestratorService(Lifecycle):
                     changed = h.guard(st, t) or changed
                 changed = transition(st, t) or changed
                 if changed:
+                    self._io["writes"] += 1
                     cached.revision = await self.kv.update(task_id, self._encode(st), last=cached.revision)
             except KeyWrongLastSequenceError:
+                self._io["conflicts"] += 1
                 self._cache.pop(task_id, None)
                 continue  # another instance moved it on: re-read and decide again
             except BaseException:
@@ -386,6 +395,7 @@ class OrchestratorService(Lifecycle):
         if task_id not in self._held:
             return
         try:
+            self._io["started_written_alone"] += len(self._held[task_id])
             await self._mutate(task_id, lambda st, t: False)
         except Exception as exc:  # kept held: the tick loop writes them on its next pass
             logger.warning("writing held started notices failed task=%s err=%s", task_id, exc)
@@ -405,9 +415,10 @@ class OrchestratorService(Lifecycle):
             # the one extra write of a task: a finished state keeps no outbox to re-publish later
             st.outbox = []
             try:
+                self._io["writes"] += 1
                 cached.revision = await self.kv.update(task_id, self._encode(st), last=cached.revision)
             except KeyWrongLastSequenceError:
-                pass  # another instance wrote it; its resume clears what is left
+                self._io["conflicts"] += 1  # another instance wrote it; its resume clears what is left
             except Exception as exc:  # the next resume re-publishes (deduplicated) and tries again
                 logger.warning("clearing the outbox of task=%s failed err=%s", task_id, exc)
                 self._cache.pop(task_id, None)
@@ -452,6 +463,7 @@ class OrchestratorService(Lifecycle):
             decompose_s = time.perf_counter() - t0
             st = self.engine.start(task_id, sub, plan, decompose_s, now(), note=note)
             try:
+                self._io["writes"] += 1
                 revision = await self.kv.create(task_id, self._encode(st))
             except KeyWrongLastSequenceError:
                 try:  # accepted meanwhile (another instance): the same submission, or another's id
