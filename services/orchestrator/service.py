@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.micro.request import Request
 
@@ -95,6 +96,7 @@ class _Cached:
     state: WorkflowState
     revision: int
     sent: set[str] = field(default_factory=set)  # outbox ids published, still in the KV copy
+    writing: bool = False  # an update is in flight: the watch leaves this copy alone
 
 
 @dataclass
@@ -154,6 +156,7 @@ class OrchestratorService(Lifecycle):
         s = self.bus.subjects
         templates()  # fail fast on a broken template file
         self.kv = await self.bus.workflows()
+        await self._watch_states()
         self._intake = await self.bus.js.pull_subscribe_bind(durable=s.intake_consumer, stream=s.stream_tasks)
         self._results = await self.bus.js.pull_subscribe_bind(
             durable=s.results_consumer, stream=s.stream_results
@@ -217,8 +220,61 @@ class OrchestratorService(Lifecycle):
             for h in runs.values():
                 with contextlib.suppress(Exception):
                     await h.delivery.msg.nak()
+        watch = getattr(self, "_watch", None)
+        if watch is not None:
+            with contextlib.suppress(Exception):
+                await watch.unsubscribe()
         if await self._shell.close():
             logger.info("orchestrator stopped")
+
+    async def _watch_states(self) -> None:
+        """Keep the cached copies fresh with every other instance's writes.
+
+        An ordered push consumer on the workflow bucket, new writes only. With two
+        orchestrators a task's messages go to either, so each instance's copy would be
+        behind half the time and its write would lose the revision race (a failed
+        write, a read, a second write). Only tasks already cached here are updated;
+        a watch that lags or stops costs nothing but those conflicts: writes stay
+        revision-checked.
+        """
+        bucket = self.bus.subjects.kv_workflows
+        self._kv_prefix = f"$KV.{bucket}."
+        try:
+            self._watch = await self.bus.js.subscribe(
+                f"{self._kv_prefix}>",
+                stream=f"KV_{bucket}",
+                cb=self._on_state_write,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.NEW,
+            )
+        except Exception as exc:  # noqa: BLE001 - an optimisation: without it, conflicts re-read
+            logger.warning("workflow watch not started (cached copies refresh on conflict) err=%s", exc)
+
+    async def _on_state_write(self, msg: Msg) -> None:
+        """A write to the bucket: replace an older cached copy of that task (a core callback)."""
+        try:
+            task_id = msg.subject[len(self._kv_prefix) :]
+            cached = self._cache.get(task_id)
+            if cached is None:
+                return
+            revision = msg.metadata.sequence.stream
+            if cached.writing or revision <= cached.revision:
+                return  # this instance's own write (in flight or done), or one it has already read
+            self._io["watched"] += 1
+            if (msg.headers or {}).get("KV-Operation") or not msg.data:  # deleted or purged
+                self._cache.pop(task_id, None)
+                return
+            st = state_decoder.decode(msg.data)
+            if st.status != "running":
+                # ended by another instance: nothing left to decide here. Its outbox is that
+                # instance's to publish (a crash before it did is repaired by any resume)
+                self._cache.pop(task_id, None)
+                self._open.discard(task_id)
+                return
+            self._cache[task_id] = _Cached(st, revision)
+        except Exception as exc:  # noqa: BLE001 - a core callback: nothing may escape; the copy is dropped
+            self._cache.pop(getattr(msg, "subject", "")[len(self._kv_prefix) :], None)
+            logger.warning("workflow watch could not use a write err=%s", exc)
 
     async def resume(self) -> None:
         """Pick up every open workflow in KV: flush what a crash left unpublished.
@@ -342,7 +398,13 @@ class OrchestratorService(Lifecycle):
                 changed = transition(st, t) or changed
                 if changed:
                     self._io["writes"] += 1
-                    cached.revision = await self.kv.update(task_id, self._encode(st), last=cached.revision)
+                    cached.writing = True
+                    try:
+                        cached.revision = await self.kv.update(
+                            task_id, self._encode(st), last=cached.revision
+                        )
+                    finally:
+                        cached.writing = False
             except KeyWrongLastSequenceError:
                 self._io["conflicts"] += 1
                 self._cache.pop(task_id, None)
@@ -414,6 +476,7 @@ class OrchestratorService(Lifecycle):
         if st.outbox:
             # the one extra write of a task: a finished state keeps no outbox to re-publish later
             st.outbox = []
+            cached.writing = True  # the copy is dropped after this write: the watch need not read it
             try:
                 self._io["writes"] += 1
                 cached.revision = await self.kv.update(task_id, self._encode(st), last=cached.revision)
