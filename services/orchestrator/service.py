@@ -1,19 +1,21 @@
 """The orchestrator service: intake, step results, deadlines, cancel — all state in KV.
 
 Every change to a workflow goes through ``_mutate``, under that task's lock:
-read the state and revision (a message-driven change reads KV, as another
-instance may have moved the task on; a deadline tick decides on the cached
-copy and re-reads only on a revision conflict), apply one engine transition,
-write it back once if it changed (revision-checked), then publish the outbox with dedup
-ids, all at once, awaiting the acks together. The outbox is cleared lazily: a
-published entry leaves the state with the task's next write (or a final write
-when the task ends); a crash in between re-publishes it, which the stream's
-dedup window absorbs. A ``StepStarted`` is a transition like any other (one
-write): applied only in memory, a second orchestrator (or this one after a
-reload) would number the next event with the same ``seq`` and lose the run from
-``StepRecord.runs``. Different tasks run concurrently; messages of one
-task are applied in stream order. That keeps a killed orchestrator resumable
-and lets two instances run side by side, adding throughput.
+take the cached state and revision (KV is read only for a task not cached here,
+or after a revision conflict; a watch on the bucket refreshes copies another
+instance moved on), apply the held started notices and one engine transition,
+write it back once if it changed (revision-checked), then publish the outbox
+with dedup ids, all at once, awaiting the acks together. The outbox is cleared
+lazily: a published entry leaves the state with the task's next write (or a
+final write when the task ends); a crash in between re-publishes it, which the
+stream's dedup window absorbs.
+
+A ``StepStarted`` has no write of its own: it is held, unacked, and applied
+with the task's next write (normally its result's), or written alone after
+``_HELD_WRITE_DELAY``; acked only once stored, so a crash redelivers it and
+event ``seq`` numbers stay contiguous across instances. Why a stale cached
+copy is safe: docs/orchestrator.md "Durability and the hot path". Different
+tasks run concurrently; messages of one task are applied in stream order.
 """
 
 from __future__ import annotations
