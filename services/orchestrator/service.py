@@ -312,7 +312,7 @@ class OrchestratorService(Lifecycle):
             self.engine,
             step_msg,
             provenance.subject_mismatch(self.bus.subjects, delivery.subject, step_msg),
-            may_defer=delivery.num_delivered < _DEFER_DELIVERIES,
+            may_defer=delivery.num_delivered < min(_DEFER_DELIVERIES, self.settings.max_deliver),
         )
         if isinstance(step_msg, StepStarted):
             # no write of its own: applied with the task's next write (usually its result's),

@@ -384,3 +384,27 @@ def test_a_result_whose_start_was_never_applied_traces_the_start_before_the_resu
     (run,) = st.step("research").runs  # type: ignore[union-attr]
     assert (run.run_id, run.instance_id, run.started_at, run.outcome) == ("run_1", "a", 1.0, "applied")
     assert not e.on_step_message(st, _started("research", 1, "a", "run_1"), 3.0), "the late notice is a no-op"
+
+
+def test_a_result_from_an_unlisted_starter_waits_for_its_notice_and_is_refused_only_at_the_last_try() -> None:
+    from services.orchestrator.provenance import Guard
+
+    e = _engine()
+    st = _start(e)
+    assert e.on_step_message(st, _started("research", 1, "a", "run_1"), 1.0)
+    seq = st.seq
+    # b's notice may still be held by another orchestrator: no change, no refusal yet
+    waiting = Guard(e, _result("research", 1, instance_id="b", run_id="run_2"), may_defer=True)
+    assert not waiting(st, 2.0)
+    assert waiting.deferred is not None and "started by a" in waiting.deferred
+    assert waiting.refused is None and st.seq == seq
+    # once b's notice is applied, the same result is b's run and is applied
+    assert e.on_step_message(st, _started("research", 1, "b", "run_2"), 3.0)
+    assert waiting(st, 4.0) and waiting.deferred is None and waiting.refused is None
+    # with no deferral left, a result from an instance that never started the attempt is refused
+    st2 = _start(e)
+    assert e.on_step_message(st2, _started("research", 1, "a", "run_1"), 1.0)
+    last_try = Guard(e, _result("research", 1, instance_id="c", run_id="run_3"), may_defer=False)
+    assert last_try(st2, 2.0)  # the refusal is traced (a write)
+    assert last_try.refused is not None and last_try.deferred is None
+    assert _events(st2)[-1].kind == "result_refused"
