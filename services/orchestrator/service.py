@@ -176,10 +176,11 @@ class OrchestratorService(Lifecycle):
         }
 
     async def stop(self) -> None:
+        closed = await self._shell.close()  # consumers and timers first: nothing new is held after
         store = getattr(self, "store", None)
         if store is not None:
             await store.close()
-        if await self._shell.close():
+        if closed:
             logger.info("orchestrator stopped")
 
     async def resume(self) -> None:
