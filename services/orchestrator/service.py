@@ -61,6 +61,8 @@ logger = logging.getLogger(__name__)
 # How many step messages / submissions are handled at once (different tasks run concurrently).
 _RESULTS_CONCURRENCY = 64
 _INTAKE_CONCURRENCY = 8
+# A resume leaves an outbox younger than this to the instance that wrote it (s).
+_RESUME_HOLD = 5.0
 # A result from an instance with no started run of its attempt waits this many deliveries for the
 # notice (another orchestrator may hold it) before it is refused.
 _DEFER_DELIVERIES = 4
@@ -114,7 +116,9 @@ class OrchestratorService(Lifecycle):
         s = self.bus.subjects
         templates()  # fail fast on a broken template file
         self.kv = await self.bus.workflows()
-        self.store = WorkflowStore(self.bus, self.kv, self.engine, self._shell.spawn)
+        self.store = WorkflowStore(
+            self.bus, self.kv, self.engine, self._shell.spawn, dedup_window=self.settings.dedup_window
+        )
         await self.store.watch()
         self._intake = await self.bus.js.pull_subscribe_bind(durable=s.intake_consumer, stream=s.stream_tasks)
         self._results = await self.bus.js.pull_subscribe_bind(
@@ -183,7 +187,7 @@ class OrchestratorService(Lifecycle):
         if closed:
             logger.info("orchestrator stopped")
 
-    async def resume(self) -> None:
+    async def resume(self, hold_young: float = 0.0) -> None:
         """Pick up every open workflow in KV: flush what a crash left unpublished.
 
         A task cached here is re-read only when KV holds a newer revision (another
@@ -198,7 +202,7 @@ class OrchestratorService(Lifecycle):
                 continue
             try:
                 await self.store.refresh(key)
-                await self.store.mutate(key, lambda st, t: False, fresh=False)
+                await self.store.mutate(key, lambda st, t: False, fresh=False, hold_young=hold_young)
             except Exception as exc:  # one bad workflow must not stop the others resuming
                 logger.warning("resume failed task=%s err=%s", key, exc)
         logger.debug("resumed workflows=%d open=%d", len(keys), len(self.store.open))
@@ -394,7 +398,7 @@ class OrchestratorService(Lifecycle):
             if n % refresh_every == 0:
                 self._forget_silent()
                 try:
-                    await self.resume()  # workflows another instance accepted or moved on
+                    await self.resume(_RESUME_HOLD)  # workflows another instance accepted or moved on
                 except Exception:
                     logger.exception("resume failed")
             for task_id in list(self.store.open | set(self.store.held)):  # held notices: a write that failed

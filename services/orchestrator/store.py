@@ -8,8 +8,10 @@ notices and one engine transition, write it back once if it changed
 (revision-checked), then publish the outbox with dedup ids, all at once,
 awaiting the acks together. The outbox is cleared lazily: a published entry
 leaves the state with the task's next write (or a final write when the task
-ends); a crash in between re-publishes it, which the stream's dedup window
-absorbs.
+ends), and at the latest a quarter of the dedup window after it was written (a
+deadline tick writes the clear when a step runs long); a crash in between
+re-publishes it, which the stream's dedup window absorbs. A periodic resume
+leaves a young outbox to the instance that wrote it.
 
 A ``StepStarted`` has no write of its own: it is held, unacked, and applied
 with the task's next write (normally its result's), or written alone after
@@ -79,6 +81,7 @@ class WorkflowStore:
     kv: KeyValue
     engine: Engine
     spawn: Callable[[Coroutine[Any, Any, Any], str], Any]  # ServiceShell.spawn: background tasks
+    dedup_window: float = 120.0  # the streams' dedup window (``Settings.dedup_window``)
     cache: dict[str, Cached] = field(default_factory=dict)
     locks: KeyedLocks = field(default_factory=KeyedLocks)
     # task -> run key -> started notice held for the task's next write; tasks with a write scheduled
@@ -181,7 +184,12 @@ class WorkflowStore:
         return Cached(state_decoder.decode(entry.value), entry.revision)
 
     async def mutate(
-        self, task_id: str, transition: Callable[[WorkflowState, float], bool], *, fresh: bool = False
+        self,
+        task_id: str,
+        transition: Callable[[WorkflowState, float], bool],
+        *,
+        fresh: bool = False,
+        hold_young: float = 0.0,
     ) -> WorkflowState | None:
         """Apply the held started notices and one transition; write once if they changed the state.
 
@@ -192,11 +200,15 @@ class WorkflowStore:
         applied, a key in ``late_results``, a task ended), which a stale copy cannot
         show before KV does. The one decision that is not of that kind, deferring a
         result whose starter is not listed, re-reads first (the service's ``_on_step_message``).
+
+        ``hold_young`` (a resume): an outbox written less than this long ago is left to the
+        instance that wrote it, which publishes it at once; only an older one (its writer
+        crashed) is published here, so two instances do not both send every record.
         """
         async with self.locks.hold(task_id):
             held = self.held.pop(task_id, {})  # applied with this write, acked after it
             try:
-                st = await self._mutate_locked(task_id, transition, list(held.values()), fresh)
+                st = await self._mutate_locked(task_id, transition, list(held.values()), fresh, hold_young)
             except BaseException:
                 for key, h in held.items():  # the next write (a timer, a tick, a message) applies them
                     self.held.setdefault(task_id, {}).setdefault(key, h)
@@ -212,6 +224,7 @@ class WorkflowStore:
         transition: Callable[[WorkflowState, float], bool],
         held: list[Held],
         fresh: bool,
+        hold_young: float,
     ) -> WorkflowState | None:
         """``mutate`` under the task's lock: None when KV has no such task."""
         for _ in range(_MUTATE_RETRIES):
@@ -226,22 +239,33 @@ class WorkflowStore:
                 cached = loaded
                 fresh = False
             st = cached.state
-            # entries published already leave the state with this write (lazy clear)
-            st.outbox = [o for o in st.outbox if o.id not in cached.sent]
-            cached.sent.clear()
+            # entries published already leave the state with this write (lazy clear) — only
+            # if there is a write: until then KV still holds them, and so must the copy here,
+            # with ``sent`` remembering they went out
+            stored = st.outbox
+            st.outbox = [o for o in stored if o.id not in cached.sent]
             try:
                 t = now()
                 changed = False
                 for h in held:  # the started notices first: they precede the message in the stream
                     changed = h.guard(st, t) or changed
                 changed = transition(st, t) or changed
+                changed = changed or self._clear_due(cached, stored, t)
                 if changed:
+                    if st.outbox:
+                        st.outbox_at = t
                     self.io["writes"] += 1
                     cached.writing = True
                     try:
                         cached.revision = await self.kv.update(task_id, self.encode(st), last=cached.revision)
                     finally:
                         cached.writing = False
+                    cached.sent.clear()
+                else:
+                    st.outbox = stored
+                    pending = [o for o in stored if o.id not in cached.sent]
+                    if pending and t - st.outbox_at < hold_young:
+                        return st
             except KeyWrongLastSequenceError:
                 self.io["conflicts"] += 1
                 self.cache.pop(task_id, None)
@@ -253,6 +277,19 @@ class WorkflowStore:
             await self.flush(task_id, cached)
             return st
         raise CadreError(f"workflow {task_id}: too many concurrent updates")
+
+    def _clear_due(self, cached: Cached, stored: list[Outgoing], t: float) -> bool:
+        """Whether published entries have waited in KV long enough to be cleared by a write of
+        their own.
+
+        The stream's dedup window absorbs a re-publish of an entry only while it is younger
+        than the window; an entry left in KV longer (a step that runs for minutes) would be
+        sent twice by a resume after a crash or by another instance. So the deadline tick
+        clears them after a quarter of the window, even when nothing else changes.
+        """
+        if not cached.sent or len(stored) == len(cached.state.outbox):
+            return False
+        return t - cached.state.outbox_at >= self.dedup_window / 4
 
     async def _settle_held(self, task_id: str, held: list[Held], *, found: bool) -> None:
         """Ack the started notices a write just stored; dead-letter refused ones (all, for an unknown task)."""
