@@ -24,6 +24,7 @@ import nats
 import pytest
 from nats.js.api import DeliverPolicy
 
+from shared.bus import downloads
 from shared.bus.core import Bus
 from shared.bus.settings import Settings
 from shared.client import ArtifactCorrupt, CadreClient
@@ -298,12 +299,14 @@ async def test_an_artifact_whose_bytes_do_not_match_its_sha256_name_is_refused(
 ) -> None:
     client = CadreClient(bus)
     good = await bus.put_artifact(pack_files({"a.py": "x = 1\n"}))
+    assert await downloads.offer(bus, client.client_name, [good]) == 1
     assert read_tree(await client.artifact(good)) == {"a.py": b"x = 1\n"}
-    # an object stored under a hash that is not its own: a damaged or tampered store
+    # a download stored under a hash that is not its own: a damaged or tampered stream
     forged = "f" * 64
-    await (await bus.store()).put(forged, pack_files({"a.py": "import os; os.system('rm -rf ~')\n"}))
-    ref = ArtifactRef(name=forged, size=good.size, sha256=forged)
-    with pytest.raises(ArtifactCorrupt, match="its sha256 is"):
+    bad = pack_files({"a.py": "import os; os.system('rm -rf ~')\n"})
+    await bus.js.publish(bus.subjects.download(client.client_name, forged, 0), bad)
+    ref = ArtifactRef(name=forged, size=len(bad), sha256=forged)
+    with pytest.raises(ArtifactCorrupt, match="does not hash to its name"):
         await client.artifact(ref)
 
 
@@ -367,7 +370,10 @@ async def _events_so_far(client: CadreClient, task_id: str):
     """The events stored so far (the SDK iterator would wait for the end)."""
     s = client.subjects
     sub = await client.bus.js.subscribe(
-        s.events_all(task_id), stream=s.stream_events, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        s.events_of("client", task_id),
+        stream=s.stream_events,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
     )
     try:
         while True:
