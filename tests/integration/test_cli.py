@@ -22,7 +22,7 @@ from pathlib import Path
 import msgspec
 import nats
 import pytest
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from shared.bus import downloads
 from shared.bus.core import Bus
@@ -152,7 +152,8 @@ async def test_a_raw_nats_py_client_submits_plain_json_and_reads_the_result(
     nc = await nats.connect(settings.nats_url)
     try:
         js = nc.jetstream()
-        live = await nc.subscribe(f"{prefix}.result.{task_id}")  # core NATS, before publishing
+        # everything a client sends and reads is under its name: `client` unauthenticated
+        live = await nc.subscribe(f"{prefix}.result.client.{task_id}")  # core NATS, before publishing
         task = {
             "type": "task",
             "message_id": f"msg_{task_id}",
@@ -163,7 +164,9 @@ async def test_a_raw_nats_py_client_submits_plain_json_and_reads_the_result(
             "task": {"description": "JWT refresh token rotation", "requirements": ["Refresh token (7 days)"]},
         }
         ack = await js.publish(
-            f"{prefix}.task.submit", json.dumps(task).encode(), headers={"Nats-Msg-Id": task["message_id"]}
+            f"{prefix}.task.submit.client",
+            json.dumps(task).encode(),
+            headers={"Nats-Msg-Id": task["message_id"]},
         )
         assert ack.stream == f"{prefix.upper()}_TASKS"
         msg = await live.next_msg(timeout=60)
@@ -178,17 +181,22 @@ async def test_a_raw_nats_py_client_submits_plain_json_and_reads_the_result(
         # docs/wire-protocol.md). Not the other way round: the core subscriber above may get the
         # result a moment before the stream has stored it, but the result is stored before the
         # final event is published, so once "completed" is read the stored result is there.
+        # a named consumer (the filter goes into the create subject, as permissions need) and
+        # direct get by subject: the forms a least-privilege client user is allowed
         sub = await js.subscribe(
-            f"{prefix}.events.{task_id}.>",
+            f"{prefix}.events.client.{task_id}.>",
             stream=f"{prefix.upper()}_EVENTS",
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL,
+            config=ConsumerConfig(name=f"follow_{task_id}"),
         )
         kinds = []
         while not kinds or kinds[-1] != "completed":
             kinds.append(json.loads((await sub.next_msg(timeout=10)).data)["kind"])
         assert kinds[0] == "received" and "delegated" in kinds
-        stored = await js.get_last_msg(f"{prefix.upper()}_EVENTS", f"{prefix}.result.{task_id}")
+        stored = await js.get_last_msg(
+            f"{prefix.upper()}_EVENTS", f"{prefix}.result.client.{task_id}", direct=True
+        )
         assert json.loads(stored.data)["status"] == "completed"
     finally:
         await nc.close()
