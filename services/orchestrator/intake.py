@@ -114,17 +114,23 @@ def check_submission(sub: TaskSubmission, limits: Limits) -> None:
         )
 
 
-async def check_workspace(bus: Bus, sub: TaskSubmission, limits: Limits) -> TaskSubmission:
+async def check_workspace(bus: Bus, sub: TaskSubmission, limits: Limits, client: str) -> TaskSubmission:
     """Refuse a workspace not named by its hash, missing, or over the archive limits.
 
     The stored size is checked before anything is downloaded; the archive is
     then read once, counting files and bytes, and stops at the first limit.
     A client's upload (``shared.bus.uploads``) is copied into the object store for
-    the agents: the submission returned names that copy.
+    the agents: the submission returned names that copy. Only ``client``'s own
+    uploads are taken (the client the submission's subject names).
     """
     ref = sub.workspace
     if ref is None:
         return sub
+    if ref.uploaded_by and ref.uploaded_by != client:
+        raise Refused(
+            f"workspace {ref.name[:80]} names an upload of another client: a client submits "
+            f"only its own uploads (upload it as {client!r})"
+        )
     if ref.uploaded_by:
         try:
             data = await uploads.fetch(bus, ref, limits.workspace.max_packed_bytes)

@@ -365,7 +365,7 @@ class OrchestratorService(Lifecycle):
                 if not await intake.check_task_id(self.kv, sub, client):
                     logger.info("duplicate submission task=%s message_id=%s", task_id, sub.message_id)
                     return
-                sub = await intake.check_workspace(self.bus, sub, self._limits)
+                sub = await intake.check_workspace(self.bus, sub, self._limits, client)
                 sub = await self._attach_inline_files(sub)
                 plan, note = await self._plan(sub)
             except (PlanError, ValueError) as exc:

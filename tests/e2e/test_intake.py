@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from services.orchestrator.state import state_decoder
 from shared.bus import uploads
@@ -31,6 +31,7 @@ from shared.contract.protocol import (
     TaskSubmission,
     dead_letter_decoder,
     encode,
+    event_decoder,
     new_id,
     result_decoder,
 )
@@ -385,3 +386,35 @@ async def test_an_upload_that_is_missing_or_miscounted_is_refused(bus: Bus, inta
         await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     await rejected_with(bus, missing, "is missing chunk 0 of 1")
     await rejected_with(bus, wrong, "come in 1 chunks, not 3")
+
+
+async def test_a_workspace_uploaded_under_another_clients_name_is_refused_and_the_client_comes_from_the_subject(
+    bus: Bus, intake: Stack
+) -> None:
+    data = pack_files({"secret.py": "TOKEN = 'alice only'\n"})
+    digest = hashlib.sha256(data).hexdigest()
+    await bus.js.publish(bus.subjects.upload("alice", digest, 0), data)  # alice's upload
+    ref = ArtifactRef(name=digest, size=len(data), sha256=digest, uploaded_by="alice", chunks=1)
+    stolen = submission(task_type="review", workspace=ref)
+    await bus.publish(bus.subjects.task_submit("client"), stolen, msg_id=stolen.message_id)
+    await rejected_with(bus, stolen, "names an upload of another client")
+    # submitted under alice's name, the same reference is hers: accepted, and recorded as hers
+    own = submission(task_type="review", workspace=ref)
+    await bus.publish(bus.subjects.task_submit("alice"), own, msg_id=own.message_id)
+    kv = await bus.workflows()
+
+    async def accepted() -> Any:
+        try:
+            return state_decoder.decode((await kv.get(own.task_id)).value or b"")
+        except KeyNotFoundError:
+            return None
+
+    st = await wait_for_value(accepted, 30, what="alice's task accepted")
+    assert st.client == "alice"
+
+    async def hers() -> Any:
+        subject = bus.subjects.events_of("alice", own.task_id)
+        return await stream_messages(bus.js, bus.subjects.stream_events, subject, event_decoder) or None
+
+    assert (await wait_for_value(hers, 30, what="alice's events"))[0].kind == "received"
+    assert await task_events(bus, own.task_id) == []  # nothing of hers under the name `client`
