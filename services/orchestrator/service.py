@@ -38,6 +38,7 @@ from services.orchestrator.plan import plan_from_template, templates, validate_p
 from services.orchestrator.policy import ConflictPolicy
 from services.orchestrator.state import Outgoing, WorkflowState, state_decoder
 from services.orchestrator.workflow import Engine, EngineConfig
+from shared.bus import downloads
 from shared.bus.consumer import DECODE_ERRORS, Delivery, KeyedLocks, Rejected, SupervisedConsumer
 from shared.bus.core import Bus
 from shared.bus.outputs import offload_step_output
@@ -54,6 +55,7 @@ from shared.contract.protocol import (
     encode,
     heartbeat_decoder,
     now,
+    result_decoder,
     step_decoder,
     task_decoder,
     work_decoder,
@@ -163,7 +165,7 @@ class OrchestratorService(Lifecycle):
         await self._shell.subscribe(advisory, self._on_max_deliveries, queue="orchestrator")
         await self._shell.add_micro(
             "Cadre orchestrator: decompose, delegate, review loop, conflicts, recovery",
-            {"cancel": (s.task_cancel, self._on_cancel)},
+            {"cancel": (s.task_cancel_all, self._on_cancel)},
             stats={"cancel": self._stats},
         )
         await self.resume()
@@ -338,6 +340,7 @@ class OrchestratorService(Lifecycle):
         st = cached.state
         pending = [o for o in st.outbox if o.id not in cached.sent]
         if pending:
+            await self._offer_downloads(st, pending)
             await self._publish_all(pending)
             cached.sent.update(o.id for o in pending)
         if st.status == "running":
@@ -357,6 +360,14 @@ class OrchestratorService(Lifecycle):
                 return
         self._cache.pop(task_id, None)
         self._settled[task_id] = st.finished_at
+
+    async def _offer_downloads(self, st: WorkflowState, pending: list[Outgoing]) -> None:
+        """Before a final result goes out, offer its artifacts to the task's client (downloads stream)."""
+        subject = self.bus.subjects.result(st.client, st.task_id)
+        for out in pending:
+            if out.subject == subject:
+                with contextlib.suppress(*DECODE_ERRORS):
+                    await downloads.offer_result(self.bus, st.client, result_decoder.decode(out.data))
 
     async def _publish_all(self, outbox: list[Outgoing]) -> None:
         """Send every record in order without waiting in between; then wait for all the acks."""
@@ -380,32 +391,42 @@ class OrchestratorService(Lifecycle):
         msg = delivery.msg
         task_id = task_id_for(sub.task_id, sub.message_id)
         sub = msgspec.structs.replace(sub, task_id=task_id, created_at=sub.created_at or now())
+        # who submitted it: the subject's client token, which the server's permissions enforce
+        client = self.bus.subjects.client_of(msg.subject)
+        if client is None:
+            raise Rejected(f"a submission on {msg.subject!r}, which names no client")
         async with self._locks.hold(task_id):
             try:
                 intake.check_submission(sub, self._limits)
-                if not await intake.check_task_id(self.kv, sub):
+                if not await intake.check_task_id(self.kv, sub, client):
                     logger.info("duplicate submission task=%s message_id=%s", task_id, sub.message_id)
                     return
-                sub = await intake.check_workspace(self.bus, sub, self._limits)
+                sub = await intake.check_workspace(self.bus, sub, self._limits, client)
                 sub = await self._attach_inline_files(sub)
                 plan, note = await self._plan(sub)
             except (PlanError, ValueError) as exc:
                 await self._reject(msg, str(exc), task_id=task_id, sub=sub)
                 return
             decompose_s = time.perf_counter() - t0
-            st = self.engine.start(task_id, sub, plan, decompose_s, now(), note=note)
+            st = self.engine.start(task_id, sub, plan, decompose_s, now(), note=note, client=client)
             try:
                 revision = await self.kv.create(task_id, self._encode(st))
             except KeyWrongLastSequenceError:
                 try:  # accepted meanwhile (another instance): the same submission, or another's id
-                    await intake.check_task_id(self.kv, sub)
+                    await intake.check_task_id(self.kv, sub, client)
                 except intake.Refused as exc:
                     await self._reject(msg, str(exc), task_id=task_id, sub=sub)
                 return
             cached = _Cached(st, revision)
             self._cache[task_id] = cached
             await self._flush(task_id, cached)
-        logger.info("task accepted task=%s type=%s steps=%d", task_id, sub.task_type, len(plan.steps))
+        logger.info(
+            "task accepted task=%s client=%s type=%s steps=%d",
+            task_id,
+            client,
+            sub.task_type,
+            len(plan.steps),
+        )
 
     async def _on_intake_reject(self, delivery: Delivery, reason: str) -> None:
         """A submission went to the dead letters: tell the submitter (when it named a task)."""
@@ -560,25 +581,32 @@ class OrchestratorService(Lifecycle):
             except DECODE_ERRORS as exc:
                 await req.respond_error("400", f"invalid cancel request: {exc}")
                 return
-            reply = await self._cancel(cancel.task_id, cancel.reason)
+            client = self.bus.subjects.client_of(req.subject)
+            if client is None:
+                await req.respond_error("400", f"a cancel on {req.subject!r}, which names no client")
+                return
+            reply = await self._cancel(client, cancel.task_id, cancel.reason)
             await req.respond(encode(reply))
         except Exception:  # the boundary: log; the requester gets what we could send
             logger.exception("cancel request failed")
 
-    async def _cancel(self, task_id: str, reason: str) -> CancelReply:
+    async def _cancel(self, client: str, task_id: str, reason: str) -> CancelReply:
+        """Cancel ``task_id`` if ``client`` submitted it; another client's task is an unknown id to it."""
         try:
             token(task_id)
         except InvalidSubjectToken:
             why = "an empty task id" if not task_id else f"{task_id!r} is not a task id"
             return CancelReply(task_id=task_id, accepted=False, reason=f"cancel refused: {why}")
         try:
-            st = await self._mutate(task_id, lambda s, t: self.engine.cancel(s, t, reason))
+            st = await self._mutate(
+                task_id, lambda s, t: s.client == client and self.engine.cancel(s, t, reason)
+            )
         except Exception as exc:
             logger.exception("cancel failed task=%s", task_id)
             return CancelReply(
                 task_id=task_id, accepted=False, reason=f"cancel failed: {type(exc).__name__}: {exc}"
             )
-        if st is None:
+        if st is None or st.client != client:
             return CancelReply(task_id=task_id, accepted=False, reason="unknown task id")
         if st.status == "cancelled":
             return CancelReply(task_id=task_id, accepted=True, reason=reason)

@@ -83,6 +83,9 @@ class StepState(msgspec.Struct, kw_only=True):
 
 class WorkflowState(msgspec.Struct, kw_only=True):
     task_id: str
+    # the client that submitted the task, from the subject it submitted on (the server
+    # enforces each client user's name there): its events, result and downloads go under it
+    client: str = "client"
     submission: TaskSubmission
     plan: Plan
     steps: list[StepState]

@@ -119,7 +119,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
     streams = [
         StreamConfig(
             name=s.stream_tasks,
-            subjects=[s.task_submit],
+            subjects=[s.task_submit_all],
             retention=RetentionPolicy.WORK_QUEUE,
             duplicate_window=dedup,
             storage=StorageType.FILE,
@@ -143,7 +143,10 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
         ),
         StreamConfig(
             name=s.stream_events,
-            subjects=[f"{s.prefix}.events.>", s.result_all, s.refused_all],
+            subjects=[s.events_all, s.result_all, s.refused_all],
+            # clients read single messages by direct get with the subject in the request
+            # subject, which the server's permissions can pin to the client's own name
+            allow_direct=True,
             retention=RetentionPolicy.LIMITS,
             max_age=settings.events_max_age,
             max_bytes=settings.events_max_bytes,
@@ -157,6 +160,18 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
             subjects=[s.upload_all],
             retention=RetentionPolicy.LIMITS,
             max_age=settings.upload_max_age,
+            duplicate_window=dedup,
+            storage=StorageType.FILE,
+            num_replicas=r,
+        ),
+        StreamConfig(
+            # result artifacts the orchestrator offers each client, under its name
+            # (shared/bus/downloads.py); read only by direct get by subject
+            name=s.stream_downloads,
+            subjects=[s.download_all],
+            allow_direct=True,
+            retention=RetentionPolicy.LIMITS,
+            max_age=settings.artifacts_max_age,
             duplicate_window=dedup,
             storage=StorageType.FILE,
             num_replicas=r,
@@ -200,7 +215,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
             await js.add_consumer(
                 s.stream_work, durable(s.work_consumer(role, priority), s.work(role, priority))
             )
-    await js.add_consumer(s.stream_tasks, durable(s.intake_consumer, s.task_submit))
+    await js.add_consumer(s.stream_tasks, durable(s.intake_consumer, s.task_submit_all))
     await js.add_consumer(s.stream_results, durable(s.results_consumer, s.step_result_all))
 
     try:
