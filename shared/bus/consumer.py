@@ -35,7 +35,6 @@ from typing import Any, Generic, TypeVar
 import msgspec
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import FetchTimeoutError
 
 from shared.bus.core import Bus
 from shared.contract.errors import CadreError
@@ -215,12 +214,24 @@ class SupervisedConsumer(Generic[T]):
         self.stats.last_error = _describe(exc)[:500]
 
     # --- the fetch loop ---------------------------------------------------------------------------
-    async def run(self, psub: Any, *, concurrency: int = 1, batch: int = 10, wait: float = 1.0) -> None:
+    async def run(self, source: Any, *, concurrency: int = 1, batch: int = 10, wait: float = 1.0) -> None:
         """Fetch and process until cancelled; up to ``concurrency`` messages at once.
 
-        Messages are started in stream order; a handler that needs per-key order
-        takes a ``KeyedLocks`` lock before its first await.
+        ``source`` is a :class:`Puller` or a nats.py pull subscription (its stream and
+        durable are pulled through a ``Puller`` of this loop's own: see ``Puller.pull_batch``
+        for why not nats.py's ``fetch``). Messages are started in stream order; a handler
+        that needs per-key order takes a ``KeyedLocks`` lock before its first await.
         """
+        if isinstance(source, Puller):
+            await self._run(source, concurrency, batch, wait)
+            return
+        puller = await Puller(self.bus, source._stream, source._consumer).start()
+        try:
+            await self._run(puller, concurrency, batch, wait)
+        finally:
+            await puller.close()
+
+    async def _run(self, puller: Puller, concurrency: int, batch: int, wait: float) -> None:
         slots = asyncio.Semaphore(concurrency)
         running: set[asyncio.Task[None]] = set()
 
@@ -239,9 +250,7 @@ class SupervisedConsumer(Generic[T]):
                     await slots.acquire()
                     free += 1
                 try:
-                    msgs = await psub.fetch(free, timeout=wait)
-                except (NatsTimeoutError, FetchTimeoutError, TimeoutError):
-                    msgs = []
+                    msgs = await puller.pull_batch(free, wait)
                 except Exception as exc:  # connection trouble or a leader election: keep the loop
                     self._error(exc)
                     logger.warning("consumer %s fetch failed err=%s", self.name, _describe(exc))
@@ -264,11 +273,12 @@ class SupervisedConsumer(Generic[T]):
 
 
 class Puller:
-    """Pull one message from a durable consumer: at once (``no_wait``) or waiting up to ``wait`` s.
+    """Pull from a durable consumer with the JetStream ``CONSUMER.MSG.NEXT`` request, on its own inbox.
 
-    nats.py's ``fetch`` always waits out its ``expires`` when the consumer is empty;
-    an agent draining three priorities must not, so this sends the JetStream
-    ``CONSUMER.MSG.NEXT`` request itself, on its own inbox (one request at a time).
+    ``pull`` takes one message: at once (``no_wait``) or waiting up to ``wait`` s (nats.py's
+    ``fetch`` always waits out its ``expires`` when the consumer is empty; an agent draining
+    three priorities must not). ``pull_batch`` takes up to ``n``, returning as soon as any are
+    there. One request at a time per ``Puller``.
     """
 
     def __init__(self, bus: Bus, stream: str, durable: str) -> None:
@@ -285,6 +295,40 @@ class Puller:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
+
+    async def pull_batch(self, n: int, wait: float) -> list[Msg]:
+        """Up to ``n`` messages: what is there now, else the first to arrive within ``wait`` s.
+
+        One request with ``no_wait`` and ``expires``: the server holds it while the consumer
+        is empty, and as soon as messages are there it sends what it has and ends the request
+        (status 404), or ends it on expiry (408). So a message is handed over at once and no
+        request lingers after this returns. nats.py's ``fetch(n)`` instead, whenever its first
+        answer is a status (a late 408 of an earlier fetch that timed out, a 409), sends a
+        plain request for ``n`` and holds the first message until ``n`` arrived or ``timeout``
+        passed: up to a second with ``wait=1`` (the orchestrator's latency tail under load).
+        """
+        req = {"batch": n, "expires": int(wait * 1e9), "no_wait": True}
+        await self.bus.nc.publish(self._next, msgspec.json.encode(req), reply=self._inbox)
+        deadline = time.monotonic() + wait + _PULL_REPLY_BOUND
+        msgs: list[Msg] = []
+        while len(msgs) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                msg: Msg = await self._sub.next_msg(timeout=left)
+            except (NatsTimeoutError, TimeoutError):
+                break
+            status = (msg.headers or {}).get("Status")
+            if status is None:
+                msgs.append(msg)
+            elif status == "100":  # idle heartbeat
+                continue
+            else:  # 404 nothing more now, 408 expired, 409 e.g. a leadership change: the request ended
+                if status not in ("404", "408"):
+                    logger.debug("pull status=%s %s", status, (msg.headers or {}).get("Description"))
+                break
+        return msgs
 
     async def pull(self, wait: float | None = None) -> Msg | None:
         """The next message, or None when there is none (now, or within ``wait``)."""

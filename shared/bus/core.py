@@ -30,7 +30,13 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -39,9 +45,21 @@ from shared.contract.errors import NotConnected
 from shared.contract.protocol import AGENT_ROLES, PRIORITIES, ArtifactRef, DeadLetter, encode, now
 from shared.contract.subjects import Subjects
 
-__all__ = ["Bus", "connect", "ensure_topology", "ArtifactRefused", "check_artifact", "check_artifact_ref"]
+__all__ = [
+    "ArtifactRefused",
+    "Bus",
+    "PubAck",
+    "check_artifact",
+    "check_artifact_ref",
+    "connect",
+    "decode_pub_ack",
+    "ensure_topology",
+]
 
 logger = logging.getLogger(__name__)
+
+# How long a publish waits for the store's ack (nats.py's JetStream default).
+_PUBLISH_TIMEOUT = 5.0
 
 
 async def connect(settings: Settings, name: str, *, retry_forever: bool = True) -> NATS:
@@ -205,9 +223,12 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
 
     try:
         await js.key_value(s.kv_workflows)
+        await _allow_direct_gets(js, f"KV_{s.kv_workflows}")
     except (NotFoundError, BadRequestError):
+        # direct gets: a KV read is the raw value with headers (one request, no JSON or base64 to
+        # unpack), the orchestrator's most frequent read. nats.go makes KV buckets this way.
         await js.create_key_value(
-            KeyValueConfig(bucket=s.kv_workflows, history=settings.kv_history, replicas=r)
+            KeyValueConfig(bucket=s.kv_workflows, history=settings.kv_history, replicas=r, direct=True)
         )
     try:
         await js.object_store(s.object_store)
@@ -215,6 +236,46 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
         await js.create_object_store(
             s.object_store, ObjectStoreConfig(replicas=r, ttl=settings.artifacts_max_age)
         )
+
+
+async def _allow_direct_gets(js: JetStreamContext, stream: str) -> None:
+    """Turn on direct gets for a bucket created before they were the default here (idempotent)."""
+    info = await js.stream_info(stream)
+    if not info.config.allow_direct:
+        info.config.allow_direct = True
+        await js.update_stream(info.config)
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int | None = None
+    description: str | None = None
+
+
+class PubAck(msgspec.Struct):
+    """JetStream's answer to a publish: where the message was stored (or that it was a duplicate)."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    domain: str | None = None
+    error: _ApiError | None = None
+
+
+_pub_ack_decoder = msgspec.json.Decoder(PubAck)
+
+
+def decode_pub_ack(data: bytes) -> PubAck:
+    """A publish ack, decoded in one msgspec call (nats.py: ``json.loads`` and a dataclass per ack).
+
+    A refusal raises the same ``nats.js.errors`` type nats.py raises for it.
+    """
+    ack = _pub_ack_decoder.decode(data)
+    if ack.error is not None:
+        APIError.from_error(
+            {"code": ack.error.code, "err_code": ack.error.err_code, "description": ack.error.description}
+        )
+    return ack
 
 
 @dataclass
@@ -276,10 +337,21 @@ class Bus:
         await self.close()
 
     # --- publishing -----------------------------------------------------------
-    async def publish(self, subject: str, msg: msgspec.Struct, *, msg_id: str | None = None) -> None:
+    async def publish(self, subject: str, msg: msgspec.Struct, *, msg_id: str | None = None) -> PubAck:
         """Publish to a stream and wait for the store's ack (dedup on ``msg_id``)."""
+        return await self.publish_bytes(subject, encode(msg), msg_id=msg_id)
+
+    async def publish_bytes(self, subject: str, data: bytes, *, msg_id: str | None = None) -> PubAck:
+        """Publish encoded bytes to a stream and wait for the store's ack (dedup on ``msg_id``).
+
+        What ``js.publish`` does (one request, the same errors), with the ack decoded by msgspec.
+        """
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        await self.js.publish(subject, encode(msg), headers=headers)
+        try:
+            reply = await self.nc.request(subject, data, timeout=_PUBLISH_TIMEOUT, headers=headers)
+        except NoRespondersError:
+            raise NoStreamResponseError from None
+        return decode_pub_ack(reply.data)
 
     async def dead_letter(
         self,
