@@ -277,24 +277,38 @@ class Puller:
 
     ``pull`` takes one message: at once (``no_wait``) or waiting up to ``wait`` s (nats.py's
     ``fetch`` always waits out its ``expires`` when the consumer is empty; an agent draining
-    three priorities must not). ``pull_batch`` takes up to ``n``, returning as soon as any are
-    there. One request at a time per ``Puller``.
+    three priorities must not). ``pull_batch`` takes up to ``n``, returning as soon as any
+    are there. One request at a time per ``Puller``; each request gets its own reply subject
+    under the inbox, so a status that ends an earlier request (one given up on after a
+    connection blip) can never end the current one, while a message it still delivers is
+    work like any other and is handed over.
     """
 
     def __init__(self, bus: Bus, stream: str, durable: str) -> None:
         self.bus = bus
         self._next = f"{bus.js._prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._inbox = bus.nc.new_inbox()
+        self._requests = 0
         self._sub: Any = None
 
     async def start(self) -> Puller:
-        self._sub = await self.bus.nc.subscribe(self._inbox)
+        self._sub = await self.bus.nc.subscribe(f"{self._inbox}.*")
         return self
 
     async def close(self) -> None:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
+
+    async def pull(self, wait: float | None = None) -> Msg | None:
+        """The next message, or None when there is none (now, or within ``wait``)."""
+        req: dict[str, Any] = {"batch": 1}
+        if wait:
+            req["expires"] = int(wait * 1e9)
+        else:
+            req["no_wait"] = True
+        msgs = await self._request(req, 1, wait or 0.0)
+        return msgs[0] if msgs else None
 
     async def pull_batch(self, n: int, wait: float) -> list[Msg]:
         """Up to ``n`` messages: what is there now, else the first to arrive within ``wait`` s.
@@ -303,12 +317,16 @@ class Puller:
         is empty, and as soon as messages are there it sends what it has and ends the request
         (status 404), or ends it on expiry (408). So a message is handed over at once and no
         request lingers after this returns. nats.py's ``fetch(n)`` instead, whenever its first
-        answer is a status (a late 408 of an earlier fetch that timed out, a 409), sends a
-        plain request for ``n`` and holds the first message until ``n`` arrived or ``timeout``
-        passed: up to a second with ``wait=1`` (the orchestrator's latency tail under load).
+        answer is a status (e.g. the late 408 of an earlier fetch that timed out on the client
+        first, as its timeout and the request's expiry are equal), sends a plain request for
+        ``n`` and holds the first message until ``n`` arrived or its timeout passed.
         """
-        req = {"batch": n, "expires": int(wait * 1e9), "no_wait": True}
-        await self.bus.nc.publish(self._next, msgspec.json.encode(req), reply=self._inbox)
+        return await self._request({"batch": n, "expires": int(wait * 1e9), "no_wait": True}, n, wait)
+
+    async def _request(self, req: dict[str, Any], n: int, wait: float) -> list[Msg]:
+        self._requests += 1
+        reply = f"{self._inbox}.{self._requests}"
+        await self.bus.nc.publish(self._next, msgspec.json.encode(req), reply=reply)
         deadline = time.monotonic() + wait + _PULL_REPLY_BOUND
         msgs: list[Msg] = []
         while len(msgs) < n:
@@ -321,41 +339,15 @@ class Puller:
                 break
             status = (msg.headers or {}).get("Status")
             if status is None:
-                msgs.append(msg)
-            elif status == "100":  # idle heartbeat
-                continue
-            else:  # 404 nothing more now, 408 expired, 409 e.g. a leadership change: the request ended
+                msgs.append(msg)  # this request's, or a late one of an earlier request: work either way
+            elif status == "100" or msg.subject != reply:
+                continue  # an idle heartbeat, or the end of an earlier request
+            else:
+                # 404 nothing (more) now, 408 expired, 409 e.g. a leadership change: the request ended
                 if status not in ("404", "408"):
                     logger.debug("pull status=%s %s", status, (msg.headers or {}).get("Description"))
                 break
         return msgs
-
-    async def pull(self, wait: float | None = None) -> Msg | None:
-        """The next message, or None when there is none (now, or within ``wait``)."""
-        req: dict[str, Any] = {"batch": 1}
-        if wait:
-            req["expires"] = int(wait * 1e9)
-        else:
-            req["no_wait"] = True
-        await self.bus.nc.publish(self._next, msgspec.json.encode(req), reply=self._inbox)
-        deadline = time.monotonic() + (wait or 0.0) + _PULL_REPLY_BOUND
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            try:
-                msg: Msg = await self._sub.next_msg(timeout=left)
-            except (NatsTimeoutError, TimeoutError):
-                return None
-            status = (msg.headers or {}).get("Status")
-            if status is None:
-                return msg
-            if status == "100":  # idle heartbeat: keep waiting
-                continue
-            # 404 no messages, 408 expired, 409 e.g. consumer deleted or leadership change
-            if status not in ("404", "408"):
-                logger.debug("pull status=%s %s", status, (msg.headers or {}).get("Description"))
-            return None
 
 
 class KeyedLocks:
