@@ -327,9 +327,7 @@ class OrchestratorService(Lifecycle):
         acks = []
         for out in outbox:
             if out.stream:
-                acks.append(
-                    await self.bus.js.publish_async(out.subject, out.data, headers={"Nats-Msg-Id": out.id})
-                )
+                acks.append(await self.bus.publish_async(out.subject, out.data, msg_id=out.id))
             else:
                 await self.bus.nc.publish(out.subject, out.data)
         if acks:

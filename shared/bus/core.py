@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -278,6 +279,51 @@ def decode_pub_ack(data: bytes) -> PubAck:
     return ack
 
 
+class _AckMux:
+    """Acks of many in-flight publishes on one wildcard inbox subscription, decoded by msgspec.
+
+    What nats.py's ``publish_async`` does, without its per-publish NUID token, semaphore
+    and ``json.loads`` plus dataclass per ack.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.prefix = nc.new_inbox()
+        self.pending: dict[str, asyncio.Future[PubAck]] = {}
+        self._n = 0
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(f"{self.prefix}.*", cb=self._on_ack)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        fut = self.pending.pop(msg.subject, None)
+        if fut is None or fut.done():
+            return  # given up on (the publisher's bound passed)
+        if (msg.headers or {}).get("Status") == "503":  # no stream listens on the subject
+            fut.set_exception(NoStreamResponseError())
+            return
+        try:
+            fut.set_result(decode_pub_ack(msg.data))
+        except Exception as exc:  # a refusal, or an answer that is no ack
+            fut.set_exception(exc)
+
+    async def publish(
+        self, subject: str, data: bytes, headers: dict[str, str] | None
+    ) -> asyncio.Future[PubAck]:
+        self._n += 1
+        reply = f"{self.prefix}.{self._n}"
+        fut: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        self.pending[reply] = fut
+        fut.add_done_callback(lambda _: self.pending.pop(reply, None))
+        try:
+            await self.nc.publish(subject, data, reply=reply, headers=headers)
+        except BaseException:
+            fut.cancel()
+            raise
+        return fut
+
+
 @dataclass
 class Bus:
     """A connected service's handle on NATS and JetStream."""
@@ -287,6 +333,8 @@ class Bus:
     js: JetStreamContext = field(init=False)
     _kv: KeyValue | None = field(default=None, init=False)
     _store: ObjectStore | None = field(default=None, init=False)
+    _acks: _AckMux | None = field(default=None, init=False)
+    _acks_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     def __post_init__(self) -> None:
         self.js = self.nc.jetstream()
@@ -346,12 +394,29 @@ class Bus:
 
         What ``js.publish`` does (one request, the same errors), with the ack decoded by msgspec.
         """
-        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        ack = await self.publish_async(subject, data, msg_id=msg_id)
         try:
-            reply = await self.nc.request(subject, data, timeout=_PUBLISH_TIMEOUT, headers=headers)
-        except NoRespondersError:
-            raise NoStreamResponseError from None
-        return decode_pub_ack(reply.data)
+            async with asyncio.timeout(_PUBLISH_TIMEOUT):
+                return await ack
+        finally:
+            ack.cancel()  # no-op once answered; forgets the reply subject after a timeout
+
+    async def publish_async(
+        self, subject: str, data: bytes, *, msg_id: str | None = None
+    ) -> asyncio.Future[PubAck]:
+        """Send to a stream without waiting; the returned future gets the store's ack.
+
+        For sending several records at once and awaiting their acks together (the
+        orchestrator's outbox). A future nobody awaits to the end should be cancelled.
+        """
+        if self._acks is None:
+            async with self._acks_lock:
+                if self._acks is None:
+                    mux = _AckMux(self.nc)
+                    await mux.start()
+                    self._acks = mux
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        return await self._acks.publish(subject, data, headers)
 
     async def dead_letter(
         self,
