@@ -121,3 +121,21 @@ async def test_a_workflow_bucket_made_without_direct_gets_is_given_them_by_the_t
     await bus.js.update_stream(info.config)
     await ensure_topology(bus.js, bus.settings)
     assert (await bus.js.stream_info(stream)).config.allow_direct
+
+
+async def test_a_metric_sent_without_awaiting_its_ack_is_stored_once_per_dedup_id(bus: Bus) -> None:
+    """The orchestrator's outbox sends metrics this way; a re-flush after a crash repeats them."""
+    subject = bus.subjects.metrics("orchestrator")
+    for _ in range(2):
+        await bus.nc.publish(subject, b'{"kind":"x"}', headers={"Nats-Msg-Id": "task_m.metric.1"})
+    await bus.nc.publish(subject, b'{"kind":"y"}', headers={"Nats-Msg-Id": "task_m.metric.2"})
+    await bus.nc.flush()
+
+    async def stored() -> int | None:
+        n = (await bus.js.stream_info(bus.subjects.stream_metrics)).state.messages
+        return n if n >= 2 else None
+
+    assert await wait_for_value(stored, what="the metrics stored") == 2
+    ack = await bus.publish_bytes(subject, b'{"kind":"x"}', msg_id="task_m.metric.1")
+    assert ack.duplicate
+    assert (await bus.js.stream_info(bus.subjects.stream_metrics)).state.messages == 2
