@@ -28,7 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -249,22 +249,24 @@ class SupervisedConsumer(Generic[T]):
                 while free < batch and not slots.locked():
                     await slots.acquire()
                     free += 1
+                got = 0
                 try:
-                    msgs = await puller.pull_batch(free, wait)
+                    # one request for as many messages as there are free slots, each handed
+                    # to a handler the moment it arrives
+                    async for m in puller.consume(free, wait):
+                        got += 1
+                        t = asyncio.create_task(one(m), name=f"{self.name}-msg")
+                        running.add(t)
+                        t.add_done_callback(running.discard)
                 except Exception as exc:  # connection trouble or a leader election: keep the loop
                     self._error(exc)
                     logger.warning("consumer %s fetch failed err=%s", self.name, _describe(exc))
-                    msgs = []
-                    for _ in range(free):
+                    for _ in range(free - got):
                         slots.release()
                     await asyncio.sleep(_FETCH_RETRY)
                     continue
-                for _ in range(free - len(msgs)):
+                for _ in range(free - got):
                     slots.release()
-                for m in msgs:
-                    t = asyncio.create_task(one(m), name=f"{self.name}-msg")
-                    running.add(t)
-                    t.add_done_callback(running.discard)
         finally:
             self.stats.pulling = False
             for t in list(running):
@@ -323,13 +325,26 @@ class Puller:
         """
         return await self._request({"batch": n, "expires": int(wait * 1e9), "no_wait": True}, n, wait)
 
+    def consume(self, n: int, wait: float) -> AsyncIterator[Msg]:
+        """Up to ``n`` messages, each yielded the moment it arrives, within ``wait`` s.
+
+        One plain request for ``n`` held by the server for ``wait``: a steady flow of
+        messages costs one request per ``n`` of them (not one request and one "no more"
+        status per message, as ``pull_batch`` does when they come one at a time). The
+        caller has room for all ``n`` (the orchestrator's free handler slots).
+        """
+        return self._responses({"batch": n, "expires": int(wait * 1e9)}, n, wait)
+
     async def _request(self, req: dict[str, Any], n: int, wait: float) -> list[Msg]:
+        return [msg async for msg in self._responses(req, n, wait)]
+
+    async def _responses(self, req: dict[str, Any], n: int, wait: float) -> AsyncIterator[Msg]:
         self._requests += 1
         reply = f"{self._inbox}.{self._requests}"
         await self.bus.nc.publish(self._next, msgspec.json.encode(req), reply=reply)
         deadline = time.monotonic() + wait + _PULL_REPLY_BOUND
-        msgs: list[Msg] = []
-        while len(msgs) < n:
+        got = 0
+        while got < n:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -339,7 +354,8 @@ class Puller:
                 break
             status = (msg.headers or {}).get("Status")
             if status is None:
-                msgs.append(msg)  # this request's, or a late one of an earlier request: work either way
+                got += 1
+                yield msg  # this request's, or a late one of an earlier request: work either way
             elif status == "100" or msg.subject != reply:
                 continue  # an idle heartbeat, or the end of an earlier request
             else:
@@ -347,7 +363,6 @@ class Puller:
                 if status not in ("404", "408"):
                     logger.debug("pull status=%s %s", status, (msg.headers or {}).get("Description"))
                 break
-        return msgs
 
 
 class KeyedLocks:

@@ -139,3 +139,35 @@ async def test_a_metric_sent_without_awaiting_its_ack_is_stored_once_per_dedup_i
     ack = await bus.publish_bytes(subject, b'{"kind":"x"}', msg_id="task_m.metric.1")
     assert ack.duplicate
     assert (await bus.js.stream_info(bus.subjects.stream_metrics)).state.messages == 2
+
+
+async def test_a_consume_request_hands_over_each_message_as_it_arrives_and_ends_with_its_batch(
+    bus: Bus,
+) -> None:
+    stream, subject = await _queue(bus, "consume")
+    puller = await Puller(bus, stream, "c").start()
+    got: list[bytes] = []
+
+    async def consume() -> None:
+        async for m in puller.consume(3, wait=60.0):
+            got.append(m.data)
+            await m.ack()
+
+    task = asyncio.create_task(consume())
+    try:
+        await bus.js.publish(subject, b"1")
+
+        async def first_handed_over() -> bool | None:
+            return got == [b"1"] or None
+
+        await wait_for_value(first_handed_over, what="the first message handed over on its own")
+        # the same request is still open for the other two: no new request per message
+        assert (await bus.js.consumer_info(stream, "c")).num_waiting == 1
+        await bus.js.publish(subject, b"2")
+        await bus.js.publish(subject, b"3")
+        await asyncio.wait_for(task, _GUARD)
+        assert got == [b"1", b"2", b"3"]
+        assert (await bus.js.consumer_info(stream, "c")).num_waiting == 0
+    finally:
+        task.cancel()
+        await puller.close()
