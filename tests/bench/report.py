@@ -255,7 +255,9 @@ _HOW = """## How it is measured
   milliseconds since its submit, then the messages per workflow by kind (publishes,
   their acks, pull requests, KV reads and writes, consumer acks). Counts do not
   depend on the machine's load; gaps do. Issue 15's hot-path pass, counted with it
-  (3 workflows each): the floor 90 messages per workflow; Cadre 275 before, 238 after.
+  (3 workflows each): the floor 90 messages per workflow; Cadre 275 before, 203 after
+  (agents' pulls 24 -> 6, the orchestrator's results pulls and their "no more" answers
+  24 -> under 1, its metrics' acks 10 -> 0).
 - **Round trips per step**: the floor's worker pays one pull (held by the server
   until the work arrives) and one publish (the result's ack), then acks one-way.
   A Cadre agent pays the same two on the step's path: one pull of the priority
@@ -264,6 +266,10 @@ _HOW = """## How it is measured
   work item's ack and the metric are one-way. Before the pass an agent also swept
   all three priorities with empty pulls after every step (4 pulls per step; now 1),
   and a ring of a normal or low item cost one or two empty pulls first.
+- **The orchestrator's pulls**: one request per free handler slots (up to 32), held
+  by the server for a second, each message handed to a handler the moment it
+  arrives (`Puller.consume`): a steady flow costs one request per 32 messages, not a
+  request and a "no more" status per message.
 - **Per publish and per read** (client CPU, measured with 1000 x 5 pipelined
   publishes on one connection): nats.py's `publish_async` about 35 µs a publish,
   `Bus.publish_async` (one ack inbox, acks decoded by msgspec) about 23 µs; the
