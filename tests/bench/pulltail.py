@@ -5,8 +5,9 @@ trial starts a batch pull on an empty work-queue consumer, drops a ``408`` statu
 the pull's inbox (what the late expiry of an earlier pull looks like), publishes one
 message, and prints how long the pull took to hand it over. nats.py's ``fetch`` then
 sends a plain request for the whole batch and holds the message until its timeout
-(docs/benchmarks.md, "The 2x latency tail"); ``Puller.pull_batch`` ignores a status
-addressed to an earlier request and hands the message over at once. A diagnostic, not
+(docs/benchmarks.md, "The 2x latency tail"); ``Puller.pull_batch`` and ``Puller.consume``
+(the orchestrator's) ignore a status addressed to an earlier request and hand the
+message over at once. A diagnostic, not
 a test: the figures depend on the machine.
 """
 
@@ -55,11 +56,29 @@ async def _puller(bus: Bus) -> tuple[_Pull, Callable[[], str]]:
     return (lambda: puller.pull_batch(32, 1.0)), (lambda: f"{puller._inbox}.{puller._requests - 1}")
 
 
+async def _consumer(bus: Bus) -> tuple[_Pull, Callable[[], str]]:
+    puller = await Puller(bus, _STREAM, "c").start()
+
+    async def first() -> list[Any]:  # the orchestrator hands each message over as it arrives
+        async for msg in puller.consume(32, 1.0):
+            return [msg]
+        return []
+
+    return first, (lambda: f"{puller._inbox}.{puller._requests - 1}")
+
+
+_KINDS = {
+    "nats.py fetch(32, timeout=1)": _nats_py,
+    "Puller.pull_batch(32, 1.0)": _puller,
+    "Puller.consume(32, 1.0), first message": _consumer,
+}
+
+
 async def main(trials: int = 3) -> None:
     server = NatsServer()
     server.start()
     try:
-        for kind in ("nats.py fetch(32, timeout=1)", "Puller.pull_batch(32, 1.0)"):
+        for kind, make in _KINDS.items():
             bus = await Bus.open(
                 Settings(nats_url=server.url, prefix="pulltail", bootstrap=False), "pulltail"
             )
@@ -67,7 +86,7 @@ async def main(trials: int = 3) -> None:
             await bus.js.add_stream(StreamConfig(name=_STREAM, subjects=[_SUBJECT], retention=retention))
             config = ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT)
             await bus.js.add_consumer(_STREAM, config)
-            pull, late = await (_nats_py(bus) if kind.startswith("nats.py") else _puller(bus))
+            pull, late = await make(bus)
             for i in range(trials):
                 print(f"{kind}, trial {i + 1}: message handed over after {await _trial(bus, pull, late)}")
             await bus.js.delete_stream(_STREAM)  # a lingering request of one kind must not serve the other

@@ -285,9 +285,11 @@ _HOW = """## How it is measured
   the first message it gets until `n` arrived or its 1 s timeout passed; that
   request also stays on the server and takes the next message into a queue nobody
   reads until the next fetch. Injecting one late 408 reproduces it (a message handed
-  over after 792 ms). How often it struck in a bench run was not counted. Fixed by
-  `Puller.pull_batch` (one `no_wait` + `expires` request with its own reply subject):
-  the same injection hands the message over in 1-2 ms.
+  over after ~790 ms; `python -m tests.bench.pulltail`). How often it struck in a
+  bench run was not counted. The orchestrator no longer uses `fetch`: its
+  `Puller.consume` hands each message over as it arrives and, as `pull_batch` does,
+  gives every request its own reply subject, so a status addressed to an earlier
+  request is ignored; with the same injection both hand the message over in 1-5 ms.
 """
 
 
