@@ -7,8 +7,10 @@ copy and re-reads only on a revision conflict), apply one engine transition,
 write it back once if it changed (revision-checked), then publish the outbox with dedup
 ids, all at once, awaiting the acks together. The outbox is cleared lazily: a
 published entry leaves the state with the task's next write (or a final write
-when the task ends); a crash in between re-publishes it, which the stream's
-dedup window absorbs. A ``StepStarted`` is a transition like any other (one
+when the task ends), and at the latest a quarter of the dedup window after it was
+written (a deadline tick writes the clear when a step runs long); a crash in
+between re-publishes it, which the stream's dedup window absorbs. A periodic
+resume leaves a young outbox to the instance that wrote it. A ``StepStarted`` is a transition like any other (one
 write): applied only in memory, a second orchestrator (or this one after a
 reload) would number the next event with the same ``seq`` and lose the run from
 ``StepRecord.runs``. Different tasks run concurrently; messages of one
@@ -67,6 +69,8 @@ _MUTATE_RETRIES = 50
 # How many step messages / submissions are handled at once (different tasks run concurrently).
 _RESULTS_CONCURRENCY = 64
 _INTAKE_CONCURRENCY = 8
+# A resume leaves an outbox younger than this to the instance that wrote it (s).
+_RESUME_HOLD = 5.0
 # Bound on waiting for the store's acks of one outbox flush.
 _PUBLISH_BOUND = 10.0
 
@@ -192,7 +196,7 @@ class OrchestratorService(Lifecycle):
         if await self._shell.close():
             logger.info("orchestrator stopped")
 
-    async def resume(self) -> None:
+    async def resume(self, hold_young: float = 0.0) -> None:
         """Pick up every open workflow in KV: flush what a crash left unpublished.
 
         A task cached here is re-read only when KV holds a newer revision (another
@@ -207,7 +211,7 @@ class OrchestratorService(Lifecycle):
                 continue
             try:
                 await self._refresh(key)
-                await self._mutate(key, lambda st, t: False, fresh=False)
+                await self._mutate(key, lambda st, t: False, fresh=False, hold_young=hold_young)
             except Exception as exc:  # one bad workflow must not stop the others resuming
                 logger.warning("resume failed task=%s err=%s", key, exc)
         logger.debug("resumed workflows=%d open=%d", len(keys), len(self._open))
@@ -256,13 +260,21 @@ class OrchestratorService(Lifecycle):
         return _Cached(state_decoder.decode(entry.value), entry.revision)
 
     async def _mutate(
-        self, task_id: str, transition: Callable[[WorkflowState, float], bool], *, fresh: bool = True
+        self,
+        task_id: str,
+        transition: Callable[[WorkflowState, float], bool],
+        *,
+        fresh: bool = True,
+        hold_young: float = 0.0,
     ) -> WorkflowState | None:
         """Apply one transition and write it once if it changed the state.
 
         ``fresh`` (every message-driven change) reads the state from KV first, as another
         instance may have moved the task on; only the deadline ticks (``fresh=False``)
         decide on the cached copy, and a revision conflict makes them re-read too.
+        ``hold_young`` (a resume): an outbox written less than this long ago is left to the
+        instance that wrote it, which publishes it at once; only an older one (its writer
+        crashed) is published here, so two instances do not both send every record.
         """
         async with self._locks.hold(task_id):
             for _ in range(_MUTATE_RETRIES):
@@ -277,15 +289,26 @@ class OrchestratorService(Lifecycle):
                     cached = loaded
                     fresh = False
                 st = cached.state
-                # entries published already leave the state with this write (lazy clear)
-                st.outbox = [o for o in st.outbox if o.id not in cached.sent]
-                cached.sent.clear()
+                # entries published already leave the state with this write (lazy clear) —
+                # only if there is a write: until then KV still holds them, and so must the
+                # copy here, with ``sent`` remembering they went out
+                stored = st.outbox
+                st.outbox = [o for o in stored if o.id not in cached.sent]
                 try:
-                    changed = transition(st, now())
+                    t = now()
+                    changed = transition(st, t) or self._clear_due(cached, stored, t)
                     if changed:
+                        if st.outbox:
+                            st.outbox_at = t
                         cached.revision = await self.kv.update(
                             task_id, self._encode(st), last=cached.revision
                         )
+                        cached.sent.clear()
+                    else:
+                        st.outbox = stored
+                        pending = [o for o in stored if o.id not in cached.sent]
+                        if pending and t - st.outbox_at < hold_young:
+                            return st
                 except KeyWrongLastSequenceError:
                     self._cache.pop(task_id, None)
                     continue  # another instance moved it on: re-read and decide again
@@ -296,6 +319,19 @@ class OrchestratorService(Lifecycle):
                 await self._flush(task_id, cached)
                 return st
             raise CadreError(f"workflow {task_id}: too many concurrent updates")
+
+    def _clear_due(self, cached: _Cached, stored: list[Outgoing], t: float) -> bool:
+        """Whether published entries have waited in KV long enough to be cleared by a write of
+        their own.
+
+        The stream's dedup window absorbs a re-publish of an entry only while it is younger
+        than the window; an entry left in KV longer (a step that runs for minutes) would be
+        sent twice by a resume after a crash or by another instance. So the deadline tick
+        clears them after a quarter of the window, even when nothing else changes.
+        """
+        if not cached.sent or len(stored) == len(cached.state.outbox):
+            return False
+        return t - cached.state.outbox_at >= self.settings.dedup_window / 4
 
     async def _flush(self, task_id: str, cached: _Cached) -> None:
         """Publish the unsent outbox at once and await the acks together; settle a finished task."""
@@ -497,7 +533,7 @@ class OrchestratorService(Lifecycle):
             if n % refresh_every == 0:
                 self._forget_silent()
                 try:
-                    await self.resume()  # workflows another instance accepted or moved on
+                    await self.resume(_RESUME_HOLD)  # workflows another instance accepted or moved on
                 except Exception:
                     logger.exception("resume failed")
             for task_id in list(self._open):

@@ -105,6 +105,7 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     seq: int = 0  # the last trace event's number: events only, so it is contiguous
     metric_seq: int = 0  # numbers metrics' dedup ids, apart from the events
     outbox: list[Outgoing] = []
+    outbox_at: float = 0.0  # when the outbox was last written (its entries are at most this old)
     started_at: float = 0.0
     finished_at: float = 0.0
     delay_total: float = 0.0
