@@ -32,6 +32,7 @@ from shared.bus.outputs import offload_output
 from shared.bus.service import Lifecycle, Pulse, ServiceShell
 from shared.bus.settings import Settings
 from shared.contract.errors import CadreError, InvalidSubjectToken
+from shared.contract.monitoring import AgentStatus
 from shared.contract.protocol import (
     PRIORITIES,
     MetricEvent,
@@ -150,10 +151,9 @@ class AgentService(Lifecycle):
         }
         await self._shell.subscribe(s.work_all(self.role), self._ring)
         await self._shell.subscribe(s.cancel_all, self._on_cancel)
-        status = f"{s.prefix}.svc.{self.role}.{self.instance_id}.status"
         await self._shell.add_micro(
             f"Cadre {self.role} agent",
-            {"status": (status, self._status)},
+            {"status": (s.agent_status(self.role, self.instance_id), self._status)},
             stats={"status": self._stats},
         )
         self._shell.supervise(self._pull_loop, "pull-loop")
@@ -513,24 +513,25 @@ class AgentService(Lifecycle):
             flight.ctx.cancelled.set()
             flight.task.cancel()
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "role": self.role,
-            "instance_id": self.instance_id,
-            "status": "draining" if self._stopping.is_set() else ("busy" if self._inflight else "idle"),
-            "pulling": self._pulling and not self._stopping.is_set(),
-            "in_flight": sorted(self._inflight),
-            "completed": self.completed,
-            "failed": self.failed,
-            "started_at": self._shell.started_at,
-        }
+    def status(self) -> AgentStatus:
+        """What the ``status`` endpoint answers (and the heartbeat's pulse is made of)."""
+        return AgentStatus(
+            role=self.role,
+            instance_id=self.instance_id,
+            status="draining" if self._stopping.is_set() else ("busy" if self._inflight else "idle"),
+            pulling=self._pulling and not self._stopping.is_set(),
+            in_flight=sorted(self._inflight),
+            completed=self.completed,
+            failed=self.failed,
+            started_at=self._shell.started_at,
+        )
 
     async def _status(self, req: Request) -> None:
-        await req.respond(msgspec.json.encode(self.status()))
+        await req.respond(encode(self.status()))
 
     def _pulse(self) -> Pulse:
         st = self.status()
-        return Pulse(st["status"], len(self._inflight), st["in_flight"], pulling=st["pulling"])
+        return Pulse(st.status, len(self._inflight), st.in_flight, pulling=st.pulling)
 
     def _stats(self) -> dict[str, Any]:
         return {

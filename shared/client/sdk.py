@@ -1,4 +1,4 @@
-"""The async client SDK: submit a task, follow its events, read its result, cancel it.
+"""The async client SDK: submit a task, follow its events, read its result, cancel it, watch health.
 
 ``CadreClient`` is what the ``cadre`` CLI uses and what a Python program
 embedding Cadre should use. It speaks only the documented wire contract
@@ -13,6 +13,9 @@ stream, so a late reader replays a task from its first event.
         result = await client.result(task_id, timeout=60)
         await client.download_workspace(task_id, Path("fixed"))     # the patched tree
         Path("fix.patch").write_text(await client.workspace_patch(task_id))
+        snap = await client.snapshot()          # the monitor's Snapshot: health, instances, figures
+
+Every method returns typed values (``shared.contract`` structs): no JSON dicts.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -40,14 +43,26 @@ from shared.bus.core import Bus
 from shared.bus.settings import Settings
 from shared.client.wstree import FileChange, changed_files, git_patch, read_tree, write_tree
 from shared.contract.errors import CadreError, NotConnected, TaskNotFound
+from shared.contract.monitoring import (
+    AgentStatus,
+    Alert,
+    Snapshot,
+    agent_status_decoder,
+    alert_decoder,
+    snapshot_decoder,
+)
 from shared.contract.protocol import (
+    FINAL_EVENT_KINDS,
     ArtifactRef,
+    BoundedDecoder,
     CancelReply,
     CancelRequest,
     FinalResult,
     TaskEvent,
     TaskSubmission,
+    cancel_reply_decoder,
     encode,
+    error_decoder,
     event_decoder,
     new_id,
     now,
@@ -70,7 +85,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Event kinds after which the orchestrator publishes nothing more for a task.
-FINAL_KINDS = frozenset({"completed", "failed", "rejected", "cancelled"})
+FINAL_KINDS = frozenset(FINAL_EVENT_KINDS)
 
 _POLL = 0.5  # how long one wait on a subscription blocks before re-checking deadlines
 
@@ -131,7 +146,7 @@ class ServiceInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _ping_decoder = msgspec.json.Decoder(ServiceInfo)
-_cancel_reply_decoder = msgspec.json.Decoder(CancelReply)
+_T = TypeVar("_T")
 
 
 async def _probe(settings: Settings) -> None:
@@ -434,32 +449,81 @@ class CadreClient:
         timeout: float = 5.0,  # noqa: ASYNC109
     ) -> CancelReply:
         """Ask the orchestrator to cancel a task (request/reply)."""
-        subject = self.subjects.task_cancel
         request = CancelRequest(task_id=task_id, reason=reason)
+        return await self._request(
+            "orchestrator", self.subjects.task_cancel, encode(request), cancel_reply_decoder, timeout
+        )
+
+    async def snapshot(self, timeout: float = 5.0) -> Snapshot:  # noqa: ASYNC109
+        """The monitor's snapshot: agents, health, alerts, recent tasks and the spec's figures."""
+        return await self._request("monitor", self.subjects.monitor_snapshot, b"", snapshot_decoder, timeout)
+
+    async def agent_status(
+        self,
+        role: str,
+        instance_id: str,
+        timeout: float = 5.0,  # noqa: ASYNC109
+    ) -> AgentStatus:
+        """One agent instance's own answer: what it holds now, whether it pulls, its counts."""
+        subject = self.subjects.agent_status(role, instance_id)
+        return await self._request(f"{role} {instance_id}", subject, b"", agent_status_decoder, timeout)
+
+    @contextlib.asynccontextmanager
+    async def alerts(self) -> AsyncIterator[AsyncIterator[Alert]]:
+        """The monitor's alerts from now on (core NATS: no replay), as a typed stream.
+
+            async with client.alerts() as alerts:
+                async for alert in alerts:
+                    print(alert.kind, alert.text)
+
+        The subscription is in place when the ``async with`` body starts, so nothing
+        raised after that is missed. The monitor keeps the recent ones in
+        ``snapshot().alerts``. Undecodable messages are logged and skipped.
+        """
+        sub = await self.bus.nc.subscribe(self.subjects.alert_all)
+        await self.bus.nc.flush()
+
+        async def feed() -> AsyncIterator[Alert]:
+            async for msg in sub.messages:
+                try:
+                    yield alert_decoder.decode(msg.data)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    logger.warning("skipping undecodable alert subject=%s err=%s", msg.subject, exc)
+
         try:
-            msg = await self.bus.nc.request(subject, encode(request), timeout=timeout)
+            yield feed()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _request(
+        self,
+        service: str,
+        subject: str,
+        payload: bytes,
+        decoder: BoundedDecoder[_T],
+        timeout: float,  # noqa: ASYNC109
+    ) -> _T:
+        """One request/reply: the typed answer, or a ``CadreError`` that says what went wrong."""
+        try:
+            msg = await self.bus.nc.request(subject, payload, timeout=timeout)
         except NoRespondersError as exc:
-            raise NoService("orchestrator", subject) from exc
+            raise NoService(service, subject) from exc
         except (NatsTimeoutError, TimeoutError) as exc:
-            raise CadreError(f"the orchestrator did not answer the cancel within {timeout}s") from exc
+            raise CadreError(f"the {service} did not answer on {subject} within {timeout}s") from exc
         headers = msg.headers or {}
         if "Nats-Service-Error" in headers:
-            raise CadreError(f"cancel refused: {headers['Nats-Service-Error']}")
-        return _cancel_reply_decoder.decode(msg.data)
-
-    async def snapshot(self, timeout: float = 5.0) -> dict[str, Any]:  # noqa: ASYNC109
-        """The monitor's snapshot (agents, health, the spec's metrics) as a JSON object."""
-        subject = self.subjects.monitor_snapshot
+            detail = headers["Nats-Service-Error"]
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                err = error_decoder.decode(msg.data)
+                detail = f"{err.code}: {err.message}"
+            raise CadreError(f"the {service} refused the request on {subject}: {detail}")
         try:
-            msg = await self.bus.nc.request(subject, b"", timeout=timeout)
-        except NoRespondersError as exc:
-            raise NoService("monitor", subject) from exc
-        except (NatsTimeoutError, TimeoutError) as exc:
-            raise CadreError(f"the monitor did not answer within {timeout}s") from exc
-        data = msgspec.json.decode(msg.data)
-        if not isinstance(data, dict):
-            raise CadreError(f"the monitor answered a {type(data).__name__}, not a JSON object")
-        return data
+            return decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise CadreError(
+                f"the {service} answered on {subject} with an unexpected message: {exc}"
+            ) from exc
 
     async def services(self, wait: float = 0.5, names: Iterable[str] | None = None) -> list[ServiceInfo]:
         """Every Cadre service instance of this prefix answering nats micro ``$SRV.PING``.

@@ -170,6 +170,10 @@ class Subjects:
     def monitor_snapshot(self) -> str:
         return f"{self.prefix}.monitor.snapshot"
 
+    def agent_status(self, role: str, instance_id: str) -> str:
+        """An agent instance's nats micro ``status`` endpoint (request/reply, answers ``AgentStatus``)."""
+        return f"{self.prefix}.svc.{token(role)}.{token(instance_id)}.status"
+
     # --- JetStream names ------------------------------------------------------
     def _name(self, what: str) -> str:
         return f"{self.prefix.upper()}_{what}".replace("-", "_")

@@ -105,7 +105,7 @@ async def _memory(url: str, work_dir: Path) -> tuple[int, int]:
     try:
         bus = await Bus.open(settings, "bench-mem")
         # ready when its micro endpoint answers
-        subject = f"{settings.prefix}.svc.researcher.{agent.env['CADRE_INSTANCE_ID']}.status"
+        subject = settings.subjects.agent_status("researcher", agent.env["CADRE_INSTANCE_ID"])
 
         async def answers() -> bool:
             try:

@@ -31,6 +31,7 @@ from shared.bus.bootstrap import bootstrap
 from shared.bus.core import Bus
 from shared.bus.settings import Settings
 from shared.client import CadreClient, NoService
+from shared.contract.monitoring import Snapshot
 from shared.contract.protocol import (
     AGENT_ROLES,
     Heartbeat,
@@ -386,14 +387,19 @@ async def test_every_service_runs_a_task_under_its_own_user_without_a_violation(
             assert "auth_api/app.py" in files
             # the task can finish before the monitor process is up: wait for it to answer
 
-            async def answered() -> dict[str, Any] | None:
+            async def answered() -> Snapshot | None:
                 try:
                     return await client.snapshot()
                 except NoService:
                     return None
 
             snapshot = await wait_for_value(answered, what="the monitor's snapshot")
-            assert "orchestrator" in snapshot
+            assert snapshot.orchestrator.tasks_delegated >= 1
+            # an agent's status and the alert stream are open to the client too (read-only)
+            status = await client.agent_status("developer", "developer-1")
+            assert status.role == "developer" and status.completed >= 1
+            async with client.alerts():
+                pass  # subscribed and flushed: a refused subscribe shows in the server log below
             reply = await client.cancel(task_id)
             assert not reply.accepted  # already finished: the orchestrator answered, through its user
     finally:
@@ -410,7 +416,7 @@ def _with_client(conf_dir: Path, name: str) -> Path:
     """A copy of the shipped config with one more client user, made as docs/deployment.md says."""
     accounts = (CONF.parent / "accounts.conf").read_text()
     start = accounts.index("      {\n        user: client\n")
-    end = accounts.index('subscribe: { allow: ["_INBOX_client.>"] }', start)
+    end = accounts.index('subscribe: { allow: ["_INBOX_client.>"', start)
     end = accounts.index("\n      }", end) + len("\n      }")  # the end of the user's block
     block = accounts[start:end]
     extra = (
