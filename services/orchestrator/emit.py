@@ -64,7 +64,12 @@ class Emitter:
         )
 
     def metric(self, st: WorkflowState, kind: str, now: float, **fields: Any) -> None:
-        """A ``MetricEvent`` for the monitor, as role ``orchestrator``."""
+        """A ``MetricEvent`` for the monitor, as role ``orchestrator``.
+
+        Sent without waiting for the store's ack, as the agents send theirs: the metrics
+        stream still stores it, its dedup id still absorbs a re-flush, and a lost metric
+        costs a figure, never a step (no round trip on the transition's path).
+        """
         st.metric_seq += 1
         metric = MetricEvent(
             kind=kind, role="orchestrator", instance_id=self.instance_id, at=now, task_id=st.task_id, **fields
@@ -74,6 +79,7 @@ class Emitter:
                 id=f"{st.task_id}.metric.{st.metric_seq}",
                 subject=self.subjects.metrics("orchestrator"),
                 data=encode(metric),
+                stream=False,
             )
         )
 

@@ -374,11 +374,10 @@ class OrchestratorService(Lifecycle):
         acks = []
         for out in outbox:
             if out.stream:
-                acks.append(
-                    await self.bus.js.publish_async(out.subject, out.data, headers={"Nats-Msg-Id": out.id})
-                )
+                acks.append(await self.bus.publish_async(out.subject, out.data, msg_id=out.id))
             else:
-                await self.bus.nc.publish(out.subject, out.data)
+                # no ack awaited; the id still deduplicates a re-flush where a stream stores it
+                await self.bus.nc.publish(out.subject, out.data, headers={"Nats-Msg-Id": out.id})
         if acks:
             done = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), _PUBLISH_BOUND)
             errors = [d for d in done if isinstance(d, BaseException)]
