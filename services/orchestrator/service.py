@@ -146,7 +146,7 @@ class OrchestratorService(Lifecycle):
         await self._shell.subscribe(advisory, self._on_max_deliveries, queue="orchestrator")
         await self._shell.add_micro(
             "Cadre orchestrator: decompose, delegate, review loop, conflicts, recovery",
-            {"cancel": (s.task_cancel, self._on_cancel)},
+            {"cancel": (s.task_cancel_all, self._on_cancel)},
             stats={"cancel": self._stats},
         )
         await self.resume()
@@ -231,33 +231,43 @@ class OrchestratorService(Lifecycle):
         msg = delivery.msg
         task_id = task_id_for(sub.task_id, sub.message_id)
         sub = msgspec.structs.replace(sub, task_id=task_id, created_at=sub.created_at or now())
+        # who submitted it: the subject's client token, which the server's permissions enforce
+        client = self.bus.subjects.client_of(msg.subject)
+        if client is None:
+            raise Rejected(f"a submission on {msg.subject!r}, which names no client")
         async with self.store.locks.hold(task_id):
             try:
                 intake.check_submission(sub, self._limits)
-                if not await intake.check_task_id(self.kv, sub):
+                if not await intake.check_task_id(self.kv, sub, client):
                     logger.info("duplicate submission task=%s message_id=%s", task_id, sub.message_id)
                     return
-                sub = await intake.check_workspace(self.bus, sub, self._limits)
+                sub = await intake.check_workspace(self.bus, sub, self._limits, client)
                 sub = await self._attach_inline_files(sub)
                 plan, note = await self._plan(sub)
             except (PlanError, ValueError) as exc:
                 await self._reject(msg, str(exc), task_id=task_id, sub=sub)
                 return
             decompose_s = time.perf_counter() - t0
-            st = self.engine.start(task_id, sub, plan, decompose_s, now(), note=note)
+            st = self.engine.start(task_id, sub, plan, decompose_s, now(), note=note, client=client)
             try:
                 self.store.io["writes"] += 1
                 revision = await self.kv.create(task_id, self.store.encode(st))
             except KeyWrongLastSequenceError:
                 try:  # accepted meanwhile (another instance): the same submission, or another's id
-                    await intake.check_task_id(self.kv, sub)
+                    await intake.check_task_id(self.kv, sub, client)
                 except intake.Refused as exc:
                     await self._reject(msg, str(exc), task_id=task_id, sub=sub)
                 return
             cached = Cached(st, revision)
             self.store.cache[task_id] = cached
             await self.store.flush(task_id, cached)
-        logger.info("task accepted task=%s type=%s steps=%d", task_id, sub.task_type, len(plan.steps))
+        logger.info(
+            "task accepted task=%s client=%s type=%s steps=%d",
+            task_id,
+            client,
+            sub.task_type,
+            len(plan.steps),
+        )
 
     async def _on_intake_reject(self, delivery: Delivery, reason: str) -> None:
         """A submission went to the dead letters: tell the submitter (when it named a task)."""
@@ -427,25 +437,32 @@ class OrchestratorService(Lifecycle):
             except DECODE_ERRORS as exc:
                 await req.respond_error("400", f"invalid cancel request: {exc}")
                 return
-            reply = await self._cancel(cancel.task_id, cancel.reason)
+            client = self.bus.subjects.client_of(req.subject)
+            if client is None:
+                await req.respond_error("400", f"a cancel on {req.subject!r}, which names no client")
+                return
+            reply = await self._cancel(client, cancel.task_id, cancel.reason)
             await req.respond(encode(reply))
         except Exception:  # the boundary: log; the requester gets what we could send
             logger.exception("cancel request failed")
 
-    async def _cancel(self, task_id: str, reason: str) -> CancelReply:
+    async def _cancel(self, client: str, task_id: str, reason: str) -> CancelReply:
+        """Cancel ``task_id`` if ``client`` submitted it; another client's task is an unknown id to it."""
         try:
             token(task_id)
         except InvalidSubjectToken:
             why = "an empty task id" if not task_id else f"{task_id!r} is not a task id"
             return CancelReply(task_id=task_id, accepted=False, reason=f"cancel refused: {why}")
         try:
-            st = await self.store.mutate(task_id, lambda s, t: self.engine.cancel(s, t, reason))
+            st = await self.store.mutate(
+                task_id, lambda s, t: s.client == client and self.engine.cancel(s, t, reason)
+            )
         except Exception as exc:
             logger.exception("cancel failed task=%s", task_id)
             return CancelReply(
                 task_id=task_id, accepted=False, reason=f"cancel failed: {type(exc).__name__}: {exc}"
             )
-        if st is None:
+        if st is None or st.client != client:
             return CancelReply(task_id=task_id, accepted=False, reason="unknown task id")
         if st.status == "cancelled":
             return CancelReply(task_id=task_id, accepted=True, reason=reason)

@@ -46,7 +46,11 @@ TERMINAL: frozenset[StepStatus] = frozenset({"completed", "failed", "unsupported
 
 
 class Outgoing(msgspec.Struct, frozen=True, kw_only=True):
-    """One message to publish: on a stream with a dedup id, or as a core NATS broadcast."""
+    """One message to publish, with its dedup id.
+
+    ``stream``: the flush awaits the store's ack; otherwise it is sent without waiting
+    (a metric, which its stream still stores and deduplicates, or a cancel broadcast).
+    """
 
     id: str
     subject: str
@@ -83,6 +87,9 @@ class StepState(msgspec.Struct, kw_only=True):
 
 class WorkflowState(msgspec.Struct, kw_only=True):
     task_id: str
+    # the client that submitted the task, from the subject it submitted on (the server
+    # enforces each client user's name there): its events, result and downloads go under it
+    client: str = "client"
     submission: TaskSubmission
     plan: Plan
     steps: list[StepState]

@@ -38,10 +38,11 @@ from nats.js.kv import KeyValue
 from services.orchestrator import provenance
 from services.orchestrator.state import Outgoing, WorkflowState, state_decoder
 from services.orchestrator.workflow import Engine, run_key
-from shared.bus.consumer import Delivery, KeyedLocks
+from shared.bus import downloads
+from shared.bus.consumer import DECODE_ERRORS, Delivery, KeyedLocks
 from shared.bus.core import Bus
 from shared.contract.errors import CadreError
-from shared.contract.protocol import StepStarted, now
+from shared.contract.protocol import StepStarted, now, result_decoder
 
 __all__ = ["Cached", "Held", "WorkflowStore", "HELD_WRITE_DELAY"]
 
@@ -341,6 +342,7 @@ class WorkflowStore:
         st = cached.state
         pending = [o for o in st.outbox if o.id not in cached.sent]
         if pending:
+            await self._offer_downloads(st, pending)
             await self._publish_all(pending)
             cached.sent.update(o.id for o in pending)
         if st.status == "running":
@@ -363,16 +365,23 @@ class WorkflowStore:
         self.cache.pop(task_id, None)
         self.settled[task_id] = st.finished_at
 
+    async def _offer_downloads(self, st: WorkflowState, pending: list[Outgoing]) -> None:
+        """Before a final result goes out, offer its artifacts to the task's client (downloads stream)."""
+        subject = self.bus.subjects.result(st.client, st.task_id)
+        for out in pending:
+            if out.subject == subject:
+                with contextlib.suppress(*DECODE_ERRORS):
+                    await downloads.offer_result(self.bus, st.client, result_decoder.decode(out.data))
+
     async def _publish_all(self, outbox: list[Outgoing]) -> None:
         """Send every record in order without waiting in between; then wait for all the acks."""
         acks = []
         for out in outbox:
             if out.stream:
-                acks.append(
-                    await self.bus.js.publish_async(out.subject, out.data, headers={"Nats-Msg-Id": out.id})
-                )
+                acks.append(await self.bus.publish_async(out.subject, out.data, msg_id=out.id))
             else:
-                await self.bus.nc.publish(out.subject, out.data)
+                # no ack awaited; the id still deduplicates a re-flush where a stream stores it
+                await self.bus.nc.publish(out.subject, out.data, headers={"Nats-Msg-Id": out.id})
         if acks:
             done = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), _PUBLISH_BOUND)
             errors = [d for d in done if isinstance(d, BaseException)]

@@ -137,7 +137,10 @@ class Settings(BaseSettings):
 
     client_name: str = Field(
         "",
-        description="the name a client uploads under (cadre.upload.<name>.>); empty: nats_user, else 'client'",
+        description=(
+            "the client's name on the bus: it submits, cancels, uploads and reads back under it "
+            "(cadre.task.submit.<name>, cadre.events.<name>.>, ...); empty: nats_user, else 'client'"
+        ),
     )
     upload_max_age: float = Field(24 * 3600.0, description="how long uploads stay in the uploads stream (s)")
 
