@@ -46,7 +46,7 @@ async def test_a_step_costs_one_workflow_write_and_no_read_with_one_orchestrator
         stack.add(role, brain=SCRIPTED)
     tasks = [feature_task({"scores": [95]}) for _ in range(3)]
     for task in tasks:
-        await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+        await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     for task in tasks:
         result = await await_result(bus, task.task_id)
         assert result.status == "completed", result.reason
