@@ -9,7 +9,7 @@ import msgspec
 
 from services.developer.builtin import NEEDS_LLM
 from shared.bus.core import Bus
-from shared.contract.protocol import ArtifactRef, DevelopmentOutput, WorkItem
+from shared.contract.protocol import ArtifactRef, DevelopmentOutput, FixInputs, StepInputs, WorkItem
 from shared.contract.workspace import pack_dir, unpack_to
 from shared.embedded.launcher import Stack
 from shared.tools.analysis import analyze
@@ -19,7 +19,9 @@ from tests.helpers import StepFeed, make_item
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "auth-api"
 
 
-def dev_item(step: str, task_type: str, workspace: ArtifactRef | None, **input_data: object) -> WorkItem:
+def dev_item(
+    step: str, task_type: str, workspace: ArtifactRef | None, inputs: StepInputs | None = None
+) -> WorkItem:
     return make_item(
         "developer",
         task_type,
@@ -27,8 +29,8 @@ def dev_item(step: str, task_type: str, workspace: ArtifactRef | None, **input_d
         task_id="task_dev",
         description=f"{task_type} for the auth API",
         deadline_in=180,
-        input_data=input_data,
         workspace=workspace,
+        inputs=inputs,
     )
 
 
@@ -43,7 +45,7 @@ async def test_developer_service_fixes_the_example_and_keeps_its_tests_green(
     assert baseline is not None and baseline.ok
     etag = next(i for i in findings if i.rule == "bandit:B324" and i.file == "auth_api/app.py")
     ref = await bus.put_artifact(pack_dir(source), description="auth-api workspace")
-    item = dev_item("fix-1", "fix", ref, findings=msgspec.to_builtins(findings), must_fix=[], waived=[])
+    item = dev_item("fix-1", "fix", ref, FixInputs(findings=findings))
     await bus.publish(bus.subjects.work("developer", "normal"), item)
 
     result = await StepFeed(bus).result("fix-1", timeout=180)
@@ -92,7 +94,7 @@ async def test_developer_service_answers_prose_test_and_performance_steps_honest
     ref = await bus.put_artifact(pack_dir(source), description="auth-api workspace")
     subject = bus.subjects.work("developer", "normal")
     await bus.publish(subject, dev_item("impl", "implementation", None))
-    await bus.publish(subject, dev_item("fix-nows", "fix", None, findings=[]))
+    await bus.publish(subject, dev_item("fix-nows", "fix", None))
     await bus.publish(subject, dev_item("test", "test", ref))
     await bus.publish(subject, dev_item("perf", "performance_check", ref))
     feed = StepFeed(bus)

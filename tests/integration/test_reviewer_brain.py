@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 
 from shared.bus.core import Bus
-from shared.contract.protocol import ArtifactRef, ReviewOutput, WorkItem
+from shared.contract.protocol import ArtifactRef, ReviewInputs, ReviewOutput, TestReport, WorkItem
 from shared.contract.workspace import pack_dir
 from shared.embedded.launcher import Stack
 from tests.helpers import StepFeed, make_item
@@ -15,15 +15,22 @@ from tests.helpers import StepFeed, make_item
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "auth-api"
 
 
-def review_item(step: str, workspace: ArtifactRef | None, **input_data: object) -> WorkItem:
+def review_item(
+    step: str,
+    workspace: ArtifactRef | None,
+    *,
+    threshold: int = 90,
+    waived: list[str] | None = None,
+    tests: TestReport | None = None,
+) -> WorkItem:
     return make_item(
         "reviewer",
         "security_review",
         step,
         task_id="task_review",
         description="Security review of authentication API",
-        input_data=input_data,
         workspace=workspace,
+        inputs=ReviewInputs(threshold=threshold, waived=list(waived or []), tests=tests),
     )
 
 
@@ -80,7 +87,7 @@ async def test_reviewer_counts_failing_tests_and_refuses_a_step_without_code(
         '"""A clean package."""\n\n\ndef add(a, b):\n    return a + b\n'
     )
     ref = await bus.put_artifact(pack_dir(clean))
-    failing = {"passed": 3, "failed": 2, "errors": 0, "coverage": 64.0, "command": "pytest"}
+    failing = TestReport(passed=3, failed=2, errors=0, coverage=64.0, command="pytest")
     subject = bus.subjects.work("reviewer", "normal")
     await bus.publish(subject, review_item("clean", ref, threshold=95))
     await bus.publish(subject, review_item("failing", ref, tests=failing, threshold=95))
