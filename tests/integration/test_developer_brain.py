@@ -9,7 +9,14 @@ import msgspec
 
 from services.developer.builtin import NEEDS_LLM
 from shared.bus.core import Bus
-from shared.contract.protocol import ArtifactRef, DevelopmentOutput, FixInputs, StepInputs, WorkItem
+from shared.contract.protocol import (
+    ArtifactRef,
+    DevelopmentOutput,
+    FixInputs,
+    ReviewInputs,
+    StepInputs,
+    WorkItem,
+)
 from shared.contract.workspace import pack_dir, unpack_to
 from shared.embedded.launcher import Stack
 from shared.tools.analysis import analyze
@@ -85,7 +92,7 @@ async def test_developer_service_fixes_the_example_and_keeps_its_tests_green(
     assert etag.id in left and not left & {c.addresses for c in out.changes}
 
 
-async def test_developer_service_answers_prose_test_and_performance_steps_honestly(
+async def test_developer_service_answers_prose_test_and_performance_steps_honestly_and_refuses_wrong_inputs(
     bus: Bus, stack: Stack, tmp_path: Path
 ) -> None:
     stack.add("developer")
@@ -97,7 +104,15 @@ async def test_developer_service_answers_prose_test_and_performance_steps_honest
     await bus.publish(subject, dev_item("fix-nows", "fix", None))
     await bus.publish(subject, dev_item("test", "test", ref))
     await bus.publish(subject, dev_item("perf", "performance_check", ref))
+    # a fix step handed the inputs of another step kind: no findings to read, and a retry would not help
+    await bus.publish(subject, dev_item("fix-wrong", "fix", ref, ReviewInputs(threshold=90)))
     feed = StepFeed(bus)
+
+    wrong = await feed.result("fix-wrong")
+    assert wrong.status == "failed" and wrong.retryable is False
+    assert wrong.error == (
+        "step fix-wrong (developer fix) needs FixInputs inputs, but its work item carries ReviewInputs"
+    )
 
     impl = await feed.result("impl")
     assert impl.status == "unsupported" and impl.summary == NEEDS_LLM and impl.error == NEEDS_LLM
