@@ -170,6 +170,7 @@ class TaskBody(msgspec.Struct, frozen=True, kw_only=True):
 
     description: str
     requirements: list[str] = []
+    # the user's own data, passed on untouched; control values travel in ``WorkItem.inputs``
     input_data: dict[str, Any] = {}
 
 
