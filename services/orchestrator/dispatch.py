@@ -1,13 +1,12 @@
 """Delegation: turning a ready step into a ``WorkItem`` (or running it inline).
 
 ``Engine.advance`` calls these for every pending step whose dependencies are
-done. An agent step gets a fresh attempt number and deadline, and its inputs
-are assembled from the submission plus the outputs of the steps it names in
-``inputs`` (reviewers also get the threshold, the waived findings and the
-developer's latest test report): a typed ``StepInputs`` struct built by
-``inputs.py``, apart from the user's own ``task.input_data``, which goes on
-as submitted. The ``design`` step is the orchestrator's own and completes at
-once (see ``design.py``).
+done. An agent step gets a fresh attempt number and deadline, and typed
+inputs (``StepInputs``, built by ``inputs.py``): the outputs of the steps it
+names in ``inputs``, a fix step's findings, and for reviewers the threshold,
+the waived findings and the developer's latest test report. The user's own
+``task.input_data`` goes on beside them, as submitted. The ``design`` step is
+the orchestrator's own and completes at once (see ``design.py``).
 """
 
 from __future__ import annotations
