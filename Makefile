@@ -60,6 +60,7 @@ test: $(STAMP) test-system
 lint: $(STAMP)
 	$(BIN)/ruff check shared services tests
 	$(BIN)/ruff format --check shared services tests
+	$(BIN)/lint-imports
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix shared services tests

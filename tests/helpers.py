@@ -106,13 +106,13 @@ async def await_result(bus, task_id: str, timeout: float = 60.0):
             return None
 
     async def probe():
-        msg = await last(bus.subjects.result(task_id))
+        msg = await last(bus.subjects.result("client", task_id))
         return result_decoder.decode(msg.data) if msg else None
 
     result = await wait_for_value(probe, timeout, interval=0.1, what=f"the final result of {task_id}")
 
     async def final_event():
-        return await last(bus.subjects.events(task_id, result.status))
+        return await last(bus.subjects.events("client", task_id, result.status))
 
     await wait_for_value(
         final_event, timeout, interval=0.05, what=f"the final {result.status} event of {task_id}"
@@ -125,7 +125,7 @@ async def task_events(bus, task_id: str) -> list:
     from shared.contract.protocol import event_decoder
 
     return await stream_messages(
-        bus.js, bus.subjects.stream_events, bus.subjects.events_all(task_id), event_decoder
+        bus.js, bus.subjects.stream_events, bus.subjects.events_of("client", task_id), event_decoder
     )
 
 

@@ -2,7 +2,7 @@
 
 ``Figures.fold(event)`` is the only way figures change, so the monitor can
 rebuild them after a restart by replaying the metric stream from the start.
-The views it returns are the parts of ``services.monitor.snapshot.Snapshot``,
+The views it returns are the parts of ``shared.contract.monitoring.Snapshot``,
 the JSON the monitor serves.
 """
 
@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from services.monitor.snapshot import (
+from shared.contract.monitoring import (
     DeveloperFigures,
     OrchestratorFigures,
     ResearcherFigures,
@@ -22,27 +22,14 @@ from services.monitor.snapshot import (
     Totals,
     UsageTotals,
 )
-from shared.contract.protocol import MetricEvent
+from shared.contract.protocol import METRIC_KINDS, MetricEvent
 
 __all__ = ["ACCURACY_UNAVAILABLE", "Figures", "human_duration"]
 
 logger = logging.getLogger(__name__)
 
 ACCURACY_UNAVAILABLE = "unavailable: no ground truth"
-KINDS = frozenset(
-    {
-        "step_completed",
-        "step_failed",
-        "delegated",
-        "decomposed",
-        "conflict_resolved",
-        "reassigned",
-        "retry",
-        "review_verdict",
-        "research_used",
-        "task_finished",
-    }
-)
+KINDS = frozenset(METRIC_KINDS)
 
 
 def human_duration(seconds: float | None) -> str | None:

@@ -6,37 +6,21 @@ seconds old, *suspect* up to ``dead_after``, *dead* past that. A role is
 *down* with none (a role never seen is *unknown* for a grace period of
 ``dead_after`` after the board starts, then *down*). Time comes from a
 ``Clock`` so tests drive it without sleeping; receipt time is used, never the
-sender's clock, so skew between machines cannot kill an instance.
+sender's clock, so skew between machines cannot kill an instance. The views it
+returns (``InstanceView``, ``RoleHealth``) and the ``Alert`` each transition becomes
+are wire types in ``shared.contract.monitoring``.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
-import msgspec
+from shared.contract.monitoring import AlertKind, InstanceState, InstanceView, RoleHealth, RoleState
+from shared.contract.protocol import Heartbeat
 
-from shared.contract.protocol import Heartbeat, Message
-
-__all__ = [
-    "Clock",
-    "SystemClock",
-    "InstanceState",
-    "RoleState",
-    "Transition",
-    "InstanceView",
-    "RoleHealth",
-    "Alert",
-    "AlertKind",
-    "HealthBoard",
-]
-
-InstanceState = Literal["alive", "suspect", "dead"]
-RoleState = Literal["unknown", "up", "degraded", "down"]
-AlertKind = Literal[
-    "instance_dead", "instance_recovered", "role_down", "role_recovered", "role_stalled", "role_unstalled"
-]
+__all__ = ["Clock", "SystemClock", "Transition", "HealthBoard"]
 
 
 class Clock(Protocol):
@@ -50,54 +34,6 @@ class SystemClock:
 
     def now(self) -> float:
         return time.monotonic()
-
-
-class InstanceView(msgspec.Struct, frozen=True, kw_only=True):
-    """One instance as the snapshot shows it."""
-
-    role: str
-    instance_id: str
-    state: InstanceState
-    status: str  # the agent's own word: idle | busy | draining
-    in_flight: int  # the instance's load: work items it holds now
-    current: list[str]  # "task/step/attempt" keys in flight
-    last_seen_s: float  # seconds since the last heartbeat
-    uptime_s: float
-    heartbeat_interval: float
-    steps_completed: int = 0
-    steps_failed: int = 0
-
-
-class RoleHealth(msgspec.Struct, frozen=True, kw_only=True):
-    """A role's health: its state and how many instances are in each state."""
-
-    state: RoleState
-    alive: int
-    suspect: int
-    dead: int
-
-
-class Alert(Message, frozen=True, kw_only=True, tag="alert"):
-    """Published on ``<prefix>.alert.<kind>`` (core NATS) when health changes.
-
-    ``instance_dead`` / ``instance_recovered`` name the instance;
-    ``role_down`` / ``role_recovered`` leave ``instance_id`` empty.
-    ``role_stalled``: the role has ``pending`` work items and no live instance
-    whose heartbeat says it is pulling; ``role_unstalled`` when that ends.
-    ``last_seen_s`` is the heartbeat age that triggered it (None for roles).
-    """
-
-    alert_id: str
-    kind: AlertKind
-    severity: Literal["critical", "info"]
-    role: str
-    instance_id: str | None = None
-    text: str
-    at: float
-    last_seen_s: float | None = None
-    live_instances: int = 0
-    monitor: str = ""
-    pending: int = 0
 
 
 @dataclass(frozen=True)

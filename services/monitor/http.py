@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from services.monitor.snapshot import Snapshot
+from shared.contract.monitoring import Snapshot
 
 __all__ = ["SnapshotCollector", "MonitorHTTP"]
 

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
@@ -24,12 +23,12 @@ from nats.js.api import DeliverPolicy
 from nats.micro.request import Request
 
 from services.monitor.figures import Figures
-from services.monitor.health import Alert, Clock, HealthBoard, SystemClock, Transition
+from services.monitor.health import Clock, HealthBoard, SystemClock, Transition
 from services.monitor.http import MonitorHTTP
-from services.monitor.snapshot import MonitorInfo, ServiceView, Snapshot
 from shared.bus.core import Bus
 from shared.bus.service import Lifecycle, ServiceShell
 from shared.bus.settings import Settings
+from shared.contract.monitoring import Alert, EndpointView, MonitorInfo, ServiceView, Snapshot
 from shared.contract.protocol import (
     AGENT_ROLES,
     PRIORITIES,
@@ -48,19 +47,28 @@ logger = logging.getLogger(__name__)
 _DISCOVERY_WINDOW = 0.5
 
 
+class _SrvEndpoint(msgspec.Struct):
+    """The part of a nats micro ``$SRV.INFO`` / ``$SRV.STATS`` endpoint entry the monitor shows."""
+
+    name: str = ""
+    subject: str = ""
+    num_requests: int = 0
+    num_errors: int = 0
+
+
 class _SrvInfo(msgspec.Struct):
     name: str
     id: str
     version: str = ""
     description: str | None = None
     metadata: dict[str, str] | None = None
-    endpoints: list[dict[str, Any]] | None = None
+    endpoints: list[_SrvEndpoint] | None = None
 
 
 class _SrvStats(msgspec.Struct):
     id: str
     started: str | None = None
-    endpoints: list[dict[str, Any]] | None = None
+    endpoints: list[_SrvEndpoint] | None = None
 
 
 async def _gather(bus: Bus, subject: str, window: float) -> list[bytes]:
@@ -100,17 +108,17 @@ async def discover(bus: Bus, window: float = _DISCOVERY_WINDOW) -> list[ServiceV
     views = []
     for info in infos.values():
         found = stats.get(info.id)
-        counts = {e.get("name"): e for e in (found.endpoints or [])} if found else {}
+        counts = {e.name: e for e in (found.endpoints or [])} if found else {}
         endpoints = []
         for ep in info.endpoints or []:
-            c = counts.get(ep.get("name"), {})
+            c = counts.get(ep.name)
             endpoints.append(
-                {
-                    "name": ep.get("name"),
-                    "subject": ep.get("subject"),
-                    "num_requests": c.get("num_requests", 0),
-                    "num_errors": c.get("num_errors", 0),
-                }
+                EndpointView(
+                    name=ep.name,
+                    subject=ep.subject,
+                    num_requests=c.num_requests if c else 0,
+                    num_errors=c.num_errors if c else 0,
+                )
             )
         views.append(
             ServiceView(

@@ -7,8 +7,10 @@ copy and re-reads only on a revision conflict), apply one engine transition,
 write it back once if it changed (revision-checked), then publish the outbox with dedup
 ids, all at once, awaiting the acks together. The outbox is cleared lazily: a
 published entry leaves the state with the task's next write (or a final write
-when the task ends); a crash in between re-publishes it, which the stream's
-dedup window absorbs. A ``StepStarted`` is a transition like any other (one
+when the task ends), and at the latest a quarter of the dedup window after it was
+written (a deadline tick writes the clear when a step runs long); a crash in
+between re-publishes it, which the stream's dedup window absorbs. A periodic
+resume leaves a young outbox to the instance that wrote it. A ``StepStarted`` is a transition like any other (one
 write): applied only in memory, a second orchestrator (or this one after a
 reload) would number the next event with the same ``seq`` and lose the run from
 ``StepRecord.runs``. Different tasks run concurrently; messages of one
@@ -36,6 +38,7 @@ from services.orchestrator.plan import plan_from_template, templates, validate_p
 from services.orchestrator.policy import ConflictPolicy
 from services.orchestrator.state import Outgoing, WorkflowState, state_decoder
 from services.orchestrator.workflow import Engine, EngineConfig
+from shared.bus import downloads
 from shared.bus.consumer import DECODE_ERRORS, Delivery, KeyedLocks, Rejected, SupervisedConsumer
 from shared.bus.core import Bus
 from shared.bus.outputs import offload_step_output
@@ -52,6 +55,7 @@ from shared.contract.protocol import (
     encode,
     heartbeat_decoder,
     now,
+    result_decoder,
     step_decoder,
     task_decoder,
     work_decoder,
@@ -67,6 +71,8 @@ _MUTATE_RETRIES = 50
 # How many step messages / submissions are handled at once (different tasks run concurrently).
 _RESULTS_CONCURRENCY = 64
 _INTAKE_CONCURRENCY = 8
+# A resume leaves an outbox younger than this to the instance that wrote it (s).
+_RESUME_HOLD = 5.0
 # Bound on waiting for the store's acks of one outbox flush.
 _PUBLISH_BOUND = 10.0
 
@@ -159,7 +165,7 @@ class OrchestratorService(Lifecycle):
         await self._shell.subscribe(advisory, self._on_max_deliveries, queue="orchestrator")
         await self._shell.add_micro(
             "Cadre orchestrator: decompose, delegate, review loop, conflicts, recovery",
-            {"cancel": (s.task_cancel, self._on_cancel)},
+            {"cancel": (s.task_cancel_all, self._on_cancel)},
             stats={"cancel": self._stats},
         )
         await self.resume()
@@ -192,7 +198,7 @@ class OrchestratorService(Lifecycle):
         if await self._shell.close():
             logger.info("orchestrator stopped")
 
-    async def resume(self) -> None:
+    async def resume(self, hold_young: float = 0.0) -> None:
         """Pick up every open workflow in KV: flush what a crash left unpublished.
 
         A task cached here is re-read only when KV holds a newer revision (another
@@ -207,7 +213,7 @@ class OrchestratorService(Lifecycle):
                 continue
             try:
                 await self._refresh(key)
-                await self._mutate(key, lambda st, t: False, fresh=False)
+                await self._mutate(key, lambda st, t: False, fresh=False, hold_young=hold_young)
             except Exception as exc:  # one bad workflow must not stop the others resuming
                 logger.warning("resume failed task=%s err=%s", key, exc)
         logger.debug("resumed workflows=%d open=%d", len(keys), len(self._open))
@@ -256,13 +262,21 @@ class OrchestratorService(Lifecycle):
         return _Cached(state_decoder.decode(entry.value), entry.revision)
 
     async def _mutate(
-        self, task_id: str, transition: Callable[[WorkflowState, float], bool], *, fresh: bool = True
+        self,
+        task_id: str,
+        transition: Callable[[WorkflowState, float], bool],
+        *,
+        fresh: bool = True,
+        hold_young: float = 0.0,
     ) -> WorkflowState | None:
         """Apply one transition and write it once if it changed the state.
 
         ``fresh`` (every message-driven change) reads the state from KV first, as another
         instance may have moved the task on; only the deadline ticks (``fresh=False``)
         decide on the cached copy, and a revision conflict makes them re-read too.
+        ``hold_young`` (a resume): an outbox written less than this long ago is left to the
+        instance that wrote it, which publishes it at once; only an older one (its writer
+        crashed) is published here, so two instances do not both send every record.
         """
         async with self._locks.hold(task_id):
             for _ in range(_MUTATE_RETRIES):
@@ -277,15 +291,26 @@ class OrchestratorService(Lifecycle):
                     cached = loaded
                     fresh = False
                 st = cached.state
-                # entries published already leave the state with this write (lazy clear)
-                st.outbox = [o for o in st.outbox if o.id not in cached.sent]
-                cached.sent.clear()
+                # entries published already leave the state with this write (lazy clear) —
+                # only if there is a write: until then KV still holds them, and so must the
+                # copy here, with ``sent`` remembering they went out
+                stored = st.outbox
+                st.outbox = [o for o in stored if o.id not in cached.sent]
                 try:
-                    changed = transition(st, now())
+                    t = now()
+                    changed = transition(st, t) or self._clear_due(cached, stored, t)
                     if changed:
+                        if st.outbox:
+                            st.outbox_at = t
                         cached.revision = await self.kv.update(
                             task_id, self._encode(st), last=cached.revision
                         )
+                        cached.sent.clear()
+                    else:
+                        st.outbox = stored
+                        pending = [o for o in stored if o.id not in cached.sent]
+                        if pending and t - st.outbox_at < hold_young:
+                            return st
                 except KeyWrongLastSequenceError:
                     self._cache.pop(task_id, None)
                     continue  # another instance moved it on: re-read and decide again
@@ -297,11 +322,25 @@ class OrchestratorService(Lifecycle):
                 return st
             raise CadreError(f"workflow {task_id}: too many concurrent updates")
 
+    def _clear_due(self, cached: _Cached, stored: list[Outgoing], t: float) -> bool:
+        """Whether published entries have waited in KV long enough to be cleared by a write of
+        their own.
+
+        The stream's dedup window absorbs a re-publish of an entry only while it is younger
+        than the window; an entry left in KV longer (a step that runs for minutes) would be
+        sent twice by a resume after a crash or by another instance. So the deadline tick
+        clears them after a quarter of the window, even when nothing else changes.
+        """
+        if not cached.sent or len(stored) == len(cached.state.outbox):
+            return False
+        return t - cached.state.outbox_at >= self.settings.dedup_window / 4
+
     async def _flush(self, task_id: str, cached: _Cached) -> None:
         """Publish the unsent outbox at once and await the acks together; settle a finished task."""
         st = cached.state
         pending = [o for o in st.outbox if o.id not in cached.sent]
         if pending:
+            await self._offer_downloads(st, pending)
             await self._publish_all(pending)
             cached.sent.update(o.id for o in pending)
         if st.status == "running":
@@ -322,16 +361,23 @@ class OrchestratorService(Lifecycle):
         self._cache.pop(task_id, None)
         self._settled[task_id] = st.finished_at
 
+    async def _offer_downloads(self, st: WorkflowState, pending: list[Outgoing]) -> None:
+        """Before a final result goes out, offer its artifacts to the task's client (downloads stream)."""
+        subject = self.bus.subjects.result(st.client, st.task_id)
+        for out in pending:
+            if out.subject == subject:
+                with contextlib.suppress(*DECODE_ERRORS):
+                    await downloads.offer_result(self.bus, st.client, result_decoder.decode(out.data))
+
     async def _publish_all(self, outbox: list[Outgoing]) -> None:
         """Send every record in order without waiting in between; then wait for all the acks."""
         acks = []
         for out in outbox:
             if out.stream:
-                acks.append(
-                    await self.bus.js.publish_async(out.subject, out.data, headers={"Nats-Msg-Id": out.id})
-                )
+                acks.append(await self.bus.publish_async(out.subject, out.data, msg_id=out.id))
             else:
-                await self.bus.nc.publish(out.subject, out.data)
+                # no ack awaited; the id still deduplicates a re-flush where a stream stores it
+                await self.bus.nc.publish(out.subject, out.data, headers={"Nats-Msg-Id": out.id})
         if acks:
             done = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), _PUBLISH_BOUND)
             errors = [d for d in done if isinstance(d, BaseException)]
@@ -344,32 +390,42 @@ class OrchestratorService(Lifecycle):
         msg = delivery.msg
         task_id = task_id_for(sub.task_id, sub.message_id)
         sub = msgspec.structs.replace(sub, task_id=task_id, created_at=sub.created_at or now())
+        # who submitted it: the subject's client token, which the server's permissions enforce
+        client = self.bus.subjects.client_of(msg.subject)
+        if client is None:
+            raise Rejected(f"a submission on {msg.subject!r}, which names no client")
         async with self._locks.hold(task_id):
             try:
                 intake.check_submission(sub, self._limits)
-                if not await intake.check_task_id(self.kv, sub):
+                if not await intake.check_task_id(self.kv, sub, client):
                     logger.info("duplicate submission task=%s message_id=%s", task_id, sub.message_id)
                     return
-                sub = await intake.check_workspace(self.bus, sub, self._limits)
+                sub = await intake.check_workspace(self.bus, sub, self._limits, client)
                 sub = await self._attach_inline_files(sub)
                 plan, note = await self._plan(sub)
             except (PlanError, ValueError) as exc:
                 await self._reject(msg, str(exc), task_id=task_id, sub=sub)
                 return
             decompose_s = time.perf_counter() - t0
-            st = self.engine.start(task_id, sub, plan, decompose_s, now(), note=note)
+            st = self.engine.start(task_id, sub, plan, decompose_s, now(), note=note, client=client)
             try:
                 revision = await self.kv.create(task_id, self._encode(st))
             except KeyWrongLastSequenceError:
                 try:  # accepted meanwhile (another instance): the same submission, or another's id
-                    await intake.check_task_id(self.kv, sub)
+                    await intake.check_task_id(self.kv, sub, client)
                 except intake.Refused as exc:
                     await self._reject(msg, str(exc), task_id=task_id, sub=sub)
                 return
             cached = _Cached(st, revision)
             self._cache[task_id] = cached
             await self._flush(task_id, cached)
-        logger.info("task accepted task=%s type=%s steps=%d", task_id, sub.task_type, len(plan.steps))
+        logger.info(
+            "task accepted task=%s client=%s type=%s steps=%d",
+            task_id,
+            client,
+            sub.task_type,
+            len(plan.steps),
+        )
 
     async def _on_intake_reject(self, delivery: Delivery, reason: str) -> None:
         """A submission went to the dead letters: tell the submitter (when it named a task)."""
@@ -498,7 +554,7 @@ class OrchestratorService(Lifecycle):
             if n % refresh_every == 0:
                 self._forget_silent()
                 try:
-                    await self.resume()  # workflows another instance accepted or moved on
+                    await self.resume(_RESUME_HOLD)  # workflows another instance accepted or moved on
                 except Exception:
                     logger.exception("resume failed")
             for task_id in list(self._open):
@@ -524,25 +580,32 @@ class OrchestratorService(Lifecycle):
             except DECODE_ERRORS as exc:
                 await req.respond_error("400", f"invalid cancel request: {exc}")
                 return
-            reply = await self._cancel(cancel.task_id, cancel.reason)
+            client = self.bus.subjects.client_of(req.subject)
+            if client is None:
+                await req.respond_error("400", f"a cancel on {req.subject!r}, which names no client")
+                return
+            reply = await self._cancel(client, cancel.task_id, cancel.reason)
             await req.respond(encode(reply))
         except Exception:  # the boundary: log; the requester gets what we could send
             logger.exception("cancel request failed")
 
-    async def _cancel(self, task_id: str, reason: str) -> CancelReply:
+    async def _cancel(self, client: str, task_id: str, reason: str) -> CancelReply:
+        """Cancel ``task_id`` if ``client`` submitted it; another client's task is an unknown id to it."""
         try:
             token(task_id)
         except InvalidSubjectToken:
             why = "an empty task id" if not task_id else f"{task_id!r} is not a task id"
             return CancelReply(task_id=task_id, accepted=False, reason=f"cancel refused: {why}")
         try:
-            st = await self._mutate(task_id, lambda s, t: self.engine.cancel(s, t, reason))
+            st = await self._mutate(
+                task_id, lambda s, t: s.client == client and self.engine.cancel(s, t, reason)
+            )
         except Exception as exc:
             logger.exception("cancel failed task=%s", task_id)
             return CancelReply(
                 task_id=task_id, accepted=False, reason=f"cancel failed: {type(exc).__name__}: {exc}"
             )
-        if st is None:
+        if st is None or st.client != client:
             return CancelReply(task_id=task_id, accepted=False, reason="unknown task id")
         if st.status == "cancelled":
             return CancelReply(task_id=task_id, accepted=True, reason=reason)

@@ -48,7 +48,11 @@ TERMINAL: frozenset[StepStatus] = frozenset({"completed", "failed", "unsupported
 
 
 class Outgoing(msgspec.Struct, frozen=True, kw_only=True):
-    """One message to publish: on a stream with a dedup id, or as a core NATS broadcast."""
+    """One message to publish, with its dedup id.
+
+    ``stream``: the flush awaits the store's ack; otherwise it is sent without waiting
+    (a metric, which its stream still stores and deduplicates, or a cancel broadcast).
+    """
 
     id: str
     subject: str
@@ -85,6 +89,9 @@ class StepState(msgspec.Struct, kw_only=True):
 
 class WorkflowState(msgspec.Struct, kw_only=True):
     task_id: str
+    # the client that submitted the task, from the subject it submitted on (the server
+    # enforces each client user's name there): its events, result and downloads go under it
+    client: str = "client"
     submission: TaskSubmission
     plan: Plan
     steps: list[StepState]
@@ -103,6 +110,7 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     seq: int = 0  # the last trace event's number: events only, so it is contiguous
     metric_seq: int = 0  # numbers metrics' dedup ids, apart from the events
     outbox: list[Outgoing] = []
+    outbox_at: float = 0.0  # when the outbox was last written (its entries are at most this old)
     started_at: float = 0.0
     finished_at: float = 0.0
     delay_total: float = 0.0

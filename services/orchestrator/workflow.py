@@ -113,7 +113,14 @@ class Engine:
 
     # --- start ---------------------------------------------------------------------------------
     def start(
-        self, task_id: str, sub: TaskSubmission, plan: Plan, decompose_s: float, now: float, note: str = ""
+        self,
+        task_id: str,
+        sub: TaskSubmission,
+        plan: Plan,
+        decompose_s: float,
+        now: float,
+        note: str = "",
+        client: str = "client",
     ) -> WorkflowState:
         steps = [
             StepState(
@@ -132,7 +139,13 @@ class Engine:
             data = {k: v for k, v in sub.task.input_data.items() if k != "files"}
             sub = msgspec.structs.replace(sub, task=msgspec.structs.replace(sub.task, input_data=data))
         st = WorkflowState(
-            task_id=task_id, submission=sub, plan=plan, steps=steps, workspace=sub.workspace, started_at=now
+            task_id=task_id,
+            client=client,
+            submission=sub,
+            plan=plan,
+            steps=steps,
+            workspace=sub.workspace,
+            started_at=now,
         )
         self.emit.event(st, "received", trace.received(sub.task.description), now)
         if note:

@@ -86,7 +86,18 @@ class Settings(BaseSettings):
         False,
         description="run workspace code WITHOUT the bwrap sandbox where it is unavailable (unsafe, logged)",
     )
-    sandbox_uid: int = Field(65534, description="uid/gid workspace code runs as when Cadre runs as root")
+    sandbox_uid: int = Field(
+        1_900_000_000,
+        description="as root: first uid/gid of the range each concurrent sandbox gets its own uid from"
+        " (uids no account or container on the host uses)",
+    )
+    sandbox_uid_count: int = Field(
+        64, description="how many uids the range holds (concurrent sandboxes per host)"
+    )
+    sandbox_run_dir: Path = Field(
+        Path("/run/cadre/sandbox-uids"),
+        description="lock files of the leased uids; every agent process on the host must use the same one",
+    )
     sandbox_cpu_seconds: int = 300
     sandbox_memory_mb: int = Field(2048, description="address-space limit of sandboxed processes")
     sandbox_max_processes: int = 256
@@ -98,6 +109,11 @@ class Settings(BaseSettings):
     )
     env_install: bool = Field(
         True, description="install what a workspace declares (reaches the package index)"
+    )
+    env_allow_builds: bool = Field(
+        False,
+        description="build dependencies that have no wheel from source (runs their build code in the"
+        " install sandbox, which has the network); off: wheels only, uv alone uses the network",
     )
 
     # --- orchestrator -----------------------------------------------------------
@@ -121,7 +137,10 @@ class Settings(BaseSettings):
 
     client_name: str = Field(
         "",
-        description="the name a client uploads under (cadre.upload.<name>.>); empty: nats_user, else 'client'",
+        description=(
+            "the client's name on the bus: it submits, cancels, uploads and reads back under it "
+            "(cadre.task.submit.<name>, cadre.events.<name>.>, ...); empty: nats_user, else 'client'"
+        ),
     )
     upload_max_age: float = Field(24 * 3600.0, description="how long uploads stay in the uploads stream (s)")
 

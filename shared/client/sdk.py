@@ -1,4 +1,4 @@
-"""The async client SDK: submit a task, follow its events, read its result, cancel it.
+"""The async client SDK: submit a task, follow its events, read its result, cancel it, watch health.
 
 ``CadreClient`` is what the ``cadre`` CLI uses and what a Python program
 embedding Cadre should use. It speaks only the documented wire contract
@@ -13,41 +13,57 @@ stream, so a late reader replays a task from its first event.
         result = await client.result(task_id, timeout=60)
         await client.download_workspace(task_id, Path("fixed"))     # the patched tree
         Path("fix.patch").write_text(await client.workspace_patch(task_id))
+        snap = await client.snapshot()          # the monitor's Snapshot: health, instances, figures
+
+Every method returns typed values (``shared.contract`` structs): no JSON dicts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
 from nats.micro.service import DEFAULT_PREFIX as SRV_PREFIX
 
-from shared.bus import uploads
-from shared.bus.core import Bus
+from shared.bus import downloads, uploads
+from shared.bus.core import ArtifactRefused, Bus
 from shared.bus.settings import Settings
 from shared.client.wstree import FileChange, changed_files, git_patch, read_tree, write_tree
 from shared.contract.errors import CadreError, NotConnected, TaskNotFound
+from shared.contract.monitoring import (
+    AgentStatus,
+    Alert,
+    Snapshot,
+    agent_status_decoder,
+    alert_decoder,
+    snapshot_decoder,
+)
 from shared.contract.protocol import (
+    FINAL_EVENT_KINDS,
     ArtifactRef,
+    BoundedDecoder,
     CancelReply,
     CancelRequest,
     FinalResult,
     TaskEvent,
     TaskSubmission,
+    cancel_reply_decoder,
     encode,
+    error_decoder,
     event_decoder,
     new_id,
     now,
@@ -70,7 +86,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Event kinds after which the orchestrator publishes nothing more for a task.
-FINAL_KINDS = frozenset({"completed", "failed", "rejected", "cancelled"})
+FINAL_KINDS = frozenset(FINAL_EVENT_KINDS)
 
 _POLL = 0.5  # how long one wait on a subscription blocks before re-checking deadlines
 
@@ -121,6 +137,24 @@ class Download:
     artifact: ArtifactRef
 
 
+@dataclasses.dataclass
+class _FreshName(ConsumerConfig):
+    """A consumer config that draws a new consumer name every time a consumer is created from it.
+
+    A named consumer is created on the extended subject
+    ``$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>``, the one create form
+    whose filter the server checks against the request, so the NATS
+    permissions can pin a client's consumers to its own subjects
+    (``...CREATE.<stream>.*.<prefix>.events.<client>.>``). nats-py re-creates an
+    ordered consumer from the same config after a gap; a fresh name keeps that
+    from colliding with the old one. ``JetStreamManager.add_consumer`` begins
+    with ``config.evolve(...)``: that is where the name is drawn.
+    """
+
+    def evolve(self, **params: Any) -> _FreshName:
+        return dataclasses.replace(self, **{"name": new_id("c"), **params})
+
+
 class ServiceInfo(msgspec.Struct, frozen=True, kw_only=True):
     """One nats micro service instance's answer to ``$SRV.PING``."""
 
@@ -131,7 +165,7 @@ class ServiceInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _ping_decoder = msgspec.json.Decoder(ServiceInfo)
-_cancel_reply_decoder = msgspec.json.Decoder(CancelReply)
+_T = TypeVar("_T")
 
 
 async def _probe(settings: Settings) -> None:
@@ -166,6 +200,9 @@ class CadreClient:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.settings = bus.settings
+        # this client's name on the bus: what it submits under and reads back under (the
+        # server's permissions pin a client user to its own name; docs/security.md)
+        self.client_name = uploads.client_name(bus.settings)
         self._submitted: dict[str, str] = {}  # task id -> message id, for this client's submissions
 
     @classmethod
@@ -216,7 +253,9 @@ class CadreClient:
         task = msgspec.structs.replace(task, **fields)
         try:
             ack = await self.bus.js.publish(
-                self.subjects.task_submit, encode(task), headers={"Nats-Msg-Id": task.message_id}
+                self.subjects.task_submit(self.client_name),
+                encode(task),
+                headers={"Nats-Msg-Id": task.message_id},
             )
         except NoStreamResponseError as exc:
             raise NoDeployment(self.settings, self.subjects.stream_tasks) from exc
@@ -231,15 +270,36 @@ class CadreClient:
         return task_id
 
     # --- read back ---------------------------------------------------------------------------
-    async def exists(self, task_id: str) -> bool:
-        """True when the events stream holds any event or a result of this task."""
+    async def _last(self, subject: str) -> bytes | None:
+        """The last message on one of this client's subjects of the events stream (direct get), or None."""
         s = self.subjects
-        for subject in (s.events_all(task_id), s.result(task_id)):
-            try:
-                info = await self.bus.js.stream_info(s.stream_events, subjects_filter=subject)
-            except NotFoundError as exc:
-                raise NoDeployment(self.settings, s.stream_events) from exc
-            if info.state.subjects:
+        try:
+            raw = await self.bus.js.get_last_msg(s.stream_events, subject, direct=True)
+        except NotFoundError:
+            return None
+        except NoRespondersError as exc:
+            raise NoDeployment(self.settings, s.stream_events) from exc
+        return raw.data or b""
+
+    async def _follow(self, subject: str, deliver_policy: DeliverPolicy) -> Any:
+        """An ordered consumer on one of this client's subjects (a named create, see ``_FreshName``)."""
+        s = self.subjects
+        try:
+            return await self.bus.js.subscribe(
+                subject,
+                stream=s.stream_events,
+                ordered_consumer=True,
+                deliver_policy=deliver_policy,
+                config=_FreshName(),
+            )
+        except NotFoundError as exc:
+            raise NoDeployment(self.settings, s.stream_events) from exc
+
+    async def exists(self, task_id: str) -> bool:
+        """True when the events stream holds any event or a result of this client's task."""
+        s = self.subjects
+        for subject in (s.events_of(self.client_name, task_id), s.result(self.client_name, task_id)):
+            if await self._last(subject) is not None:
                 return True
         return False
 
@@ -261,15 +321,9 @@ class CadreClient:
         s = self.subjects
         deadline = None if timeout is None else time.monotonic() + timeout
         next_check = 0.0
-        try:
-            sub = await self.bus.js.subscribe(
-                s.events_all(task_id),
-                stream=s.stream_events,
-                ordered_consumer=True,
-                deliver_policy=DeliverPolicy.ALL if replay else DeliverPolicy.NEW,
-            )
-        except NotFoundError as exc:
-            raise NoDeployment(self.settings, s.stream_events) from exc
+        sub = await self._follow(
+            s.events_of(self.client_name, task_id), DeliverPolicy.ALL if replay else DeliverPolicy.NEW
+        )
         try:
             while True:
                 wait = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
@@ -304,36 +358,27 @@ class CadreClient:
                 await sub.unsubscribe()
 
     async def last_result(self, task_id: str) -> FinalResult | None:
-        """The stored final result, or None when there is none (yet)."""
-        s = self.subjects
-        try:
-            raw = await self.bus.js.get_last_msg(s.stream_events, s.result(task_id))
-        except NotFoundError:
-            return None
-        return result_decoder.decode(raw.data or b"")
+        """The stored final result of this client's task, or None when there is none (yet)."""
+        raw = await self._last(self.subjects.result(self.client_name, task_id))
+        return None if raw is None else result_decoder.decode(raw)
 
     async def refusal(self, task_id: str) -> FinalResult | None:
         """The orchestrator's refusal of this client's submission of ``task_id``, if it refused it.
 
         A refusal whose task id belongs to another task (a reused id) is only
-        here, on ``refused.<message_id>``: never on the other task's result.
+        here, on ``refused.<client>.<message_id>``: never on the other task's result.
         """
         message_id = self._submitted.get(task_id)
         if not message_id:
             return None
-        try:
-            raw = await self.bus.js.get_last_msg(
-                self.subjects.stream_events, self.subjects.refused(message_id)
-            )
-        except NotFoundError:
-            return None
-        return result_decoder.decode(raw.data or b"")
+        raw = await self._last(self.subjects.refused(self.client_name, message_id))
+        return None if raw is None else result_decoder.decode(raw)
 
     async def result(self, task_id: str, timeout: float | None = None) -> FinalResult:  # noqa: ASYNC109
         """The task's final result, waiting up to ``timeout`` seconds (None: no bound).
 
         For a task this client submitted, a refusal of that submission
-        (``refused.<message_id>``) is its result too. Raises ``TaskNotFound``
+        (``refused.<client>.<message_id>``) is its result too. Raises ``TaskNotFound``
         when the bus holds nothing about the task (and this client did not
         submit it), ``TimeoutError`` when it is still running past ``timeout``.
         """
@@ -345,18 +390,10 @@ class CadreClient:
         if timeout is not None and timeout <= 0:
             raise TimeoutError(f"task {task_id} has no result yet")
         s = self.subjects
-        subjects = [s.result(task_id)]
+        subjects = [s.result(self.client_name, task_id)]
         if task_id in self._submitted:
-            subjects.append(s.refused(self._submitted[task_id]))
-        subs = [
-            await self.bus.js.subscribe(
-                subject,
-                stream=s.stream_events,
-                ordered_consumer=True,
-                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-            )
-            for subject in subjects
-        ]
+            subjects.append(s.refused(self.client_name, self._submitted[task_id]))
+        subs = [await self._follow(subject, DeliverPolicy.LAST_PER_SUBJECT) for subject in subjects]
         waits = [asyncio.ensure_future(sub.next_msg(timeout=timeout)) for sub in subs]
         try:
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -376,12 +413,15 @@ class CadreClient:
 
     # --- the task's code: the patched workspace, the patch ------------------------------------------
     async def artifact(self, ref: ArtifactRef) -> bytes:
-        """An artifact's bytes, checked against the sha256 and size it is named by (``ArtifactCorrupt``)."""
+        """An artifact of one of this client's results, checked against the sha256 and size it is
+        named by (``ArtifactCorrupt``). Read from this client's downloads (``shared.bus.downloads``);
+        ``downloads.NotOffered`` when it is not there (another client's, or expired)."""
         try:
-            store = await self.bus.store()
-            data = (await store.get(ref.name)).data or b""
-        except NotFoundError as exc:
-            raise CadreError(f"artifact {ref.name} is not in the object store (expired or deleted)") from exc
+            data = await downloads.fetch(self.bus, self.client_name, ref)
+        except ArtifactRefused as exc:
+            raise ArtifactCorrupt(ref, str(exc)) from exc
+        except NoRespondersError as exc:
+            raise NoDeployment(self.settings, self.subjects.stream_downloads) from exc
         digest = hashlib.sha256(data).hexdigest()
         if digest != ref.sha256 or digest != ref.name:
             raise ArtifactCorrupt(ref, f"its sha256 is {digest}")
@@ -433,33 +473,81 @@ class CadreClient:
         reason: str = "cancelled by user",
         timeout: float = 5.0,  # noqa: ASYNC109
     ) -> CancelReply:
-        """Ask the orchestrator to cancel a task (request/reply)."""
-        subject = self.subjects.task_cancel
+        """Ask the orchestrator to cancel one of this client's tasks (request/reply)."""
+        subject = self.subjects.task_cancel(self.client_name)
         request = CancelRequest(task_id=task_id, reason=reason)
+        return await self._request("orchestrator", subject, encode(request), cancel_reply_decoder, timeout)
+
+    async def snapshot(self, timeout: float = 5.0) -> Snapshot:  # noqa: ASYNC109
+        """The monitor's snapshot: agents, health, alerts, recent tasks and the spec's figures."""
+        return await self._request("monitor", self.subjects.monitor_snapshot, b"", snapshot_decoder, timeout)
+
+    async def agent_status(
+        self,
+        role: str,
+        instance_id: str,
+        timeout: float = 5.0,  # noqa: ASYNC109
+    ) -> AgentStatus:
+        """One agent instance's own answer: what it holds now, whether it pulls, its counts."""
+        subject = self.subjects.agent_status(role, instance_id)
+        return await self._request(f"{role} {instance_id}", subject, b"", agent_status_decoder, timeout)
+
+    @contextlib.asynccontextmanager
+    async def alerts(self) -> AsyncIterator[AsyncIterator[Alert]]:
+        """The monitor's alerts from now on (core NATS: no replay), as a typed stream.
+
+            async with client.alerts() as alerts:
+                async for alert in alerts:
+                    print(alert.kind, alert.text)
+
+        The subscription is in place when the ``async with`` body starts, so nothing
+        raised after that is missed. The monitor keeps the recent ones in
+        ``snapshot().alerts``. Undecodable messages are logged and skipped.
+        """
+        sub = await self.bus.nc.subscribe(self.subjects.alert_all)
+        await self.bus.nc.flush()
+
+        async def feed() -> AsyncIterator[Alert]:
+            async for msg in sub.messages:
+                try:
+                    yield alert_decoder.decode(msg.data)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    logger.warning("skipping undecodable alert subject=%s err=%s", msg.subject, exc)
+
         try:
-            msg = await self.bus.nc.request(subject, encode(request), timeout=timeout)
+            yield feed()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _request(
+        self,
+        service: str,
+        subject: str,
+        payload: bytes,
+        decoder: BoundedDecoder[_T],
+        timeout: float,  # noqa: ASYNC109
+    ) -> _T:
+        """One request/reply: the typed answer, or a ``CadreError`` that says what went wrong."""
+        try:
+            msg = await self.bus.nc.request(subject, payload, timeout=timeout)
         except NoRespondersError as exc:
-            raise NoService("orchestrator", subject) from exc
+            raise NoService(service, subject) from exc
         except (NatsTimeoutError, TimeoutError) as exc:
-            raise CadreError(f"the orchestrator did not answer the cancel within {timeout}s") from exc
+            raise CadreError(f"the {service} did not answer on {subject} within {timeout}s") from exc
         headers = msg.headers or {}
         if "Nats-Service-Error" in headers:
-            raise CadreError(f"cancel refused: {headers['Nats-Service-Error']}")
-        return _cancel_reply_decoder.decode(msg.data)
-
-    async def snapshot(self, timeout: float = 5.0) -> dict[str, Any]:  # noqa: ASYNC109
-        """The monitor's snapshot (agents, health, the spec's metrics) as a JSON object."""
-        subject = self.subjects.monitor_snapshot
+            detail = headers["Nats-Service-Error"]
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                err = error_decoder.decode(msg.data)
+                detail = f"{err.code}: {err.message}"
+            raise CadreError(f"the {service} refused the request on {subject}: {detail}")
         try:
-            msg = await self.bus.nc.request(subject, b"", timeout=timeout)
-        except NoRespondersError as exc:
-            raise NoService("monitor", subject) from exc
-        except (NatsTimeoutError, TimeoutError) as exc:
-            raise CadreError(f"the monitor did not answer within {timeout}s") from exc
-        data = msgspec.json.decode(msg.data)
-        if not isinstance(data, dict):
-            raise CadreError(f"the monitor answered a {type(data).__name__}, not a JSON object")
-        return data
+            return decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise CadreError(
+                f"the {service} answered on {subject} with an unexpected message: {exc}"
+            ) from exc
 
     async def services(self, wait: float = 0.5, names: Iterable[str] | None = None) -> list[ServiceInfo]:
         """Every Cadre service instance of this prefix answering nats micro ``$SRV.PING``.

@@ -3,14 +3,16 @@
 JSON on the wire, so any NATS client can speak it. Each message is a frozen,
 kw_only Struct tagged by its ``type`` field and carries a schema ``version``.
 New fields always get defaults; field types never change. One typed decoder
-per subject family lives at the bottom of this module.
+per subject family lives at the bottom of this module; the monitor's and the agents'
+answers (``Alert``, ``Snapshot``, ``AgentStatus``) are in ``shared.contract.monitoring``,
+and ``shared.contract.registry`` maps every subject family to its decoder.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
 
 import msgspec
 
@@ -68,6 +70,12 @@ __all__ = [
     "Plan",
     "Conflict",
     "Recovery",
+    "EventKind",
+    "EVENT_KINDS",
+    "FinalEventKind",
+    "FINAL_EVENT_KINDS",
+    "MetricKind",
+    "METRIC_KINDS",
     "TaskEvent",
     "StepRecord",
     "FinalResult",
@@ -89,6 +97,8 @@ __all__ = [
     "metric_decoder",
     "dead_letter_decoder",
     "cancel_decoder",
+    "cancel_reply_decoder",
+    "error_decoder",
 ]
 
 PROTOCOL_VERSION = 1
@@ -543,6 +553,49 @@ class Recovery(msgspec.Struct, frozen=True, kw_only=True):
     kind: RecoveryKind = "failure"
 
 
+# The kinds of trace events and metric events Cadre sends. On the wire ``kind`` stays a string
+# (its schema lists these): a newer sender may add a kind, and a reader ignores kinds it does not
+# know (the monitor counts them as ignored). Code that sends them is checked against these lists.
+EventKind = Literal[
+    "received",
+    "plan_fallback",
+    "planned",
+    "delegated",
+    "step_started",
+    "step_completed",
+    "review",
+    "step_failed",
+    "late_result",
+    "result_refused",
+    "fix_requested",
+    "approved",
+    "conflict_resolved",
+    "dispute_overruled",
+    "delayed",
+    "completed",
+    "failed",
+    "rejected",
+    "cancelled",
+]
+EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
+# after one of these, nothing more is published for the task
+FinalEventKind = Literal["completed", "failed", "rejected", "cancelled"]
+FINAL_EVENT_KINDS: tuple[str, ...] = get_args(FinalEventKind)
+MetricKind = Literal[
+    "step_completed",
+    "step_failed",
+    "delegated",
+    "decomposed",
+    "conflict_resolved",
+    "reassigned",
+    "retry",
+    "review_verdict",
+    "research_used",
+    "task_finished",
+]
+METRIC_KINDS: tuple[str, ...] = get_args(MetricKind)
+
+
 class TaskEvent(Message, frozen=True, kw_only=True, tag="event"):
     """One transition of a task, on ``cadre.events.<task_id>.<kind>``.
 
@@ -550,7 +603,14 @@ class TaskEvent(Message, frozen=True, kw_only=True, tag="event"):
     """
 
     task_id: str
-    kind: str
+    kind: Annotated[
+        str,
+        msgspec.Meta(
+            description="what happened; today one of: "
+            + ", ".join(EVENT_KINDS)
+            + " (the last four end the task). Ignore kinds you do not know."
+        ),
+    ]
     text: str
     at: float
     seq: int = 0
@@ -647,14 +707,16 @@ class Heartbeat(Message, frozen=True, kw_only=True, tag="heartbeat"):
 
 
 class MetricEvent(Message, frozen=True, kw_only=True, tag="metric"):
-    """One measurable fact; the monitor folds these into the spec's figures.
+    """One measurable fact; the monitor folds these into the spec's figures (``MetricKind``)."""
 
-    kinds: ``step_completed``, ``step_failed``, ``delegated``, ``decomposed``,
-    ``conflict_resolved``, ``reassigned``, ``retry``, ``review_verdict``,
-    ``research_used``, ``task_finished``.
-    """
-
-    kind: str
+    kind: Annotated[
+        str,
+        msgspec.Meta(
+            description="today one of: "
+            + ", ".join(METRIC_KINDS)
+            + ". Readers ignore kinds they do not know."
+        ),
+    ]
     role: Role
     instance_id: str
     at: float
@@ -735,3 +797,5 @@ heartbeat_decoder: BoundedDecoder[Heartbeat] = BoundedDecoder(Heartbeat)
 metric_decoder: BoundedDecoder[MetricEvent] = BoundedDecoder(MetricEvent)
 dead_letter_decoder: BoundedDecoder[DeadLetter] = BoundedDecoder(DeadLetter)
 cancel_decoder: BoundedDecoder[CancelRequest] = BoundedDecoder(CancelRequest)
+cancel_reply_decoder: BoundedDecoder[CancelReply] = BoundedDecoder(CancelReply)
+error_decoder: BoundedDecoder[ErrorReply] = BoundedDecoder(ErrorReply)

@@ -1,7 +1,8 @@
 """JSON Schemas of the wire messages, generated from the msgspec types.
 
 ``python -m shared.contract.schema docs/schema`` writes one ``<Type>.json`` per
-message a non-Python client meets; ``--check`` only compares and exits 1
+message a non-Python client meets (every type of every family in
+``shared.contract.registry``); ``--check`` only compares and exits 1
 when the files on disk drifted from the code. The output is deterministic
 (sorted keys), so the files can be kept in git and diffed.
 """
@@ -17,34 +18,13 @@ from typing import Any
 
 import msgspec
 
-from shared.contract.protocol import (
-    PROTOCOL_VERSION,
-    CancelReply,
-    CancelRequest,
-    DeadLetter,
-    FinalResult,
-    Heartbeat,
-    MetricEvent,
-    StepResult,
-    TaskEvent,
-    TaskSubmission,
-    WorkItem,
-)
+from shared.contract.protocol import PROTOCOL_VERSION
+from shared.contract.registry import wire_types
 
 __all__ = ["WIRE_TYPES", "schema_for", "render", "write_schemas", "check_schemas", "main"]
 
-WIRE_TYPES: tuple[type[msgspec.Struct], ...] = (
-    TaskSubmission,
-    TaskEvent,
-    FinalResult,
-    WorkItem,
-    StepResult,
-    Heartbeat,
-    MetricEvent,
-    DeadLetter,
-    CancelRequest,
-    CancelReply,
-)
+# every message some subject family carries (shared/contract/registry.py is the list)
+WIRE_TYPES: tuple[type[msgspec.Struct], ...] = wire_types()
 
 _DIALECT = "https://json-schema.org/draft/2020-12/schema"
 

@@ -13,10 +13,19 @@ somewhere else. ``setup.py`` is never executed.
 ``EnvBuilder.ensure`` gives the interpreter to run the tests with: the
 service's own (which has pytest and coverage) when nothing is declared,
 otherwise a virtual environment under ``<cache>/envs/<hash>`` built with uv
-*inside the sandbox* (network allowed for this step only, uv's shared cache
-writable, nothing else) from the declared requirements plus pytest and
-coverage. The hash covers the requirements, the interpreter and this module's
-format, so the next step and the next task with the same declarations reuse it.
+*inside the sandbox* (network allowed for the install only; writable: that
+environment and the sandbox uid's own uv cache) from the declared requirements
+plus pytest and coverage. The hash covers the requirements, the interpreter and
+this module's format, so the next step and the next task with the same
+declarations reuse it.
+
+Installing runs no workspace-chosen code with the network: by default uv
+installs **wheels only** (``--only-binary :all:``), so uv itself is the only
+program that talks to the index, and a wheel is unpacked, never executed. A
+dependency that exists only as a source distribution is refused with a message
+naming it and ``CADRE_ENV_ALLOW_BUILDS``; with that setting, uv builds it, and
+its build code runs in the install sandbox, which has the host's network
+(logged as a warning on every such install).
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ __all__ = ["Declared", "EnvBuilder", "EnvUnavailable", "PythonEnv", "declared", 
 
 logger = logging.getLogger(__name__)
 
-ENV_FORMAT = "1"
+ENV_FORMAT = "2"  # 2: wheels only unless builds are allowed
 RUNNER_PACKAGES = ("pytest", "coverage")
 EXTRA_NAMES = ("test", "tests", "testing", "dev")
 _MAX_FILE = 256 * 1024
@@ -55,6 +64,8 @@ _BASE_PYTHON: str = getattr(sys, "_base_executable", sys.executable)  # the inte
 _MAX_REQS = 300
 # the machine's network settings for the installer (no credentials of Cadre's own)
 _NET_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "UV_DEFAULT_INDEX")
+# uv: "hint: Wheels are required for `name` because building from source is disabled ..."
+_NEEDS_BUILD = re.compile(r"[Ww]heels are required for `([^`]+)`")
 
 
 class EnvUnavailable(CadreError):
@@ -232,10 +243,13 @@ def declared(root: Path) -> Declared:
 class EnvBuilder:
     """Builds (once per dependency hash) and hands out the environment a workspace's tests run in."""
 
-    def __init__(self, sandbox: Sandbox, cache_dir: Path, *, install: bool = True) -> None:
+    def __init__(
+        self, sandbox: Sandbox, cache_dir: Path, *, install: bool = True, allow_builds: bool = False
+    ) -> None:
         self.sandbox = sandbox
         self.cache_dir = cache_dir.resolve()
         self.install = install
+        self.allow_builds = allow_builds
 
     def ensure(self, decl: Declared) -> PythonEnv:
         """The environment for ``decl``; ``EnvUnavailable`` with a one-line reason when it cannot be made.
@@ -278,46 +292,71 @@ class EnvBuilder:
 
     def _build(self, uv: str, decl: Declared, env_dir: Path) -> None:
         shutil.rmtree(env_dir, ignore_errors=True)
-        uv_cache = self.cache_dir / "uv-cache"
         env_dir.mkdir(parents=True)
-        uv_cache.mkdir(parents=True, exist_ok=True)
         reqs = env_dir / "requirements.in"
         reqs.write_text("\n".join([*decl.requirements, *RUNNER_PACKAGES]) + "\n", encoding="utf-8")
-        self.sandbox.prepare(env_dir, uv_cache)
+        try:
+            with self.sandbox.slot() as box:
+                self._install(box, uv, decl, env_dir, reqs)
+        except SandboxUnavailable as exc:
+            shutil.rmtree(env_dir, ignore_errors=True)
+            raise EnvUnavailable(f"installing needs the sandbox: {exc.reason}") from exc
+        except BaseException:
+            shutil.rmtree(env_dir, ignore_errors=True)
+            raise
+        # written last: a half-built environment is never reused
+        (env_dir / ".complete").write_text(json.dumps(list(decl.requirements)), encoding="utf-8")
+        logger.info("environment built digest=%s requirements=%d", decl.digest, len(decl.requirements))
+
+    def _install(self, box: Sandbox, uv: str, decl: Declared, env_dir: Path, reqs: Path) -> None:
+        if self.allow_builds:
+            # build code could poison a shared cache for later installs: this build gets its own, thrown away
+            uv_cache = env_dir / "uv-cache"
+        else:
+            # each sandbox uid has its own uv cache: files one uid wrote, another could not update
+            uv_cache = self.cache_dir / "uv-cache" / (str(box.uid) if box.uid is not None else "shared")
+        uv_cache.mkdir(parents=True, exist_ok=True)
+        box.prepare(env_dir, uv_cache)
         env = {k: os.environ[k] for k in _NET_ENV if k in os.environ}
         env.update(
             UV_CACHE_DIR=str(uv_cache), UV_NO_CONFIG="1", UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1"
         )
         # the system trust store (read-only /etc): a deployment's own CA, e.g. its proxy's, is honoured
         env.update(UV_SYSTEM_CERTS="1", UV_NATIVE_TLS="1")
-        limits = self.sandbox.with_limits(memory_bytes=None, cpu_seconds=None, wall_seconds=600.0)
+        install = [uv, "pip", "install", "--quiet", "--python", str(env_dir / "venv" / "bin" / "python")]
+        if self.allow_builds:
+            env["UV_LINK_MODE"] = "copy"  # the environment keeps no links into the thrown-away cache
+            logger.warning(
+                "environment %s: building dependencies without a wheel is allowed (CADRE_ENV_ALLOW_BUILDS=true):"
+                " their build code runs in the install sandbox WITH the host's network (no credentials,"
+                " writes only to the environment and a uv cache of its own, deleted afterwards)",
+                decl.digest,
+            )
+        else:
+            install += ["--only-binary", ":all:"]  # no build code runs: uv alone uses the network
+        limits = box.with_limits(memory_bytes=None, cpu_seconds=None, wall_seconds=600.0)
         base = Path(_BASE_PYTHON).resolve()
         steps = [
-            [uv, "venv", "--quiet", "--python", str(base), str(env_dir / "venv")],
-            [
-                uv,
-                "pip",
-                "install",
-                "--quiet",
-                "--python",
-                str(env_dir / "venv" / "bin" / "python"),
-                "-r",
-                str(reqs),
-            ],
+            ([uv, "venv", "--quiet", "--python", str(base), str(env_dir / "venv")], False),
+            ([*install, "-r", str(reqs)], True),
         ]
-        for argv in steps:
-            try:
-                res = self.sandbox.run(
-                    argv, cwd=env_dir, rw=[env_dir, uv_cache], env=env, network=True, limits=limits
-                )
-            except SandboxUnavailable as exc:
-                shutil.rmtree(env_dir, ignore_errors=True)
-                raise EnvUnavailable(f"installing needs the sandbox: {exc.reason}") from exc
+        for argv, network in steps:
+            res = box.run(argv, cwd=env_dir, rw=[env_dir, uv_cache], env=env, network=network, limits=limits)
             if res.returncode != 0 or res.timed_out:
-                lines = [ln.strip(" ×╰─▶│") for ln in res.output.splitlines() if ln.strip(" ×╰─▶│")]
-                detail = " ".join(lines)[-400:] or f"exit {res.returncode}"
-                shutil.rmtree(env_dir, ignore_errors=True)
-                raise EnvUnavailable(f"the declared dependencies could not be installed: {detail}")
-        # written last: a half-built environment is never reused
-        (env_dir / ".complete").write_text(json.dumps(list(decl.requirements)), encoding="utf-8")
-        logger.info("environment built digest=%s requirements=%d", decl.digest, len(decl.requirements))
+                raise EnvUnavailable(self._failure(res.output, res.returncode))
+        if self.allow_builds:
+            shutil.rmtree(uv_cache, ignore_errors=True)
+
+    def _failure(self, output: str, returncode: int) -> str:
+        """One line: which dependency needs a build (and the setting), else uv's own reason."""
+        needs = sorted(set(_NEEDS_BUILD.findall(output)))
+        if needs and not self.allow_builds:
+            has, it = ("has", "it") if len(needs) == 1 else ("have", "them")
+            return (
+                f"the declared dependencies could not be installed: {', '.join(needs)} {has} no wheel for this"
+                f" platform and building from source is off (CADRE_ENV_ALLOW_BUILDS=true builds {it} in the"
+                " install sandbox, which has the network)"
+            )
+        lines = [ln.strip(" ×╰─▶│") for ln in output.splitlines() if ln.strip(" ×╰─▶│")]
+        detail = " ".join(lines)[-400:] or f"exit {returncode}"
+        return f"the declared dependencies could not be installed: {detail}"

@@ -11,10 +11,16 @@ declares) is untrusted: it runs only through :class:`Sandbox`. Inside:
 - the system (``/usr``, ``/etc``) and the interpreter read-only; writable only
   the folders the caller binds (the step's own copy of the workspace, its
   report folder) and a size-bounded ``/tmp``;
-- an unprivileged uid (``setpriv`` to ``sandbox_uid`` when Cadre runs as root;
-  as any other user, bwrap's user namespace keeps it unprivileged);
+- an unprivileged uid of its own: when Cadre runs as root, each concurrent
+  sandbox gets a uid leased from a range (``shared.tools.uidpool``) and
+  ``setpriv`` drops to it, so the per-uid process limit is per sandbox; as
+  any other user, bwrap's user namespace keeps it unprivileged, but every
+  sandbox then counts against the service user's process limit;
 - rlimits on CPU time, address space, processes and file size (``prlimit``),
   and a wall-clock timeout after which the whole PID namespace is killed.
+
+Several commands that share files (the tests, then ``coverage json`` on
+their data) run in one :meth:`Sandbox.slot`: one uid, leased for the block.
 
 When bwrap cannot run here, :meth:`Sandbox.unavailable` says why and the caller
 refuses to run the code. ``CADRE_SANDBOX_ALLOW_UNSANDBOXED=true`` runs it
@@ -23,6 +29,7 @@ without namespaces (rlimits still apply), logging a warning on every run.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -31,12 +38,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.contract.errors import CadreError
+from shared.tools.uidpool import DEFAULT_FIRST_UID, DEFAULT_RUN_DIR, DEFAULT_UID_COUNT, UidPool
 
 if TYPE_CHECKING:
     from shared.bus.settings import Settings
@@ -120,14 +129,13 @@ class Sandbox:
         self,
         *,
         limits: Limits | None = None,
-        uid: int = 65534,
-        gid: int = 65534,
+        uids: UidPool | None = None,
         allow_unsandboxed: bool = False,
         bwrap: str = "bwrap",
     ) -> None:
         self.limits = limits or Limits()
-        self.uid = uid
-        self.gid = gid
+        self.uids = uids or UidPool(DEFAULT_FIRST_UID, DEFAULT_UID_COUNT, DEFAULT_RUN_DIR)
+        self.uid: int | None = None  # set inside slot(): the leased uid (as root)
         self.allow_unsandboxed = allow_unsandboxed
         self.bwrap = shutil.which(bwrap) or ""
         self._unavailable: str | None | bool = False  # False: not probed yet
@@ -143,8 +151,7 @@ class Sandbox:
         )
         return cls(
             limits=limits,
-            uid=settings.sandbox_uid,
-            gid=settings.sandbox_uid,
+            uids=UidPool(settings.sandbox_uid, settings.sandbox_uid_count, settings.sandbox_run_dir),
             allow_unsandboxed=settings.sandbox_allow_unsandboxed,
         )
 
@@ -174,13 +181,31 @@ class Sandbox:
             return f"bwrap cannot create a sandbox here: {detail[-1] if detail else f'exit {res.returncode}'}"
         return None
 
+    @contextmanager
+    def slot(self) -> Iterator[Sandbox]:
+        """This sandbox bound to one uid of its own for the block (as root; otherwise as it is).
+
+        Commands run through the yielded sandbox share that uid, so files one
+        writes the next may change; no other sandbox on this host has it
+        meanwhile. Raises ``SandboxBusy`` when every uid of the range is leased.
+        """
+        if self.uid is not None or not self.privileged:
+            yield self
+            return
+        with self.uids.lease() as uid:
+            bound = copy.copy(self)
+            bound.uid = uid
+            yield bound
+
     def prepare(self, *paths: Path) -> None:
-        """Make folders writable by the sandbox uid (they are the only places it may write)."""
+        """Make folders writable by this slot's uid (they are the only places it may write)."""
         if not self.privileged:
             return
+        if self.uid is None:
+            raise RuntimeError("Sandbox.prepare() needs a uid: call it on the sandbox slot() yields")
         for path in paths:
             for item in [path, *path.rglob("*")]:
-                os.lchown(item, self.uid, self.gid)
+                os.lchown(item, self.uid, self.uid)
 
     def run(
         self,
@@ -198,7 +223,20 @@ class Sandbox:
 
         Raises nothing for the command's own failures: they are in the result.
         Callers must check :meth:`unavailable` first (or allow unsandboxed runs).
+        Outside a :meth:`slot`, the command gets a uid of its own for this run.
         """
+        if self.uid is None and self.privileged and self.unavailable() is None:
+            with self.slot() as bound:
+                return bound.run(
+                    argv,
+                    cwd=cwd,
+                    rw=rw,
+                    ro=ro,
+                    env=env,
+                    network=network,
+                    limits=limits,
+                    tail_chars=tail_chars,
+                )
         reason = self.unavailable()
         if reason is not None:
             if not self.allow_unsandboxed:
@@ -273,10 +311,11 @@ class Sandbox:
             args += ["--setenv", key, value]
         args += ["--", *self._prlimit(lim)]
         if self.privileged:
+            uid = 65534 if self.uid is None else self.uid  # None only for the probe: nobody
             args += [
                 "setpriv",
-                f"--reuid={self.uid}",
-                f"--regid={self.gid}",
+                f"--reuid={uid}",
+                f"--regid={uid}",
                 "--clear-groups",
                 "--no-new-privs",
                 "--inh-caps=-all",

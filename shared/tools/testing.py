@@ -75,7 +75,13 @@ class TestRuntime:
     @classmethod
     def from_settings(cls, settings: Settings) -> TestRuntime:
         sandbox = Sandbox.from_settings(settings)
-        return cls(sandbox, EnvBuilder(sandbox, settings.env_cache_dir, install=settings.env_install))
+        envs = EnvBuilder(
+            sandbox,
+            settings.env_cache_dir,
+            install=settings.env_install,
+            allow_builds=settings.env_allow_builds,
+        )
+        return cls(sandbox, envs)
 
 
 @functools.cache
@@ -275,17 +281,18 @@ def run_suite(
         env = rt.envs.ensure(declared(root))
     except EnvUnavailable as exc:
         return _not_run(exc.reason, shown, layout.runner)
-    with tempfile.TemporaryDirectory(prefix="cadre-tests-") as tmp_name:
+    # one uid for the run and its coverage report (the second reads what the first wrote)
+    with tempfile.TemporaryDirectory(prefix="cadre-tests-") as tmp_name, rt.sandbox.slot() as box:
         tmp = Path(tmp_name).resolve()
         copy, out = tmp / "ws", tmp / "out"
         _copy_workspace(root, copy)
         out.mkdir()
         argv, shown = _argv(layout, env.python, copy, out, coverage)
-        rt.sandbox.prepare(tmp)
-        limits = rt.sandbox.with_limits(wall_seconds=min(timeout, rt.sandbox.limits.wall_seconds))
+        box.prepare(tmp)
+        limits = box.with_limits(wall_seconds=min(timeout, box.limits.wall_seconds))
         child_env = _child_env(out, copy)
         ro = [env.root] if env.root else []
-        res = rt.sandbox.run(
+        res = box.run(
             argv, cwd=copy, rw=[copy, out], ro=ro, env=child_env, limits=limits, tail_chars=_PARSE_LIMIT
         )
         output = (f"[cadre] {env.note}\n" if env.note else "") + _tail(res.output)
@@ -324,7 +331,7 @@ def run_suite(
         if not outcomes and res.returncode != 0:
             collection_errors = 1
             outcomes = {"<run>": "error"}
-        percent = _coverage_percent(rt, env.python, copy, out, child_env, ro) if coverage else None
+        percent = _coverage_percent(box, env.python, copy, out, child_env, ro) if coverage else None
     counts = {k: sum(1 for v in outcomes.values() if v == k) for k in ("passed", "failed", "error")}
     missing = missing_dependency(res.output, root, counts["passed"], counts["failed"])
     report = TestReport(
@@ -354,17 +361,17 @@ def run_suite(
 
 
 def _coverage_percent(
-    rt: TestRuntime, python: Path, copy: Path, out: Path, env: dict[str, str], ro: list[Path]
+    box: Sandbox, python: Path, copy: Path, out: Path, env: dict[str, str], ro: list[Path]
 ) -> float | None:
     """Coverage's JSON report, made inside the sandbox too (the data file is the workspace's output)."""
     report = out / "coverage.json"
-    res = rt.sandbox.run(
+    res = box.run(
         [str(python), "-m", "coverage", "json", "-q", "-o", str(report)],
         cwd=copy,
         rw=[copy, out],
         ro=ro,
         env=env,
-        limits=rt.sandbox.with_limits(wall_seconds=120.0),
+        limits=box.with_limits(wall_seconds=120.0),
     )
     if res.returncode != 0 or not report.is_file() or report.stat().st_size > _PARSE_LIMIT * 16:
         logger.info("no coverage data workspace=%s: %s", copy.name, res.output.strip()[-300:])

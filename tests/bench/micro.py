@@ -96,11 +96,11 @@ async def _throughput(url: str, researchers: int, tasks: int, work_dir: Path) ->
             task_type="research",
             task=TaskBody(description="w"),
         )
-        await bus.publish(settings.subjects.task_submit, warm, msg_id=warm.message_id)
+        await bus.publish(settings.subjects.task_submit("client"), warm, msg_id=warm.message_id)
         await await_result(bus, warm.task_id, timeout=60)
         t0 = time.perf_counter()
         for s in subs:
-            await bus.publish(settings.subjects.task_submit, s, msg_id=s.message_id)
+            await bus.publish(settings.subjects.task_submit("client"), s, msg_id=s.message_id)
         for s in subs:
             await await_result(bus, s.task_id, timeout=120)
         return tasks / (time.perf_counter() - t0)
@@ -117,7 +117,7 @@ async def _memory(url: str, work_dir: Path) -> tuple[int, int]:
     try:
         bus = await Bus.open(settings, "bench-mem")
         # ready when its micro endpoint answers
-        subject = f"{settings.prefix}.svc.researcher.{agent.env['CADRE_INSTANCE_ID']}.status"
+        subject = settings.subjects.agent_status("researcher", agent.env["CADRE_INSTANCE_ID"])
 
         async def answers() -> bool:
             try:

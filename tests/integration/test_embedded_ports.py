@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from services.monitor.http import MonitorHTTP
-from services.monitor.snapshot import Snapshot
 from shared.bus.settings import Settings
+from shared.contract.monitoring import Snapshot
 from shared.embedded.stack import PortTaken, monitor_port, read_state
 from tests.helpers import wait_for_value
 

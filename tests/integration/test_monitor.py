@@ -18,11 +18,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.monitor.figures import ACCURACY_UNAVAILABLE
-from services.monitor.health import Alert
 from services.monitor.service import MonitorService
-from services.monitor.snapshot import Snapshot
 from shared.bus.core import Bus
 from shared.bus.settings import Settings
+from shared.contract.monitoring import Alert, Snapshot, alert_decoder, snapshot_decoder
 from shared.contract.protocol import (
     MetricEvent,
     TaskBody,
@@ -37,8 +36,6 @@ from tests.helpers import await_result, feature_task, stream_messages, task_even
 ECHO = "tests.brains:EchoBrain"
 SCRIPTED = "tests.brains:ScriptedBrain"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-_snapshot_decoder = msgspec.json.Decoder(Snapshot)
-_alert_decoder = msgspec.json.Decoder(Alert)
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -56,7 +53,7 @@ def monitor_settings(settings: Settings, **extra: Any) -> Settings:
 
 async def request_snapshot(bus: Bus) -> Snapshot:
     reply = await bus.nc.request(bus.subjects.monitor_snapshot, b"", timeout=3)
-    return _snapshot_decoder.decode(reply.data)
+    return snapshot_decoder.decode(reply.data)
 
 
 async def snapshot_when(bus: Bus, pred, what: str, timeout: float = 30.0) -> Snapshot:
@@ -85,7 +82,7 @@ class AlertFeed:
 
     async def start(self, bus: Bus) -> AlertFeed:
         async def on(msg) -> None:
-            self.alerts.append((time.monotonic(), _alert_decoder.decode(msg.data)))
+            self.alerts.append((time.monotonic(), alert_decoder.decode(msg.data)))
 
         await bus.nc.subscribe(bus.subjects.alert_all, cb=on)
         return self
@@ -106,7 +103,7 @@ class AlertFeed:
 
 async def run_spec_task(bus: Bus, script: dict[str, Any]):
     task = feature_task(script)
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     result = await await_result(bus, task.task_id, timeout=90)
     assert result.status == "completed", result.reason
     return result
@@ -195,7 +192,7 @@ async def test_the_spec_example_yields_figures_that_match_what_happened_and_surv
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{url}/status") as r:
             assert r.status == 200 and r.content_type == "application/json"
-            over_http = _snapshot_decoder.decode(await r.read())
+            over_http = snapshot_decoder.decode(await r.read())
         async with http.get(f"{url}/metrics") as r:
             assert r.status == 200
             text = await r.text()
@@ -335,7 +332,7 @@ async def test_the_monitor_is_discoverable_through_nats_micro_and_lists_the_serv
         (dev,) = [v for v in snap.services if v.name == "cadre-developer"]
         assert dev.metadata["instance_id"] == "developer-1" and dev.metadata["prefix"] == bus.subjects.prefix
         (mon,) = [v for v in snap.services if v.name == "cadre-monitor"]
-        assert mon.endpoints[0]["name"] == "snapshot" and mon.endpoints[0]["num_requests"] >= 1
+        assert mon.endpoints[0].name == "snapshot" and mon.endpoints[0].num_requests >= 1
 
 
 # --- the dashboard in headless Chromium -----------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Hostile workspaces against the real sandbox: every attack fails, the honest test still passes.
 
+Two sandboxes at once run as two uids: one's fork bomb meets its own process
+limit while the other's honest tests start their processes.
+
 The workspace's own tests *assert that each attack worked*; in the sandbox
 each such test fails, and the honest test beside them passes. What the
 attacks would have touched (the parent's secrets, the real NATS server,
@@ -8,7 +11,9 @@ files outside the copy, processes left behind) is also checked from outside.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -17,8 +22,10 @@ from urllib.parse import urlparse
 import pytest
 
 from shared.tools.pyenv import EnvBuilder
-from shared.tools.sandbox import Limits, Sandbox
+from shared.tools.sandbox import Limits, Sandbox, SandboxResult
 from shared.tools.testing import TestRuntime, run_suite
+from shared.tools.uidpool import UidPool
+from tests.helpers import assert_eventually
 
 pytestmark = pytest.mark.skipif(Sandbox().unavailable() is not None, reason="bubblewrap cannot run here")
 
@@ -199,3 +206,80 @@ def test_cpu_time_is_limited_even_before_the_wall_clock(tmp_path: Path) -> None:
     run = run_suite(ws, timeout=120, coverage=False, runtime=_runtime(tmp_path, cpu_seconds=2))
     assert run is not None and not run.report.ok
     assert "timed out" not in run.report.output_tail  # the CPU rlimit (SIGXCPU/SIGKILL) ended it first
+
+
+BOMB = """
+import errno
+import os
+import sys
+import time
+from pathlib import Path
+
+ctl = Path(sys.argv[1])
+r, w = os.pipe()
+children, failed = 0, 0
+while children < 400:
+    try:
+        pid = os.fork()
+    except OSError as exc:  # the process limit of this sandbox's uid
+        failed = exc.errno
+        break
+    if pid == 0:
+        os.close(w)
+        os.read(r, 1)  # each child lives until the bomb exits and the pipe closes
+        os._exit(0)
+    children += 1
+(ctl / "bomb.txt").write_text(f"{os.getuid()} {children} {failed == errno.EAGAIN}")
+while not (ctl / "release").exists():  # hold every process until the other sandbox is done
+    time.sleep(0.05)
+"""
+
+HONEST = """
+import os
+import subprocess
+from pathlib import Path
+
+BOMB_UID = int(Path(__file__).with_name("bomb_uid.txt").read_text())
+
+
+def test_honest_work_starts_twenty_processes_while_the_bomb_holds_its_limit():
+    procs = [subprocess.Popen(["sleep", "0.1"]) for _ in range(20)]
+    assert [p.wait() for p in procs] == [0] * 20
+
+
+def test_it_runs_as_a_uid_other_than_the_bombs():
+    assert os.getuid() != BOMB_UID
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uids per sandbox are leased only when Cadre runs as root")
+async def test_a_fork_bomb_in_one_sandbox_does_not_starve_another_running_at_the_same_time(
+    tmp_path: Path,
+) -> None:
+    sandbox = Sandbox(
+        limits=Limits(processes=48, memory_bytes=2 * 1024**3),
+        uids=UidPool(1_960_000_000, 8, tmp_path / "uids"),
+    )
+    runtime = TestRuntime(sandbox, EnvBuilder(sandbox, tmp_path / "envs", install=False))
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+
+    def bomb() -> SandboxResult:
+        with sandbox.slot() as box:
+            box.prepare(ctl)
+            return box.run([sys.executable, "-c", BOMB, str(ctl)], cwd=ctl, rw=[ctl])
+
+    bombing = asyncio.create_task(asyncio.to_thread(bomb))
+    try:
+        await assert_eventually(lambda: (ctl / "bomb.txt").exists(), timeout=60, what="the bomb at its limit")
+        bomb_uid, children, hit_limit = (ctl / "bomb.txt").read_text().split()
+        assert hit_limit == "True" and int(children) < 48, "the bomb was stopped by its own process limit"
+        ws = _write(tmp_path / "ws", {"test_honest.py": HONEST, "bomb_uid.txt": bomb_uid})
+        run = await asyncio.to_thread(run_suite, ws, 120, coverage=False, runtime=runtime)
+    finally:
+        (ctl / "release").touch()
+        result = await bombing
+    assert result.returncode == 0 and result.sandboxed, result.output
+    assert run is not None and run.report.sandboxed
+    assert (run.report.passed, run.report.failed, run.report.errors) == (2, 0, 0), run.report.output_tail
+    assert 1_960_000_000 <= int(bomb_uid) < 1_960_000_008

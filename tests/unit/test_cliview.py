@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from rich.console import Console
 
-from shared.client.cli.view import StepBoard, trace_text
+from shared.client.cli.view import StepBoard, snapshot_view, trace_text
+from shared.contract.monitoring import snapshot_decoder
 from shared.contract.protocol import Plan, PlanStep, TaskEvent
 
 PLAN = Plan(
@@ -49,3 +52,61 @@ def test_trace_text_keeps_brackets_literal() -> None:
     console = Console(record=True, width=200, color_system=None)
     console.print(trace_text(event("delegated", "[Orchestrator] → [Reviewer]:\n  Task: Security review")))
     assert console.export_text() == "[Orchestrator] → [Reviewer]:\n  Task: Security review\n"
+
+
+def test_the_status_view_shows_health_instances_alerts_and_tasks_from_a_typed_snapshot() -> None:
+    from tests.unit.test_fuzz_decoders import SNAPSHOT
+
+    doc = {
+        **SNAPSHOT,
+        "instances": [
+            {
+                "role": "developer",
+                "instance_id": "developer-7",
+                "state": "suspect",
+                "status": "busy",
+                "in_flight": 1,
+                "current": ["task_a/fix/2"],
+                "last_seen_s": 1.5,
+                "uptime_s": 30.0,
+                "heartbeat_interval": 0.5,
+                "steps_completed": 4,
+            }
+        ],
+        "alerts": [
+            {
+                "type": "alert",
+                "alert_id": "a1",
+                "kind": "instance_dead",
+                "severity": "critical",
+                "role": "developer",
+                "instance_id": "developer-3",
+                "text": "developer instance developer-3 is dead\x1b[2J",
+                "at": 100.0,
+            }
+        ],
+        "recent_tasks": [
+            {
+                "task_id": "task_a",
+                "status": "running",
+                "first_at": 1.0,
+                "last_at": 2.0,
+                "delegated": 3,
+                "steps_completed": 2,
+                "steps_failed": 0,
+                "conflicts": 1,
+                "retries": 0,
+                "reassignments": 1,
+                "duration_s": None,
+                "duration": None,
+            }
+        ],
+    }
+    snap = snapshot_decoder.decode(json.dumps(doc))
+    console = Console(width=200, record=True, color_system=None)
+    console.print(snapshot_view(snap))
+    out = console.export_text()
+    assert "developer-7" in out and "suspect" in out and "task_a/fix/2" in out
+    assert "developer-3 is dead" in out and "\x1b" not in out  # no terminal escapes from the bus
+    assert "task_a" in out and "running" in out
+    assert out.index("Health") < out.index("Instances") < out.index("Alerts") < out.index("Recent tasks")

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of every typed decoder in shared/contract/protocol.py.
+"""Property-based fuzzing of every typed decoder of the contract (shared/contract/registry.py).
 
 Whatever bytes arrive on a subject, its decoder gives a value of its type or
 raises msgspec's ``DecodeError`` / ``ValidationError`` (what every consumer
@@ -17,16 +17,85 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.contract import protocol
+from shared.contract.registry import FAMILIES
 
-DECODERS: dict[str, msgspec.json.Decoder] = {
-    name: getattr(protocol, name) for name in protocol.__all__ if name.endswith("_decoder")
+DECODERS = {f.name: f.decoder for f in FAMILIES}
+
+_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "cost_usd": 0.0}
+SNAPSHOT: dict[str, Any] = {
+    "type": "snapshot",
+    "orchestrator": {
+        "tasks_delegated": 0,
+        "avg_decomposition_time": None,
+        "conflict_resolutions": 0,
+        "avg_decomposition_time_s": None,
+        "tasks_decomposed": 0,
+        "retries": 0,
+        "reassignments": 0,
+        "usage": _USAGE,
+    },
+    "researcher": {
+        "tasks_completed": 0,
+        "avg_research_time": None,
+        "accuracy_score": None,
+        "avg_research_time_s": None,
+        "accuracy_note": "n",
+        "failures": 0,
+        "usage": _USAGE,
+    },
+    "developer": {
+        "tasks_completed": 0,
+        "avg_coding_time": None,
+        "first_approval_rate": None,
+        "avg_coding_time_s": None,
+        "first_round_reviews": 0,
+        "failures": 0,
+        "usage": _USAGE,
+    },
+    "reviewer": {
+        "tasks_completed": 0,
+        "avg_review_time": None,
+        "issues_found_per_task": None,
+        "avg_review_time_s": None,
+        "issues_found": 0,
+        "avg_review_score": None,
+        "failures": 0,
+        "usage": _USAGE,
+    },
+    "totals": {
+        "tasks_finished": 0,
+        "tasks_completed": 0,
+        "tasks_failed": 0,
+        "steps_completed": 0,
+        "failures": 0,
+        "retries": 0,
+        "reassignments": 0,
+        "usage": _USAGE,
+        "events_folded": 0,
+        "ignored_events": 0,
+        "last_event_at": None,
+    },
+    "health": {"developer": {"state": "up", "alive": 1, "suspect": 0, "dead": 0}},
+    "instances": [],
+    "alerts": [],
+    "recent_tasks": [],
+    "services": [],
+    "monitor": {
+        "instance_id": "m1",
+        "started_at": 1.0,
+        "ready": True,
+        "replayed_events": 0,
+        "http_url": None,
+        "suspect_after": 5.0,
+        "dead_after": 10.0,
+    },
+    "generated_at": 1.0,
 }
 
 # a minimal valid document per decoder: the tag and the required fields
 VALID: dict[str, dict[str, Any]] = {
-    "task_decoder": {"type": "task", "message_id": "m1", "task": {"description": "d"}},
-    "work_decoder": {
+    "task": {"type": "task", "message_id": "m1", "task": {"description": "d"}},
+    "work": {
         "type": "work",
         "message_id": "m1",
         "to_agent": "developer",
@@ -37,7 +106,7 @@ VALID: dict[str, dict[str, Any]] = {
         "deadline": 1.0,
         "created_at": 1.0,
     },
-    "step_decoder": {
+    "step": {
         "type": "step_result",
         "message_id": "m1",
         "task_id": "t1",
@@ -49,23 +118,23 @@ VALID: dict[str, dict[str, Any]] = {
         "output": {"type": "review", "summary": "s", "score": 90, "verdict": "approved"},
         "timings": {"queued_at": 1.0, "started_at": 1.0, "finished_at": 2.0},
     },
-    "event_decoder": {"type": "event", "task_id": "t1", "kind": "received", "text": "x", "at": 1.0},
-    "result_decoder": {"type": "result", "task_id": "t1", "status": "completed", "approved": True},
-    "heartbeat_decoder": {
+    "event": {"type": "event", "task_id": "t1", "kind": "received", "text": "x", "at": 1.0},
+    "result": {"type": "result", "task_id": "t1", "status": "completed", "approved": True},
+    "heartbeat": {
         "type": "heartbeat",
         "role": "developer",
         "instance_id": "i1",
         "at": 1.0,
         "started_at": 1.0,
     },
-    "metric_decoder": {
+    "metric": {
         "type": "metric",
         "kind": "step_completed",
         "role": "developer",
         "instance_id": "i1",
         "at": 1.0,
     },
-    "dead_letter_decoder": {
+    "dead_letter": {
         "type": "dead_letter",
         "service": "s",
         "subject": "x",
@@ -73,7 +142,26 @@ VALID: dict[str, dict[str, Any]] = {
         "payload": "p",
         "received_at": 1.0,
     },
-    "cancel_decoder": {"type": "cancel", "task_id": "t1"},
+    "cancel": {"type": "cancel", "task_id": "t1"},
+    "cancel_reply": {"type": "cancel_reply", "task_id": "t1", "accepted": True},
+    "error": {"type": "error", "code": "500", "message": "m"},
+    "alert": {
+        "type": "alert",
+        "alert_id": "a1",
+        "kind": "role_down",
+        "severity": "critical",
+        "role": "developer",
+        "text": "role developer has no live instance",
+        "at": 1.0,
+    },
+    "agent_status": {
+        "type": "agent_status",
+        "role": "developer",
+        "instance_id": "i1",
+        "status": "idle",
+        "pulling": True,
+    },
+    "snapshot": SNAPSHOT,
 }
 
 json_values = st.recursive(

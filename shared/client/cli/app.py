@@ -52,7 +52,8 @@ from shared.client.taskfile import TaskFile, TaskFileError, load_task_file, pars
 from shared.client.wstree import UnsafeWorkspace
 from shared.contract import textsafe
 from shared.contract.errors import TaskNotFound
-from shared.contract.protocol import ROLES, FinalResult, encode
+from shared.contract.monitoring import Snapshot
+from shared.contract.protocol import FinalResult, encode
 
 __all__ = ["app", "EXIT_OK", "EXIT_TASK", "EXIT_USAGE", "EXIT_UNKNOWN_TASK", "EXIT_PENDING"]
 
@@ -66,9 +67,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-# the parts of the monitor snapshot `cadre status` shows (the figures are `cadre metrics`)
-_STATUS_KEYS = ("health", "instances", "alerts", "recent_tasks")
 
 
 class ResultFormat(StrEnum):
@@ -270,7 +268,7 @@ async def status(
     as_json: Annotated[bool, typer.Option("--json", help="print raw JSON")] = False,
 ) -> int:
     """Agents and their health (from the monitor), plus the services answering nats micro."""
-    snap: dict[str, Any] | None
+    snap: Snapshot | None
     try:
         snap = await client.snapshot()
     except NoService:
@@ -279,14 +277,13 @@ async def status(
     if snap is None and not found:
         raise NoService("Cadre service", f"prefix {settings.prefix!r} at {settings.nats_url}")
     if as_json:
-        data = {"monitor": snap, "services": msgspec.to_builtins(found)}
+        data = {"monitor": msgspec.to_builtins(snap), "services": msgspec.to_builtins(found)}
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
         return EXIT_OK
     if snap is None:
         err.print(f"warning: no monitor answering on {settings.subjects.monitor_snapshot}", markup=False)
     else:
-        shown = {k: snap[k] for k in _STATUS_KEYS if k in snap}
-        out.print(snapshot_view(shown or snap))
+        out.print(snapshot_view(snap))
     out.print(services_table(found, "Services (nats micro discovery)"))
     return EXIT_OK
 
@@ -300,8 +297,13 @@ async def metrics(
 ) -> int:
     """The per-role performance figures as the spec's JSON object (from the monitor)."""
     snap = await client.snapshot()
-    spec = {role: snap[role] for role in ROLES if role in snap}
-    data = snap if everything or not spec else spec
+    spec = {
+        "orchestrator": snap.orchestrator,
+        "researcher": snap.researcher,
+        "developer": snap.developer,
+        "reviewer": snap.reviewer,
+    }
+    data = msgspec.to_builtins(snap if everything else spec)
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
     return EXIT_OK
 

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from shared.client.wstree import FileChange
 from shared.contract import textsafe
+from shared.contract.monitoring import Snapshot
 from shared.contract.protocol import FinalResult, Plan, TaskEvent
 
 __all__ = [
@@ -28,6 +29,10 @@ __all__ = [
     "result_summary",
     "print_result",
     "snapshot_view",
+    "health_table",
+    "instances_table",
+    "alerts_table",
+    "tasks_table",
     "services_table",
     "changes_table",
     "without_diffs",
@@ -249,45 +254,109 @@ def result_summary(
     return Group(*parts)
 
 
-def _table(rows: list[dict[str, Any]], title: str, first: str | None = None) -> Table:
-    columns: list[str] = [first] if first else []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
+_HEALTH_STYLE = {
+    "up": "green",
+    "alive": "green",
+    "degraded": "yellow",
+    "suspect": "yellow",
+    "down": "red",
+    "dead": "red",
+    "unknown": "dim",
+    "critical": "red",
+    "info": "cyan",
+}
+
+
+def _styled(word: str) -> Text:
+    return Text(word, style=_HEALTH_STYLE.get(word, ""))
+
+
+def _secs(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}s"
+
+
+def _new_table(title: str, *columns: str) -> Table:
     table = Table(title=title, title_justify="left")
     for col in columns:
         table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
     return table
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    if isinstance(value, list | dict):
-        return (
-            ", ".join(map(str, value))
-            if isinstance(value, list)
-            else ", ".join(f"{k}={v}" for k, v in value.items())
+def health_table(snapshot: Snapshot) -> Table:
+    """One row per role: its state and how many instances are alive, suspect, dead."""
+    table = _new_table("Health", "role", "state", "alive", "suspect", "dead")
+    for role, h in snapshot.health.items():
+        table.add_row(textsafe.name(role), _styled(h.state), str(h.alive), str(h.suspect), str(h.dead))
+    return table
+
+
+def instances_table(snapshot: Snapshot) -> Table:
+    """One row per agent instance seen by its heartbeats."""
+    table = _new_table(
+        "Instances", "role", "instance", "health", "status", "load", "current", "last seen", "done", "failed"
+    )
+    for i in snapshot.instances:
+        table.add_row(
+            textsafe.name(i.role),
+            textsafe.name(i.instance_id),
+            _styled(i.state),
+            textsafe.name(i.status),
+            str(i.in_flight),
+            textsafe.name(", ".join(i.current)) or "idle",
+            _secs(i.last_seen_s) + " ago",
+            str(i.steps_completed),
+            str(i.steps_failed),
         )
-    return str(value)
+    return table
 
 
-def snapshot_view(snapshot: dict[str, Any]) -> RenderableType:
-    """Any monitor snapshot as tables: lists of objects and objects of objects become tables."""
-    parts: list[RenderableType] = []
-    scalars: dict[str, Any] = {}
-    for key, value in snapshot.items():
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            parts.append(_table(value, key))
-        elif isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
-            parts.append(_table([{"name": k, **v} for k, v in value.items()], key, "name"))
-        else:
-            scalars[key] = value
-    if scalars:
-        parts.insert(0, Text("\n".join(f"{k}: {_cell(v)}" for k, v in scalars.items())))
+def alerts_table(snapshot: Snapshot, limit: int = 12) -> Table:
+    """The monitor's most recent alerts, newest first."""
+    table = _new_table("Alerts", "when", "severity", "kind", "alert")
+    for a in snapshot.alerts[:limit]:
+        table.add_row(
+            time.strftime("%H:%M:%S", time.localtime(a.at)),
+            _styled(a.severity),
+            a.kind,
+            textsafe.text(a.text),
+        )
+    return table
+
+
+def tasks_table(snapshot: Snapshot) -> Table:
+    """Recent tasks as the monitor saw them through their metric events."""
+    table = _new_table(
+        "Recent tasks", "task", "status", "delegated", "steps done", "failed", "conflicts", "retries", "took"
+    )
+    for t in snapshot.recent_tasks:
+        table.add_row(
+            textsafe.name(t.task_id),
+            Text(t.status, style=STATUS_STYLE.get(t.status, "")),
+            str(t.delegated),
+            str(t.steps_completed),
+            str(t.steps_failed),
+            str(t.conflicts),
+            str(t.retries + t.reassignments),
+            t.duration or "",
+        )
+    return table
+
+
+def snapshot_view(snapshot: Snapshot) -> RenderableType:
+    """What ``cadre status`` shows of the monitor's snapshot: health, instances, alerts, tasks."""
+    m = snapshot.monitor
+    head = Text(
+        f"monitor {textsafe.name(m.instance_id)}"
+        + (f" · {textsafe.name(m.http_url)}" if m.http_url else "")
+        + ("" if m.ready else " · still replaying")
+        + f" · {snapshot.totals.tasks_finished} task(s) finished, {snapshot.totals.failures} step failure(s)",
+        style="dim",
+    )
+    parts: list[RenderableType] = [head, health_table(snapshot), instances_table(snapshot)]
+    if snapshot.alerts:
+        parts.append(alerts_table(snapshot))
+    if snapshot.recent_tasks:
+        parts.append(tasks_table(snapshot))
     return Group(*parts)
 
 
