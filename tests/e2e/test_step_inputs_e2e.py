@@ -71,7 +71,7 @@ async def test_a_users_input_data_tests_and_findings_never_reach_the_reviewer_as
             workspace=ref,
             created_at=now(),
         )
-        await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+        await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
         result = await await_result(bus, task.task_id, timeout=180)
     finally:
         await sub.unsubscribe()
