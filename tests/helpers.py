@@ -15,6 +15,11 @@ from nats.js import JetStreamContext
 from shared.bus.core import Bus
 from shared.contract.protocol import (
     ArtifactRef,
+    DevelopInputs,
+    FixInputs,
+    ResearchInputs,
+    ReviewInputs,
+    StepInputs,
     StepResult,
     StepStarted,
     TaskBody,
@@ -26,7 +31,15 @@ from shared.contract.protocol import (
 
 T = TypeVar("T")
 
-__all__ = ["StepFeed", "assert_eventually", "make_item", "step_result", "stream_messages", "wait_for_value"]
+__all__ = [
+    "StepFeed",
+    "assert_eventually",
+    "default_inputs",
+    "make_item",
+    "step_result",
+    "stream_messages",
+    "wait_for_value",
+]
 
 
 async def wait_for_value(
@@ -93,13 +106,13 @@ async def await_result(bus, task_id: str, timeout: float = 60.0):
             return None
 
     async def probe():
-        msg = await last(bus.subjects.result(task_id))
+        msg = await last(bus.subjects.result("client", task_id))
         return result_decoder.decode(msg.data) if msg else None
 
     result = await wait_for_value(probe, timeout, interval=0.1, what=f"the final result of {task_id}")
 
     async def final_event():
-        return await last(bus.subjects.events(task_id, result.status))
+        return await last(bus.subjects.events("client", task_id, result.status))
 
     await wait_for_value(
         final_event, timeout, interval=0.05, what=f"the final {result.status} event of {task_id}"
@@ -112,7 +125,7 @@ async def task_events(bus, task_id: str) -> list:
     from shared.contract.protocol import event_decoder
 
     return await stream_messages(
-        bus.js, bus.subjects.stream_events, bus.subjects.events_all(task_id), event_decoder
+        bus.js, bus.subjects.stream_events, bus.subjects.events_of("client", task_id), event_decoder
     )
 
 
@@ -172,6 +185,15 @@ async def step_result(bus: Bus, step: str, timeout: float = 60.0) -> StepResult:
         await feed.close()
 
 
+def default_inputs(role: str, task_type: str) -> StepInputs:
+    """The inputs kind the orchestrator gives such a step, empty (a review: threshold 90)."""
+    if role == "reviewer":
+        return ReviewInputs(threshold=90)
+    if role == "developer":
+        return FixInputs() if task_type == "fix" else DevelopInputs()
+    return ResearchInputs()
+
+
 def make_item(
     role: str,
     task_type: str,
@@ -183,8 +205,12 @@ def make_item(
     input_data: dict[str, Any] | None = None,
     context: dict[str, Any] | None = None,
     workspace: ArtifactRef | None = None,
+    inputs: StepInputs | None = None,
 ) -> WorkItem:
-    """A first-attempt work item for ``role``, as the orchestrator would send it."""
+    """A first-attempt work item for ``role``, as the orchestrator would send it.
+
+    ``inputs``: the typed step inputs; by default the empty ones of the step's kind.
+    """
     return WorkItem(
         message_id=new_id("msg"),
         to_agent=role,  # type: ignore[arg-type]
@@ -197,6 +223,7 @@ def make_item(
         deadline=now() + deadline_in,
         created_at=now(),
         workspace=workspace,
+        inputs=inputs if inputs is not None else default_inputs(role, task_type),
     )
 
 

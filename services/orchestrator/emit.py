@@ -45,7 +45,7 @@ class Emitter:
     instance_id: str = "orchestrator"
 
     def event(self, st: WorkflowState, kind: str, text: str, now: float, **fields: Any) -> None:
-        """A ``TaskEvent`` on ``events.<task>.<kind>``: one line of the task's trace.
+        """A ``TaskEvent`` on ``events.<client>.<task>.<kind>``: one line of the task's trace.
 
         Once the task has ended, only its final event (kind == the end status) is taken.
         """
@@ -58,13 +58,18 @@ class Emitter:
         st.outbox.append(
             Outgoing(
                 id=f"{st.task_id}.ev.{st.seq}",
-                subject=self.subjects.events(st.task_id, kind),
+                subject=self.subjects.events(st.client, st.task_id, kind),
                 data=encode(event),
             )
         )
 
     def metric(self, st: WorkflowState, kind: str, now: float, **fields: Any) -> None:
-        """A ``MetricEvent`` for the monitor, as role ``orchestrator``."""
+        """A ``MetricEvent`` for the monitor, as role ``orchestrator``.
+
+        Sent without waiting for the store's ack, as the agents send theirs: the metrics
+        stream still stores it, its dedup id still absorbs a re-flush, and a lost metric
+        costs a figure, never a step (no round trip on the transition's path).
+        """
         st.metric_seq += 1
         metric = MetricEvent(
             kind=kind, role="orchestrator", instance_id=self.instance_id, at=now, task_id=st.task_id, **fields
@@ -74,6 +79,7 @@ class Emitter:
                 id=f"{st.task_id}.metric.{st.metric_seq}",
                 subject=self.subjects.metrics("orchestrator"),
                 data=encode(metric),
+                stream=False,
             )
         )
 
@@ -102,10 +108,9 @@ class Emitter:
         )
 
     def result(self, st: WorkflowState, result: FinalResult) -> None:
-        """The task's ``FinalResult`` on ``result.<task>``."""
-        st.outbox.append(
-            Outgoing(id=f"{st.task_id}.result", subject=self.subjects.result(st.task_id), data=encode(result))
-        )
+        """The task's ``FinalResult`` on ``result.<client>.<task>``."""
+        subject = self.subjects.result(st.client, st.task_id)
+        st.outbox.append(Outgoing(id=f"{st.task_id}.result", subject=subject, data=encode(result)))
 
     def dead_letter(self, st: WorkflowState, subject: str, payload: bytes, reason: str, now: float) -> None:
         """Keep a message the task can no longer use (e.g. a result after the final event), with why."""

@@ -107,24 +107,30 @@ def check_submission(sub: TaskSubmission, limits: Limits) -> None:
         raise Refused(
             f"task.input_data and context are {size} bytes of JSON; the limit is {limits.input_bytes}"
         )
-    files = sub.task.input_data.get("files")
+    files = sub.task.input_data.get("files")  # user data: inline files, packed as the workspace
     if isinstance(files, dict) and len(files) > limits.workspace.max_files:
         raise Refused(
             f"task.input_data.files has {len(files)} files; the limit is {limits.workspace.max_files}"
         )
 
 
-async def check_workspace(bus: Bus, sub: TaskSubmission, limits: Limits) -> TaskSubmission:
+async def check_workspace(bus: Bus, sub: TaskSubmission, limits: Limits, client: str) -> TaskSubmission:
     """Refuse a workspace not named by its hash, missing, or over the archive limits.
 
     The stored size is checked before anything is downloaded; the archive is
     then read once, counting files and bytes, and stops at the first limit.
     A client's upload (``shared.bus.uploads``) is copied into the object store for
-    the agents: the submission returned names that copy.
+    the agents: the submission returned names that copy. Only ``client``'s own
+    uploads are taken (the client the submission's subject names).
     """
     ref = sub.workspace
     if ref is None:
         return sub
+    if ref.uploaded_by and ref.uploaded_by != client:
+        raise Refused(
+            f"workspace {ref.name[:80]} names an upload of another client: a client submits "
+            f"only its own uploads (upload it as {client!r})"
+        )
     if ref.uploaded_by:
         try:
             data = await uploads.fetch(bus, ref, limits.workspace.max_packed_bytes)
@@ -157,41 +163,46 @@ async def check_workspace(bus: Bus, sub: TaskSubmission, limits: Limits) -> Task
     return sub
 
 
-async def check_task_id(kv: KeyValue, sub: TaskSubmission) -> bool:
+async def check_task_id(kv: KeyValue, sub: TaskSubmission, client: str) -> bool:
     """True when this task id is free; False for a re-publish of the same submission.
 
-    Raises ``Refused`` when another submission (another message id) holds the
-    task id: its sender must not read the other task's result.
+    Raises ``Refused`` when another submission (another message id, or another
+    client) holds the task id: task ids are unique across clients, and a sender
+    must never read another task's result.
     """
     try:
         entry = await kv.get(sub.task_id)
     except KeyNotFoundError:
         return True
     holder = _holder(entry.value)
-    if holder == sub.message_id:
+    if holder == (client, sub.message_id):
         return False
+    # another client's message id is not named: it is that client's business
+    other = f"message_id {holder[1]!r}" if holder[0] == client else "another client"
     raise Refused(
-        f"task id {sub.task_id!r} is already used by another submission (message_id {holder!r}): "
+        f"task id {sub.task_id!r} is already used by another submission ({other}): "
         "choose a new task id, or leave it empty to get one"
     )
-
-
-class _Holder(msgspec.Struct):
-    submission: _HolderSub
 
 
 class _HolderSub(msgspec.Struct):
     message_id: str = ""
 
 
+class _Holder(msgspec.Struct):
+    submission: _HolderSub
+    client: str = "client"
+
+
 _holder_decoder = msgspec.json.Decoder(_Holder)
 
 
-def _holder(state: bytes | None) -> str:
-    """The message id of the submission a stored workflow belongs to (only that field is decoded)."""
+def _holder(state: bytes | None) -> tuple[str, str]:
+    """The client and message id of the submission a stored workflow belongs to (only those are decoded)."""
     with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-        return _holder_decoder.decode(state or b"").submission.message_id
-    return "?"
+        held = _holder_decoder.decode(state or b"")
+        return held.client, held.submission.message_id
+    return "?", "?"
 
 
 class _LooseIds(msgspec.Struct):
@@ -211,16 +222,16 @@ def _valid_id(value: Any) -> str | None:
         return None
 
 
-async def _task_is_free(bus: Bus, kv: KeyValue, task_id: str, message_id: str | None) -> bool:
-    """True when answering on ``result.<task_id>`` cannot overwrite another submission's task."""
+async def _task_is_free(bus: Bus, kv: KeyValue, client: str, task_id: str, message_id: str | None) -> bool:
+    """True when answering on ``result.<client>.<task_id>`` cannot stand for another submission's task."""
     try:
         entry = await kv.get(task_id)
     except KeyNotFoundError:
         entry = None
     if entry is not None:
-        return _holder(entry.value) == message_id
-    try:
-        await bus.js.get_last_msg(bus.subjects.stream_events, bus.subjects.result(task_id))
+        return _holder(entry.value) == (client, message_id)
+    try:  # a task whose workflow was purged keeps its id while its result is stored (any client's)
+        await bus.js.get_last_msg(bus.subjects.stream_events, bus.subjects.result_any(task_id))
     except NotFoundError:
         return True
     return False
@@ -238,13 +249,18 @@ async def refuse(
 ) -> None:
     """Dead-letter a refused submission (unless the caller did) and answer its sender.
 
-    The answer is a ``FinalResult`` with status ``rejected``: always on
-    ``refused.<message_id>`` when the message id is usable, and also as the
-    task's own ``rejected`` event and ``result.<task_id>`` when that task id
-    is free (never over another submission's task).
+    The answer is a ``FinalResult`` with status ``rejected``, under the client
+    the submission's subject names: always on ``refused.<client>.<message_id>``
+    when the message id is usable, and also as the task's own ``rejected``
+    event and ``result.<client>.<task_id>`` when that task id is free (never
+    over another submission's task).
     """
     if dead_letter:
         await bus.dead_letter("orchestrator", msg.subject, msg.data, reason, dict(msg.headers or {}))
+    client = bus.subjects.client_of(msg.subject)
+    if client is None:
+        logger.warning("rejected a task from no client's subject %s: %s", msg.subject[:200], reason)
+        return
     message_id = sub.message_id if sub else None
     if sub is None:
         with contextlib.suppress(*DECODE_ERRORS):
@@ -271,10 +287,10 @@ async def refuse(
         finished_at=at,
     )
     if message_id is not None:
-        await bus.publish(s.refused(message_id), result, msg_id=f"refused.{message_id}")
-    if task_id is not None and await _task_is_free(bus, kv, task_id, message_id):
+        await bus.publish(s.refused(client, message_id), result, msg_id=f"refused.{client}.{message_id}")
+    if task_id is not None and await _task_is_free(bus, kv, client, task_id, message_id):
         # the result first, then the final event: a reader that saw the event finds the result
-        await bus.publish(s.result(task_id), result, msg_id=f"{task_id}.result")
+        await bus.publish(s.result(client, task_id), result, msg_id=f"{task_id}.result")
         event = TaskEvent(
             task_id=task_id,
             kind="rejected",
@@ -283,5 +299,7 @@ async def refuse(
             seq=1,
             detail=reason,
         )
-        await bus.publish(s.events(task_id, "rejected"), event, msg_id=f"{task_id}.rejected")
-    logger.warning("task rejected task=%s message_id=%s reason=%s", task_id, message_id, reason)
+        await bus.publish(s.events(client, task_id, "rejected"), event, msg_id=f"{task_id}.rejected")
+    logger.warning(
+        "task rejected client=%s task=%s message_id=%s reason=%s", client, task_id, message_id, reason
+    )

@@ -28,7 +28,7 @@ class OrchestratorSettings(BusSettings, LLMSettings):
         30 * 60.0, description="a step still running after this times out and is recovered (s)"
     )
     max_attempts: int = Field(3, description="runs of one step before it fails")
-    review_threshold: int = Field(90, description="the score a review must reach")
+    review_threshold: int = Field(90, ge=0, le=100, description="passing review score out of 100")
     review_max_rounds: int = Field(3, description="review -> fix rounds before the task needs attention")
     conflict_policy: CommaList[Concern] = Field(
         ["security", "correctness", "performance", "style"],

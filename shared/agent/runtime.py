@@ -87,6 +87,14 @@ class _InFlight:
     announce: asyncio.Task[None]
 
 
+def _pending(msg: Msg) -> int | None:
+    """How many more messages the consumer held when this one was delivered (None: unknown)."""
+    try:
+        return msg.metadata.num_pending
+    except Exception:  # noqa: BLE001 - not a JetStream delivery: treat as unknown
+        return None
+
+
 def _remember(seen: OrderedDict[Any, None], key: Any) -> None:
     seen[key] = None
     seen.move_to_end(key)
@@ -108,7 +116,11 @@ class AgentService(Lifecycle):
     _doorbell: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _slot_free: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _inflight: dict[str, _InFlight] = field(default_factory=dict, init=False)
+    # priorities that may hold work: rung since the last pull, or left over by one
     _rung: set[str] = field(default_factory=set, init=False)
+    # look into every priority on the next pull (work that rings no bell: redeliveries, naks)
+    _look: bool = field(default=True, init=False)
+    _looked_at: float = field(default=0.0, init=False)
     _pulling: bool = field(default=False, init=False)
     _paused_until: float = field(default=0.0, init=False)
     # recent cancels (bounded, oldest forgotten first): an item of a cancelled task not started yet
@@ -185,8 +197,12 @@ class AgentService(Lifecycle):
         self._doorbell.set()
 
     async def _pull_loop(self) -> None:
-        """Block on the doorbell; on a ring, drain in priority order with no-wait pulls.
+        """Block on the doorbell; pull only the priorities that rang (or all, once per _IDLE_WAIT).
 
+        A pull costs a round trip, so a finished step does not sweep three empty queues: the
+        pulled message says how many more its queue holds, a ring marks its priority, and
+        what rings no bell (a redelivery, a nak) is found by the look into every priority
+        that an idle agent takes once per _IDLE_WAIT (and a busy one at most that often).
         Each message goes through the consumer's error boundary, so no work item can end
         this loop; if something else does, the shell restarts it (and gives up loudly).
         """
@@ -200,15 +216,23 @@ class AgentService(Lifecycle):
                 if pause > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), pause)
+                    self._look = True  # work handed back meanwhile rang no bell
                     continue
-                rung = self._rung.copy()
+                if time.monotonic() - self._looked_at >= _IDLE_WAIT:
+                    self._look = True
+                if not self._rung and not self._look:
+                    self._doorbell.clear()  # no await since the check: a ring cannot slip between
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._doorbell.wait(), _IDLE_WAIT)
+                    continue
+                rung, look = self._rung.copy(), self._look
                 self._rung.clear()
-                self._doorbell.clear()
-                msg = await self._next_message(rung)
-                if msg is None:
-                    await self._wait_doorbell()
-                    continue
-                await self.consumer.process(msg)
+                self._look = False
+                if look:
+                    self._looked_at = time.monotonic()
+                msg = await self._next_message(rung, look)
+                if msg is not None:
+                    await self.consumer.process(msg)
         finally:
             self._pulling = self.consumer.stats.pulling = False
 
@@ -219,27 +243,27 @@ class AgentService(Lifecycle):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._slot_free.wait(), _IDLE_WAIT)
 
-    async def _wait_doorbell(self) -> None:
-        # the timeout covers what rings no bell: redeliveries after AckWait and delayed naks
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._doorbell.wait(), _IDLE_WAIT)
+    async def _next_message(self, rung: set[str], look: bool) -> Msg | None:
+        """The first message in priority order among the priorities that rang (all, with ``look``).
 
-    async def _next_message(self, rung: set[str]) -> Msg | None:
-        """Highest priority first, without waiting; then a short wait on a priority that rang.
-
-        The wait covers a ring that overtook the stream's store of the message it announces.
+        A rung priority is pulled with a short wait: the ring (a copy of the publish) may
+        overtake the stream's store of the message it announces, and a waiting pull is
+        answered the moment it is stored (one round trip either way). A priority without
+        a ring is pulled without waiting. Rung priorities not reached, and the pulled one
+        when its queue holds more, stay marked for the next pull.
         """
-        for priority in PRIORITIES:
+        for i, priority in enumerate(PRIORITIES):
             if self._stopping.is_set():
+                self._rung.update(rung)
                 return None
-            msg = await self._pull(priority, None)
+            if priority not in rung and not look:
+                continue
+            msg = await self._pull(priority, _PULL_WAIT if priority in rung else None)
             if msg is not None:
+                self._rung.update(p for p in PRIORITIES[i + 1 :] if p in rung)
+                if _pending(msg) != 0:
+                    self._rung.add(priority)
                 return msg
-        for priority in PRIORITIES:
-            if priority in rung and not self._stopping.is_set():
-                msg = await self._pull(priority, _PULL_WAIT)
-                if msg is not None:
-                    return msg
         return None
 
     async def _pull(self, priority: str, wait: float | None) -> Msg | None:
@@ -248,6 +272,7 @@ class AgentService(Lifecycle):
         except Exception as exc:  # connection trouble: log, back off, keep the loop alive
             logger.warning("pull failed priority=%s err=%s", priority, exc)
             await asyncio.sleep(_IDLE_WAIT)
+            self._look = True
             return None
 
     async def _on_item(self, item: WorkItem, delivery: Delivery) -> None:

@@ -60,7 +60,6 @@ class AgentSettings(BusSettings, LLMSettings):
         True, description="also index the metadata of the installed Python packages"
     )
     llm_context_chars: int = Field(60_000, description="bound on workspace text put in one prompt")
-    review_threshold: int = Field(90, description="the reviewer's pass mark when a review item names none")
 
     # --- sandbox for workspace code (shared/tools/sandbox.py, shared/tools/testing.py) ------
     sandbox_allow_unsandboxed: bool = Field(

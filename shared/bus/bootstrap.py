@@ -60,7 +60,7 @@ async def bootstrap(settings: BusSettings, deadline: float = _DEADLINE) -> None:
     try:
         s = settings.subjects
         names = [s.stream_tasks, s.stream_work, s.stream_results, s.stream_events, s.stream_metrics]
-        names.append(s.stream_dead_letters)
+        names += [s.stream_uploads, s.stream_downloads, s.stream_dead_letters]
         logger.info(
             "topology ready prefix=%s replicas=%d streams=%s kv=%s objects=%s",
             s.prefix,

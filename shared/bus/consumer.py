@@ -28,14 +28,13 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import FetchTimeoutError
 
 from shared.bus.core import Bus
 from shared.contract.errors import CadreError
@@ -215,12 +214,24 @@ class SupervisedConsumer(Generic[T]):
         self.stats.last_error = _describe(exc)[:500]
 
     # --- the fetch loop ---------------------------------------------------------------------------
-    async def run(self, psub: Any, *, concurrency: int = 1, batch: int = 10, wait: float = 1.0) -> None:
+    async def run(self, source: Any, *, concurrency: int = 1, batch: int = 10, wait: float = 1.0) -> None:
         """Fetch and process until cancelled; up to ``concurrency`` messages at once.
 
-        Messages are started in stream order; a handler that needs per-key order
-        takes a ``KeyedLocks`` lock before its first await.
+        ``source`` is a :class:`Puller` or a nats.py pull subscription (its stream and
+        durable are pulled through a ``Puller`` of this loop's own: see ``Puller.pull_batch``
+        for why not nats.py's ``fetch``). Messages are started in stream order; a handler
+        that needs per-key order takes a ``KeyedLocks`` lock before its first await.
         """
+        if isinstance(source, Puller):
+            await self._run(source, concurrency, batch, wait)
+            return
+        puller = await Puller(self.bus, source._stream, source._consumer).start()
+        try:
+            await self._run(puller, concurrency, batch, wait)
+        finally:
+            await puller.close()
+
+    async def _run(self, puller: Puller, concurrency: int, batch: int, wait: float) -> None:
         slots = asyncio.Semaphore(concurrency)
         running: set[asyncio.Task[None]] = set()
 
@@ -238,24 +249,24 @@ class SupervisedConsumer(Generic[T]):
                 while free < batch and not slots.locked():
                     await slots.acquire()
                     free += 1
+                got = 0
                 try:
-                    msgs = await psub.fetch(free, timeout=wait)
-                except (NatsTimeoutError, FetchTimeoutError, TimeoutError):
-                    msgs = []
+                    # one request for as many messages as there are free slots, each handed
+                    # to a handler the moment it arrives
+                    async for m in puller.consume(free, wait):
+                        got += 1
+                        t = asyncio.create_task(one(m), name=f"{self.name}-msg")
+                        running.add(t)
+                        t.add_done_callback(running.discard)
                 except Exception as exc:  # connection trouble or a leader election: keep the loop
                     self._error(exc)
                     logger.warning("consumer %s fetch failed err=%s", self.name, _describe(exc))
-                    msgs = []
-                    for _ in range(free):
+                    for _ in range(free - got):
                         slots.release()
                     await asyncio.sleep(_FETCH_RETRY)
                     continue
-                for _ in range(free - len(msgs)):
+                for _ in range(free - got):
                     slots.release()
-                for m in msgs:
-                    t = asyncio.create_task(one(m), name=f"{self.name}-msg")
-                    running.add(t)
-                    t.add_done_callback(running.discard)
         finally:
             self.stats.pulling = False
             for t in list(running):
@@ -264,21 +275,26 @@ class SupervisedConsumer(Generic[T]):
 
 
 class Puller:
-    """Pull one message from a durable consumer: at once (``no_wait``) or waiting up to ``wait`` s.
+    """Pull from a durable consumer with the JetStream ``CONSUMER.MSG.NEXT`` request, on its own inbox.
 
-    nats.py's ``fetch`` always waits out its ``expires`` when the consumer is empty;
-    an agent draining three priorities must not, so this sends the JetStream
-    ``CONSUMER.MSG.NEXT`` request itself, on its own inbox (one request at a time).
+    ``pull`` takes one message: at once (``no_wait``) or waiting up to ``wait`` s (nats.py's
+    ``fetch`` always waits out its ``expires`` when the consumer is empty; an agent draining
+    three priorities must not). ``pull_batch`` takes up to ``n``, returning as soon as any
+    are there. One request at a time per ``Puller``; each request gets its own reply subject
+    under the inbox, so a status that ends an earlier request (one given up on after a
+    connection blip) can never end the current one, while a message it still delivers is
+    work like any other and is handed over.
     """
 
     def __init__(self, bus: Bus, stream: str, durable: str) -> None:
         self.bus = bus
         self._next = f"{bus.js._prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._inbox = bus.nc.new_inbox()
+        self._requests = 0
         self._sub: Any = None
 
     async def start(self) -> Puller:
-        self._sub = await self.bus.nc.subscribe(self._inbox)
+        self._sub = await self.bus.nc.subscribe(f"{self._inbox}.*")
         return self
 
     async def close(self) -> None:
@@ -293,25 +309,60 @@ class Puller:
             req["expires"] = int(wait * 1e9)
         else:
             req["no_wait"] = True
-        await self.bus.nc.publish(self._next, msgspec.json.encode(req), reply=self._inbox)
-        deadline = time.monotonic() + (wait or 0.0) + _PULL_REPLY_BOUND
-        while True:
+        msgs = await self._request(req, 1, wait or 0.0)
+        return msgs[0] if msgs else None
+
+    async def pull_batch(self, n: int, wait: float) -> list[Msg]:
+        """Up to ``n`` messages: what is there now, else the first to arrive within ``wait`` s.
+
+        One request with ``no_wait`` and ``expires``: the server holds it while the consumer
+        is empty, and as soon as messages are there it sends what it has and ends the request
+        (status 404), or ends it on expiry (408). So a message is handed over at once and no
+        request lingers after this returns. nats.py's ``fetch(n)`` instead, whenever its first
+        answer is a status (e.g. the late 408 of an earlier fetch that timed out on the client
+        first, as its timeout and the request's expiry are equal), sends a plain request for
+        ``n`` and holds the first message until ``n`` arrived or its timeout passed.
+        """
+        return await self._request({"batch": n, "expires": int(wait * 1e9), "no_wait": True}, n, wait)
+
+    def consume(self, n: int, wait: float) -> AsyncIterator[Msg]:
+        """Up to ``n`` messages, each yielded the moment it arrives, within ``wait`` s.
+
+        One plain request for ``n`` held by the server for ``wait``: a steady flow of
+        messages costs one request per ``n`` of them (not one request and one "no more"
+        status per message, as ``pull_batch`` does when they come one at a time). The
+        caller has room for all ``n`` (the orchestrator's free handler slots).
+        """
+        return self._responses({"batch": n, "expires": int(wait * 1e9)}, n, wait)
+
+    async def _request(self, req: dict[str, Any], n: int, wait: float) -> list[Msg]:
+        return [msg async for msg in self._responses(req, n, wait)]
+
+    async def _responses(self, req: dict[str, Any], n: int, wait: float) -> AsyncIterator[Msg]:
+        self._requests += 1
+        reply = f"{self._inbox}.{self._requests}"
+        await self.bus.nc.publish(self._next, msgspec.json.encode(req), reply=reply)
+        deadline = time.monotonic() + wait + _PULL_REPLY_BOUND
+        got = 0
+        while got < n:
             left = deadline - time.monotonic()
             if left <= 0:
-                return None
+                break
             try:
                 msg: Msg = await self._sub.next_msg(timeout=left)
             except (NatsTimeoutError, TimeoutError):
-                return None
+                break
             status = (msg.headers or {}).get("Status")
             if status is None:
-                return msg
-            if status == "100":  # idle heartbeat: keep waiting
-                continue
-            # 404 no messages, 408 expired, 409 e.g. consumer deleted or leadership change
-            if status not in ("404", "408"):
-                logger.debug("pull status=%s %s", status, (msg.headers or {}).get("Description"))
-            return None
+                got += 1
+                yield msg  # this request's, or a late one of an earlier request: work either way
+            elif status == "100" or msg.subject != reply:
+                continue  # an idle heartbeat, or the end of an earlier request
+            else:
+                # 404 nothing (more) now, 408 expired, 409 e.g. a leadership change: the request ended
+                if status not in ("404", "408"):
+                    logger.debug("pull status=%s %s", status, (msg.headers or {}).get("Description"))
+                break
 
 
 class KeyedLocks:

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -30,7 +31,13 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -39,9 +46,21 @@ from shared.contract.errors import NotConnected
 from shared.contract.protocol import AGENT_ROLES, PRIORITIES, ArtifactRef, DeadLetter, encode, now
 from shared.contract.subjects import Subjects
 
-__all__ = ["Bus", "connect", "ensure_topology", "ArtifactRefused", "check_artifact", "check_artifact_ref"]
+__all__ = [
+    "ArtifactRefused",
+    "Bus",
+    "PubAck",
+    "check_artifact",
+    "check_artifact_ref",
+    "connect",
+    "decode_pub_ack",
+    "ensure_topology",
+]
 
 logger = logging.getLogger(__name__)
+
+# How long a publish waits for the store's ack (nats.py's JetStream default).
+_PUBLISH_TIMEOUT = 5.0
 
 
 async def connect(settings: BusSettings, name: str, *, retry_forever: bool = True) -> NATS:
@@ -119,7 +138,7 @@ async def ensure_topology(js: JetStreamContext, settings: BusSettings) -> None:
     streams = [
         StreamConfig(
             name=s.stream_tasks,
-            subjects=[s.task_submit],
+            subjects=[s.task_submit_all],
             retention=RetentionPolicy.WORK_QUEUE,
             duplicate_window=dedup,
             storage=StorageType.FILE,
@@ -143,7 +162,10 @@ async def ensure_topology(js: JetStreamContext, settings: BusSettings) -> None:
         ),
         StreamConfig(
             name=s.stream_events,
-            subjects=[f"{s.prefix}.events.>", s.result_all, s.refused_all],
+            subjects=[s.events_all, s.result_all, s.refused_all],
+            # clients read single messages by direct get with the subject in the request
+            # subject, which the server's permissions can pin to the client's own name
+            allow_direct=True,
             retention=RetentionPolicy.LIMITS,
             max_age=settings.events_max_age,
             max_bytes=settings.events_max_bytes,
@@ -157,6 +179,18 @@ async def ensure_topology(js: JetStreamContext, settings: BusSettings) -> None:
             subjects=[s.upload_all],
             retention=RetentionPolicy.LIMITS,
             max_age=settings.upload_max_age,
+            duplicate_window=dedup,
+            storage=StorageType.FILE,
+            num_replicas=r,
+        ),
+        StreamConfig(
+            # result artifacts the orchestrator offers each client, under its name
+            # (shared/bus/downloads.py); read only by direct get by subject
+            name=s.stream_downloads,
+            subjects=[s.download_all],
+            allow_direct=True,
+            retention=RetentionPolicy.LIMITS,
+            max_age=settings.artifacts_max_age,
             duplicate_window=dedup,
             storage=StorageType.FILE,
             num_replicas=r,
@@ -200,14 +234,17 @@ async def ensure_topology(js: JetStreamContext, settings: BusSettings) -> None:
             await js.add_consumer(
                 s.stream_work, durable(s.work_consumer(role, priority), s.work(role, priority))
             )
-    await js.add_consumer(s.stream_tasks, durable(s.intake_consumer, s.task_submit))
+    await js.add_consumer(s.stream_tasks, durable(s.intake_consumer, s.task_submit_all))
     await js.add_consumer(s.stream_results, durable(s.results_consumer, s.step_result_all))
 
     try:
         await js.key_value(s.kv_workflows)
+        await _allow_direct_gets(js, f"KV_{s.kv_workflows}")
     except (NotFoundError, BadRequestError):
+        # direct gets: a KV read is the raw value with headers (one request, no JSON or base64 to
+        # unpack), the orchestrator's most frequent read. nats.go makes KV buckets this way.
         await js.create_key_value(
-            KeyValueConfig(bucket=s.kv_workflows, history=settings.kv_history, replicas=r)
+            KeyValueConfig(bucket=s.kv_workflows, history=settings.kv_history, replicas=r, direct=True)
         )
     try:
         await js.object_store(s.object_store)
@@ -215,6 +252,91 @@ async def ensure_topology(js: JetStreamContext, settings: BusSettings) -> None:
         await js.create_object_store(
             s.object_store, ObjectStoreConfig(replicas=r, ttl=settings.artifacts_max_age)
         )
+
+
+async def _allow_direct_gets(js: JetStreamContext, stream: str) -> None:
+    """Turn on direct gets for a bucket created before they were the default here (idempotent)."""
+    info = await js.stream_info(stream)
+    if not info.config.allow_direct:
+        info.config.allow_direct = True
+        await js.update_stream(info.config)
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int | None = None
+    description: str | None = None
+
+
+class PubAck(msgspec.Struct):
+    """JetStream's answer to a publish: where the message was stored (or that it was a duplicate)."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    domain: str | None = None
+    error: _ApiError | None = None
+
+
+_pub_ack_decoder = msgspec.json.Decoder(PubAck)
+
+
+def decode_pub_ack(data: bytes) -> PubAck:
+    """A publish ack, decoded in one msgspec call (nats.py: ``json.loads`` and a dataclass per ack).
+
+    A refusal raises the same ``nats.js.errors`` type nats.py raises for it.
+    """
+    ack = _pub_ack_decoder.decode(data)
+    if ack.error is not None:
+        APIError.from_error(
+            {"code": ack.error.code, "err_code": ack.error.err_code, "description": ack.error.description}
+        )
+    return ack
+
+
+class _AckMux:
+    """Acks of many in-flight publishes on one wildcard inbox subscription, decoded by msgspec.
+
+    What nats.py's ``publish_async`` does, without its per-publish NUID token, semaphore
+    and ``json.loads`` plus dataclass per ack.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.prefix = nc.new_inbox()
+        self.pending: dict[str, asyncio.Future[PubAck]] = {}
+        self._n = 0
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(f"{self.prefix}.*", cb=self._on_ack)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        fut = self.pending.pop(msg.subject, None)
+        if fut is None or fut.done():
+            return  # given up on (the publisher's bound passed)
+        if (msg.headers or {}).get("Status") == "503":  # no stream listens on the subject
+            fut.set_exception(NoStreamResponseError())
+            return
+        try:
+            fut.set_result(decode_pub_ack(msg.data))
+        except Exception as exc:  # a refusal, or an answer that is no ack
+            fut.set_exception(exc)
+
+    async def publish(
+        self, subject: str, data: bytes, headers: dict[str, str] | None
+    ) -> asyncio.Future[PubAck]:
+        self._n += 1
+        reply = f"{self.prefix}.{self._n}"
+        fut: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        self.pending[reply] = fut
+        fut.add_done_callback(lambda _: self.pending.pop(reply, None))
+        try:
+            await self.nc.publish(subject, data, reply=reply, headers=headers)
+        except BaseException:
+            fut.cancel()
+            raise
+        return fut
 
 
 @dataclass
@@ -226,6 +348,8 @@ class Bus:
     js: JetStreamContext = field(init=False)
     _kv: KeyValue | None = field(default=None, init=False)
     _store: ObjectStore | None = field(default=None, init=False)
+    _acks: _AckMux | None = field(default=None, init=False)
+    _acks_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     def __post_init__(self) -> None:
         self.js = self.nc.jetstream()
@@ -276,10 +400,38 @@ class Bus:
         await self.close()
 
     # --- publishing -----------------------------------------------------------
-    async def publish(self, subject: str, msg: msgspec.Struct, *, msg_id: str | None = None) -> None:
+    async def publish(self, subject: str, msg: msgspec.Struct, *, msg_id: str | None = None) -> PubAck:
         """Publish to a stream and wait for the store's ack (dedup on ``msg_id``)."""
+        return await self.publish_bytes(subject, encode(msg), msg_id=msg_id)
+
+    async def publish_bytes(self, subject: str, data: bytes, *, msg_id: str | None = None) -> PubAck:
+        """Publish encoded bytes to a stream and wait for the store's ack (dedup on ``msg_id``).
+
+        What ``js.publish`` does (one request, the same errors), with the ack decoded by msgspec.
+        """
+        ack = await self.publish_async(subject, data, msg_id=msg_id)
+        try:
+            async with asyncio.timeout(_PUBLISH_TIMEOUT):
+                return await ack
+        finally:
+            ack.cancel()  # no-op once answered; forgets the reply subject after a timeout
+
+    async def publish_async(
+        self, subject: str, data: bytes, *, msg_id: str | None = None
+    ) -> asyncio.Future[PubAck]:
+        """Send to a stream without waiting; the returned future gets the store's ack.
+
+        For sending several records at once and awaiting their acks together (the
+        orchestrator's outbox). A future nobody awaits to the end should be cancelled.
+        """
+        if self._acks is None:
+            async with self._acks_lock:
+                if self._acks is None:
+                    mux = _AckMux(self.nc)
+                    await mux.start()
+                    self._acks = mux
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        await self.js.publish(subject, encode(msg), headers=headers)
+        return await self._acks.publish(subject, data, headers)
 
     async def dead_letter(
         self,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
@@ -34,12 +35,12 @@ from urllib.parse import urlsplit
 import msgspec
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
 from nats.micro.service import DEFAULT_PREFIX as SRV_PREFIX
 
-from shared.bus import uploads
-from shared.bus.core import Bus
+from shared.bus import downloads, uploads
+from shared.bus.core import ArtifactRefused, Bus
 from shared.bus.settings import BusSettings
 from shared.client.settings import ClientSettings
 from shared.client.wstree import FileChange, changed_files, git_patch, read_tree, write_tree
@@ -69,7 +70,7 @@ from shared.contract.protocol import (
     now,
     result_decoder,
 )
-from shared.contract.subjects import Subjects
+from shared.contract.subjects import Subjects, token
 from shared.contract.workspace import pack_dir
 
 __all__ = [
@@ -137,6 +138,24 @@ class Download:
     artifact: ArtifactRef
 
 
+@dataclasses.dataclass
+class _FreshName(ConsumerConfig):
+    """A consumer config that draws a new consumer name every time a consumer is created from it.
+
+    A named consumer is created on the extended subject
+    ``$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>``, the one create form
+    whose filter the server checks against the request, so the NATS
+    permissions can pin a client's consumers to its own subjects
+    (``...CREATE.<stream>.*.<prefix>.events.<client>.>``). nats-py re-creates an
+    ordered consumer from the same config after a gap; a fresh name keeps that
+    from colliding with the old one. ``JetStreamManager.add_consumer`` begins
+    with ``config.evolve(...)``: that is where the name is drawn.
+    """
+
+    def evolve(self, **params: Any) -> _FreshName:
+        return dataclasses.replace(self, **{"name": new_id("c"), **params})
+
+
 class ServiceInfo(msgspec.Struct, frozen=True, kw_only=True):
     """One nats micro service instance's answer to ``$SRV.PING``."""
 
@@ -182,8 +201,12 @@ class CadreClient:
     def __init__(self, bus: Bus, settings: ClientSettings | None = None) -> None:
         self.bus = bus
         self.settings: BusSettings = settings or bus.settings
-        # the name uploads go under (CADRE_CLIENT_NAME); None: the connection's NATS user
-        self._upload_as = settings.upload_name() if settings is not None else None
+        # this client's name on the bus: what it submits under and reads back under (the
+        # server's permissions pin a client user to its own name; docs/security.md).
+        # CADRE_CLIENT_NAME (ClientSettings), else the connection's NATS user, else "client".
+        self.client_name = (
+            settings.upload_name() if settings is not None else token(bus.settings.nats_user or "client")
+        )
         self._submitted: dict[str, str] = {}  # task id -> message id, for this client's submissions
 
     @classmethod
@@ -230,13 +253,15 @@ class CadreClient:
             data = await asyncio.to_thread(pack_dir, Path(workspace_dir))
             # into the uploads stream under this client's own name (never the shared object store)
             fields["workspace"] = await uploads.upload(
-                self.bus, data, description=f"workspace ({Path(workspace_dir).name})", client=self._upload_as
+                self.bus, data, description=f"workspace ({Path(workspace_dir).name})", client=self.client_name
             )
         chosen_id = bool(task.task_id)
         task = msgspec.structs.replace(task, **fields)
         try:
             ack = await self.bus.js.publish(
-                self.subjects.task_submit, encode(task), headers={"Nats-Msg-Id": task.message_id}
+                self.subjects.task_submit(self.client_name),
+                encode(task),
+                headers={"Nats-Msg-Id": task.message_id},
             )
         except NoStreamResponseError as exc:
             raise NoDeployment(self.settings, self.subjects.stream_tasks) from exc
@@ -251,15 +276,36 @@ class CadreClient:
         return task_id
 
     # --- read back ---------------------------------------------------------------------------
-    async def exists(self, task_id: str) -> bool:
-        """True when the events stream holds any event or a result of this task."""
+    async def _last(self, subject: str) -> bytes | None:
+        """The last message on one of this client's subjects of the events stream (direct get), or None."""
         s = self.subjects
-        for subject in (s.events_all(task_id), s.result(task_id)):
-            try:
-                info = await self.bus.js.stream_info(s.stream_events, subjects_filter=subject)
-            except NotFoundError as exc:
-                raise NoDeployment(self.settings, s.stream_events) from exc
-            if info.state.subjects:
+        try:
+            raw = await self.bus.js.get_last_msg(s.stream_events, subject, direct=True)
+        except NotFoundError:
+            return None
+        except NoRespondersError as exc:
+            raise NoDeployment(self.settings, s.stream_events) from exc
+        return raw.data or b""
+
+    async def _follow(self, subject: str, deliver_policy: DeliverPolicy) -> Any:
+        """An ordered consumer on one of this client's subjects (a named create, see ``_FreshName``)."""
+        s = self.subjects
+        try:
+            return await self.bus.js.subscribe(
+                subject,
+                stream=s.stream_events,
+                ordered_consumer=True,
+                deliver_policy=deliver_policy,
+                config=_FreshName(),
+            )
+        except NotFoundError as exc:
+            raise NoDeployment(self.settings, s.stream_events) from exc
+
+    async def exists(self, task_id: str) -> bool:
+        """True when the events stream holds any event or a result of this client's task."""
+        s = self.subjects
+        for subject in (s.events_of(self.client_name, task_id), s.result(self.client_name, task_id)):
+            if await self._last(subject) is not None:
                 return True
         return False
 
@@ -281,15 +327,9 @@ class CadreClient:
         s = self.subjects
         deadline = None if timeout is None else time.monotonic() + timeout
         next_check = 0.0
-        try:
-            sub = await self.bus.js.subscribe(
-                s.events_all(task_id),
-                stream=s.stream_events,
-                ordered_consumer=True,
-                deliver_policy=DeliverPolicy.ALL if replay else DeliverPolicy.NEW,
-            )
-        except NotFoundError as exc:
-            raise NoDeployment(self.settings, s.stream_events) from exc
+        sub = await self._follow(
+            s.events_of(self.client_name, task_id), DeliverPolicy.ALL if replay else DeliverPolicy.NEW
+        )
         try:
             while True:
                 wait = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
@@ -324,36 +364,27 @@ class CadreClient:
                 await sub.unsubscribe()
 
     async def last_result(self, task_id: str) -> FinalResult | None:
-        """The stored final result, or None when there is none (yet)."""
-        s = self.subjects
-        try:
-            raw = await self.bus.js.get_last_msg(s.stream_events, s.result(task_id))
-        except NotFoundError:
-            return None
-        return result_decoder.decode(raw.data or b"")
+        """The stored final result of this client's task, or None when there is none (yet)."""
+        raw = await self._last(self.subjects.result(self.client_name, task_id))
+        return None if raw is None else result_decoder.decode(raw)
 
     async def refusal(self, task_id: str) -> FinalResult | None:
         """The orchestrator's refusal of this client's submission of ``task_id``, if it refused it.
 
         A refusal whose task id belongs to another task (a reused id) is only
-        here, on ``refused.<message_id>``: never on the other task's result.
+        here, on ``refused.<client>.<message_id>``: never on the other task's result.
         """
         message_id = self._submitted.get(task_id)
         if not message_id:
             return None
-        try:
-            raw = await self.bus.js.get_last_msg(
-                self.subjects.stream_events, self.subjects.refused(message_id)
-            )
-        except NotFoundError:
-            return None
-        return result_decoder.decode(raw.data or b"")
+        raw = await self._last(self.subjects.refused(self.client_name, message_id))
+        return None if raw is None else result_decoder.decode(raw)
 
     async def result(self, task_id: str, timeout: float | None = None) -> FinalResult:  # noqa: ASYNC109
         """The task's final result, waiting up to ``timeout`` seconds (None: no bound).
 
         For a task this client submitted, a refusal of that submission
-        (``refused.<message_id>``) is its result too. Raises ``TaskNotFound``
+        (``refused.<client>.<message_id>``) is its result too. Raises ``TaskNotFound``
         when the bus holds nothing about the task (and this client did not
         submit it), ``TimeoutError`` when it is still running past ``timeout``.
         """
@@ -365,18 +396,10 @@ class CadreClient:
         if timeout is not None and timeout <= 0:
             raise TimeoutError(f"task {task_id} has no result yet")
         s = self.subjects
-        subjects = [s.result(task_id)]
+        subjects = [s.result(self.client_name, task_id)]
         if task_id in self._submitted:
-            subjects.append(s.refused(self._submitted[task_id]))
-        subs = [
-            await self.bus.js.subscribe(
-                subject,
-                stream=s.stream_events,
-                ordered_consumer=True,
-                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-            )
-            for subject in subjects
-        ]
+            subjects.append(s.refused(self.client_name, self._submitted[task_id]))
+        subs = [await self._follow(subject, DeliverPolicy.LAST_PER_SUBJECT) for subject in subjects]
         waits = [asyncio.ensure_future(sub.next_msg(timeout=timeout)) for sub in subs]
         try:
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -396,12 +419,15 @@ class CadreClient:
 
     # --- the task's code: the patched workspace, the patch ------------------------------------------
     async def artifact(self, ref: ArtifactRef) -> bytes:
-        """An artifact's bytes, checked against the sha256 and size it is named by (``ArtifactCorrupt``)."""
+        """An artifact of one of this client's results, checked against the sha256 and size it is
+        named by (``ArtifactCorrupt``). Read from this client's downloads (``shared.bus.downloads``);
+        ``downloads.NotOffered`` when it is not there (another client's, or expired)."""
         try:
-            store = await self.bus.store()
-            data = (await store.get(ref.name)).data or b""
-        except NotFoundError as exc:
-            raise CadreError(f"artifact {ref.name} is not in the object store (expired or deleted)") from exc
+            data = await downloads.fetch(self.bus, self.client_name, ref)
+        except ArtifactRefused as exc:
+            raise ArtifactCorrupt(ref, str(exc)) from exc
+        except NoRespondersError as exc:
+            raise NoDeployment(self.settings, self.subjects.stream_downloads) from exc
         digest = hashlib.sha256(data).hexdigest()
         if digest != ref.sha256 or digest != ref.name:
             raise ArtifactCorrupt(ref, f"its sha256 is {digest}")
@@ -453,11 +479,10 @@ class CadreClient:
         reason: str = "cancelled by user",
         timeout: float = 5.0,  # noqa: ASYNC109
     ) -> CancelReply:
-        """Ask the orchestrator to cancel a task (request/reply)."""
+        """Ask the orchestrator to cancel one of this client's tasks (request/reply)."""
+        subject = self.subjects.task_cancel(self.client_name)
         request = CancelRequest(task_id=task_id, reason=reason)
-        return await self._request(
-            "orchestrator", self.subjects.task_cancel, encode(request), cancel_reply_decoder, timeout
-        )
+        return await self._request("orchestrator", subject, encode(request), cancel_reply_decoder, timeout)
 
     async def snapshot(self, timeout: float = 5.0) -> Snapshot:  # noqa: ASYNC109
         """The monitor's snapshot: agents, health, alerts, recent tasks and the spec's figures."""

@@ -21,9 +21,12 @@ class ClientSettings(BusSettings):
 
     client_name: str = Field(
         "",
-        description="the name a client uploads under (cadre.upload.<name>.>); empty: nats_user, else 'client'",
+        description=(
+            "the client's name on the bus: it submits, cancels, uploads and reads back under it "
+            "(cadre.task.submit.<name>, cadre.events.<name>.>, ...); empty: nats_user, else 'client'"
+        ),
     )
 
     def upload_name(self) -> str:
-        """The name this client uploads under: ``CADRE_CLIENT_NAME``, else its NATS user, else ``client``."""
+        """This client's name on the bus: ``CADRE_CLIENT_NAME``, else its NATS user, else ``client``."""
         return token(self.client_name or self.nats_user or "client")

@@ -42,14 +42,33 @@ class Subjects:
         token(self.prefix)
 
     # --- subjects -----------------------------------------------------------
-    @property
-    def task_submit(self) -> str:
-        return f"{self.prefix}.task.submit"
+    # What a client sends and what comes back to it carry the client's name as a token:
+    # the server's permissions let each client user use only its own name, so the name
+    # is an identity the server enforces (never a claim in a payload). docs/security.md.
+    def task_submit(self, client: str) -> str:
+        """Where ``client`` submits tasks (its user may publish only under its own name)."""
+        return f"{self.prefix}.task.submit.{token(client)}"
 
     @property
-    def task_cancel(self) -> str:
-        """Request/reply: ask the orchestrator to cancel a task."""
-        return f"{self.prefix}.task.cancel"
+    def task_submit_all(self) -> str:
+        return f"{self.prefix}.task.submit.*"
+
+    def task_cancel(self, client: str) -> str:
+        """Request/reply: ``client`` asks the orchestrator to cancel one of its tasks."""
+        return f"{self.prefix}.task.cancel.{token(client)}"
+
+    @property
+    def task_cancel_all(self) -> str:
+        return f"{self.prefix}.task.cancel.*"
+
+    def client_of(self, subject: str) -> str | None:
+        """The client token of a submit or cancel subject (``<prefix>.task.<verb>.<client>``), else None."""
+        parts = subject.split(".")
+        if len(parts) != 4 or parts[0] != self.prefix or parts[1] != "task":
+            return None
+        if parts[2] not in ("submit", "cancel") or not _TOKEN.match(parts[3]):
+            return None
+        return parts[3]
 
     def work(self, role: str, priority: str) -> str:
         if role not in AGENT_ROLES:
@@ -94,30 +113,50 @@ class Subjects:
             return None
         return parts[2]
 
-    def refused(self, message_id: str) -> str:
+    def refused(self, client: str, message_id: str) -> str:
         """Where the orchestrator answers a submission it refused whose task id is not its own.
 
         A refused submission that reuses another task's id must not overwrite
-        ``result.<task_id>``; its sender reads the refusal here, by its message id.
+        ``result.<client>.<task_id>``; its sender reads the refusal here, by its message id.
         """
-        return f"{self.prefix}.refused.{token(message_id)}"
+        return f"{self.prefix}.refused.{token(client)}.{token(message_id)}"
 
     @property
     def refused_all(self) -> str:
         return f"{self.prefix}.refused.>"
 
-    def events(self, task_id: str, kind: str) -> str:
-        return f"{self.prefix}.events.{token(task_id)}.{token(kind)}"
+    def events(self, client: str, task_id: str, kind: str) -> str:
+        """One event of a task, under the client that submitted it."""
+        return f"{self.prefix}.events.{token(client)}.{token(task_id)}.{token(kind)}"
 
-    def events_all(self, task_id: str = "*") -> str:
-        return f"{self.prefix}.events.{task_id if task_id == '*' else token(task_id)}.>"
+    def events_of(self, client: str, task_id: str = "*") -> str:
+        """Every event of one task of ``client`` (``*``: of all its tasks)."""
+        task = task_id if task_id == "*" else token(task_id)
+        return f"{self.prefix}.events.{token(client)}.{task}.>"
 
-    def result(self, task_id: str) -> str:
-        return f"{self.prefix}.result.{token(task_id)}"
+    @property
+    def events_all(self) -> str:
+        return f"{self.prefix}.events.>"
+
+    def result(self, client: str, task_id: str) -> str:
+        """A task's final result, under the client that submitted it."""
+        return f"{self.prefix}.result.{token(client)}.{token(task_id)}"
+
+    def result_any(self, task_id: str) -> str:
+        """A task's result under any client (task ids are unique across clients)."""
+        return f"{self.prefix}.result.*.{token(task_id)}"
 
     @property
     def result_all(self) -> str:
         return f"{self.prefix}.result.>"
+
+    def download(self, client: str, sha256: str, index: int) -> str:
+        """One chunk of a result artifact the orchestrator offers to ``client`` (read by direct get)."""
+        return f"{self.prefix}.download.{token(client)}.{token(sha256)}.{int(index)}"
+
+    @property
+    def download_all(self) -> str:
+        return f"{self.prefix}.download.>"
 
     def heartbeat(self, role: str, instance_id: str) -> str:
         return f"{self.prefix}.heartbeat.{token(role)}.{token(instance_id)}"
@@ -201,6 +240,10 @@ class Subjects:
     @property
     def stream_uploads(self) -> str:
         return self._name("UPLOADS")
+
+    @property
+    def stream_downloads(self) -> str:
+        return self._name("DOWNLOADS")
 
     @property
     def stream_dead_letters(self) -> str:

@@ -246,6 +246,50 @@ _HOW = """## How it is measured
   flamegraph.pl).
 - The machine is shared (see the load average): compare columns of one run, not
   figures of different runs.
+
+## Where a step's time goes
+
+- **Wiretap**: `python -m tests.bench.wiretap cadre|floor [N]` starts one system
+  as above, runs `N` workflows one after another while a separate connection
+  subscribes to `>`, and prints the last workflow's messages in order with the
+  milliseconds since its submit, then the messages per workflow by kind (publishes,
+  their acks, pull requests, KV reads and writes, consumer acks). Counts do not
+  depend on the machine's load; gaps do. Issue 15's hot-path pass, counted with it
+  (3 workflows each): the floor 90 messages per workflow; Cadre 275 before, 203 after
+  (agents' pulls 24 -> 6, the orchestrator's results pulls and their "no more" answers
+  24 -> under 1, its metrics' acks 10 -> 0).
+- **Round trips per step**: the floor's worker pays one pull (held by the server
+  until the work arrives) and one publish (the result's ack), then acks one-way.
+  A Cadre agent pays the same two on the step's path: one pull of the priority
+  that rang (answered when the item is stored), the result's publish; `StepStarted`
+  is sent while the brain runs (its ack is in by the time the result goes out), the
+  work item's ack and the metric are one-way. Before the pass an agent also swept
+  all three priorities with empty pulls after every step (4 pulls per step; now 1),
+  and a ring of a normal or low item cost one or two empty pulls first.
+- **The orchestrator's pulls**: one request per free handler slots (up to 32), held
+  by the server for a second, each message handed to a handler the moment it
+  arrives (`Puller.consume`): a steady flow costs one request per 32 messages, not a
+  request and a "no more" status per message.
+- **Per publish and per read** (client CPU, measured with 1000 x 5 pipelined
+  publishes on one connection): nats.py's `publish_async` about 35 µs a publish,
+  `Bus.publish_async` (one ack inbox, acks decoded by msgspec) about 23 µs; the
+  workflow bucket answers reads with direct gets (the raw value) instead of a JSON
+  reply carrying the value in base64 (`json.loads` of a 16 KB reply cost about
+  170 µs, more than decoding the state itself).
+- **The 2x latency tail** (a p90 of ~770 ms under load was seen with two of every
+  service): a mechanism that produces exactly such holds, found in nats.py's
+  `fetch(n)`, which the orchestrator's consumers used. When the first answer to its
+  probe is a status (e.g. the late 408 of the previous fetch: its server expiry is
+  only 100 µs shorter than its client timeout, so on a loaded machine the 408 can
+  arrive after the client gave up), it sends a plain pull request for `n` and holds
+  the first message it gets until `n` arrived or its 1 s timeout passed; that
+  request also stays on the server and takes the next message into a queue nobody
+  reads until the next fetch. Injecting one late 408 reproduces it (a message handed
+  over after ~790 ms; `python -m tests.bench.pulltail`). How often it struck in a
+  bench run was not counted. The orchestrator no longer uses `fetch`: its
+  `Puller.consume` hands each message over as it arrives and, as `pull_batch` does,
+  gives every request its own reply subject, so a status addressed to an earlier
+  request is ignored; with the same injection both hand the message over in 1-5 ms.
 """
 
 

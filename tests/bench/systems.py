@@ -172,7 +172,7 @@ class CadreSystem(System):
         for _ in range(n):
             task = feature_task(script)
             futs.append(self._waiter.expect(task.task_id))
-            await self.bus.publish(self.settings.subjects.task_submit, task, msg_id=task.message_id)
+            await self.bus.publish(self.settings.subjects.task_submit("client"), task, msg_id=task.message_id)
         done = await asyncio.wait_for(asyncio.gather(*futs), _RESULT_TIMEOUT)
         for _, result in done:
             steps = [s.step_id for s in result.steps]

@@ -219,7 +219,10 @@ async def submit_until_stored(bus: Bus, task: TaskSubmission, what: str = "submi
     async def stored() -> bool:
         try:
             await bus.js.publish(
-                bus.subjects.task_submit, encode(task), headers={"Nats-Msg-Id": task.message_id}, timeout=2
+                bus.subjects.task_submit("client"),
+                encode(task),
+                headers={"Nats-Msg-Id": task.message_id},
+                timeout=2,
             )
         except Exception:  # broker down or reconnecting: the next try publishes again
             return False

@@ -36,7 +36,7 @@ def task(task_type: str, big: dict, files: bool = False) -> TaskSubmission:
 
 
 async def submit(bus: Bus, sub: TaskSubmission) -> None:
-    await bus.publish(bus.subjects.task_submit, sub, msg_id=sub.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), sub, msg_id=sub.message_id)
 
 
 @pytest.mark.timeout(300)

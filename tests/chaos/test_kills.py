@@ -95,7 +95,7 @@ async def _all_stored(bus: Bus, task_ids: list[str], observer: Observer, timeout
             if task in done:
                 continue
             try:
-                await bus.js.get_last_msg(bus.subjects.stream_events, bus.subjects.result(task))
+                await bus.js.get_last_msg(bus.subjects.stream_events, bus.subjects.result("client", task))
                 done.add(task)
             except NotFoundError:
                 pass

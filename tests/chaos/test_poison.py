@@ -74,11 +74,11 @@ async def test_poison_on_every_consumed_subject_is_dead_lettered_and_every_servi
             await bus.nc.publish(subject, data)
             expected[subject] += readers
 
-    await stream_poison(s.task_submit, "task")
+    await stream_poison(s.task_submit("client"), "task")
     # a submission that names itself but is malformed: its sender also gets a ``rejected`` result
     named = b'{"type": "task", "message_id": "poison-named", "task": "not an object"}'
-    await bus.js.publish(s.task_submit, named, headers={"Nats-Msg-Id": "poison-named"})
-    expected[s.task_submit] += 1
+    await bus.js.publish(s.task_submit("client"), named, headers={"Nats-Msg-Id": "poison-named"})
+    expected[s.task_submit("client")] += 1
     for role in AGENT_ROLES:
         for priority in PRIORITIES:
             await stream_poison(s.work(role, priority), "work")
@@ -95,7 +95,7 @@ async def test_poison_on_every_consumed_subject_is_dead_lettered_and_every_servi
 
     # the request/reply subject: the sender gets an error answer at once
     for data in poisons("cancel"):
-        reply = await bus.nc.request(s.task_cancel, data, timeout=10)
+        reply = await bus.nc.request(s.task_cancel("client"), data, timeout=10)
         assert reply.headers and reply.headers.get("Nats-Service-Error-Code"), reply.data
 
     async def all_dead_lettered() -> list[DeadLetter] | None:
@@ -116,7 +116,7 @@ async def test_poison_on_every_consumed_subject_is_dead_lettered_and_every_servi
     # nobody died, and the whole pipeline still works
     assert all(p.alive() for p in stack.processes), [p.name for p in stack.processes if not p.alive()]
     task = feature_task({"scores": [95]})
-    await bus.publish(s.task_submit, task, msg_id=task.message_id)
+    await bus.publish(s.task_submit("client"), task, msg_id=task.message_id)
     result = await await_result(bus, task.task_id, timeout=90)
     assert result.status == "completed", result.reason
     rejected = await await_result(bus, "task_poison-named", timeout=30)

@@ -34,7 +34,7 @@ async def test_fix_rounds_with_more_than_a_mebibyte_of_diffs_end_with_a_result_a
     task = msgspec.structs.replace(
         feature_task({"scores": [40, 55, 70, 95], "diff_kb": 512}, task_type="review"), workspace=workspace
     )
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     result = await await_result(bus, task.task_id, timeout=180)
 
     assert result.status == "completed", result.reason

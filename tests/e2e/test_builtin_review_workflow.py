@@ -53,7 +53,7 @@ async def test_builtin_brains_harden_the_example_workspace(bus: Bus, stack: Stac
         workspace=ref,
         created_at=now(),
     )
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     result = await await_result(bus, task.task_id, timeout=240)
     assert result.status == "completed", result.reason
     assert result.approved

@@ -19,7 +19,7 @@ async def test_a_non_retryable_brain_error_fails_the_task_after_one_attempt(bus:
     for role in ("researcher", "developer", "reviewer"):
         stack.add(role, brain=SCRIPTED)
     task = feature_task({"fail": {"step": "analyze", "attempts": [1], "non_retryable": True}})
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     result = await await_result(bus, task.task_id)
     assert result.status == "failed"
     assert "not retryable" in result.reason and "a capability this brain lacks" in result.reason
@@ -37,7 +37,7 @@ async def test_a_step_rerun_by_a_restarted_instance_with_the_same_id_is_traced_a
     once, gate = tmp_path / "died-once", tmp_path / "die-now"
     die = {"step": "implement", "attempts": [1], "once_file": str(once), "gate_file": str(gate)}
     task = feature_task({"scores": [95], "die": die})
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
 
     async def implement_started() -> bool:
         return any(

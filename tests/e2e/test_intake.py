@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from services.orchestrator.state import state_decoder
 from shared.bus import uploads
@@ -31,6 +31,7 @@ from shared.contract.protocol import (
     TaskSubmission,
     dead_letter_decoder,
     encode,
+    event_decoder,
     new_id,
     result_decoder,
 )
@@ -51,7 +52,7 @@ def submission(**fields: Any) -> TaskSubmission:
 
 
 async def publish_raw(bus: Bus, payload: bytes) -> None:
-    await bus.js.publish(bus.subjects.task_submit, payload)
+    await bus.js.publish(bus.subjects.task_submit("client"), payload)
 
 
 async def refusal(bus: Bus, message_id: str, timeout: float = 30.0) -> FinalResult:
@@ -59,7 +60,9 @@ async def refusal(bus: Bus, message_id: str, timeout: float = 30.0) -> FinalResu
 
     async def probe() -> FinalResult | None:
         try:
-            msg = await bus.js.get_last_msg(bus.subjects.stream_events, bus.subjects.refused(message_id))
+            msg = await bus.js.get_last_msg(
+                bus.subjects.stream_events, bus.subjects.refused("client", message_id)
+            )
         except NotFoundError:
             return None
         return result_decoder.decode(msg.data)
@@ -133,7 +136,7 @@ async def test_a_40_kb_description_is_rejected_at_the_door_with_a_dead_letter(
     bus: Bus, intake: Stack
 ) -> None:
     task = submission(task=TaskBody(description="x" * 40_000))
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     await rejected_with(bus, task, "task.description is 40000 bytes; the limit is 8192")
 
 
@@ -141,7 +144,7 @@ async def test_too_many_or_too_long_requirements_are_rejected(bus: Bus, intake: 
     many = submission(task=TaskBody(description="d", requirements=["r"] * 101))
     long = submission(task=TaskBody(description="d", requirements=["ok", "y" * 3000]))
     for task in (many, long):
-        await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+        await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     await rejected_with(bus, many, "task.requirements has 101 entries; the limit is 100")
     await rejected_with(bus, long, "task.requirements[1] is 3000 bytes; the limit is 2048")
 
@@ -153,7 +156,7 @@ async def test_deeply_nested_input_is_rejected_and_a_decoder_stack_overflow_too(
     for _ in range(40):
         nested = {"a": nested}
     deep = submission(task=TaskBody(description="d", input_data={"x": nested}))
-    await bus.publish(bus.subjects.task_submit, deep, msg_id=deep.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), deep, msg_id=deep.message_id)
     await rejected_with(bus, deep, "task.input_data is nested 41 levels deep; the limit is 16")
     # deeper than the JSON decoder itself goes: no id can be read, so a dead letter only (once,
     # not redelivered forever), and intake goes on serving the next submission
@@ -165,7 +168,7 @@ async def test_deeply_nested_input_is_rejected_and_a_decoder_stack_overflow_too(
     letter = await dead_letter(bus, "msg_overflow")
     assert "nested too deeply" in letter.reason, letter.reason
     after = submission(task=TaskBody(description=""))
-    await bus.publish(bus.subjects.task_submit, after, msg_id=after.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), after, msg_id=after.message_id)
     await rejected_with(bus, after, "task.description is empty")
     s = bus.subjects
     letters = await stream_messages(
@@ -176,7 +179,7 @@ async def test_deeply_nested_input_is_rejected_and_a_decoder_stack_overflow_too(
 
 async def test_large_input_data_is_rejected(bus: Bus, intake: Stack) -> None:
     task = submission(task=TaskBody(description="d", input_data={"blob": "z" * 300_000}))
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     await rejected_with(bus, task, "bytes of JSON; the limit is 65536")
 
 
@@ -190,7 +193,7 @@ async def test_a_decompression_bomb_is_refused_at_intake_before_it_is_unpacked(
     assert len(data) < 512 * 1024  # packed, it is under the packed limit
     ref = await bus.put_artifact(data)
     task = submission(task_type="review", workspace=ref)
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     result = await rejected_with(bus, task, "workspace")
     assert "unpacks to more than 67108864 bytes" in result.reason
 
@@ -198,14 +201,14 @@ async def test_a_decompression_bomb_is_refused_at_intake_before_it_is_unpacked(
 async def test_a_workspace_with_too_many_files_is_refused(bus: Bus, intake: Stack) -> None:
     ref = await bus.put_artifact(pack_files({f"f{n}.py": "" for n in range(51)}))
     task = submission(task_type="review", workspace=ref)
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     await rejected_with(bus, task, "workspace has more than 50 files")
 
 
 async def test_a_workspace_over_the_packed_limit_is_refused_before_download(bus: Bus, intake: Stack) -> None:
     ref = await bus.put_artifact(_bomb(600 * 1024) + bytes(600 * 1024))
     task = submission(task_type="review", workspace=ref)
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     await rejected_with(bus, task, "; the limit is 524288")
 
 
@@ -218,7 +221,7 @@ async def test_a_workspace_whose_content_does_not_hash_to_its_name_is_refused(
     await store.put(name, pack_files({"app.py": "print('replaced')\n"}))  # an object replaced under its name
     ref = ArtifactRef(name=name, size=len(genuine), sha256=name)
     task = submission(task_type="review", workspace=ref)
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     await rejected_with(bus, task, "does not hash to its name")
 
 
@@ -227,7 +230,7 @@ async def test_a_workspace_not_named_by_its_hash_is_refused(bus: Bus, intake: St
     task = submission(
         task_type="review", workspace=ArtifactRef(name="../other", size=ref.size, sha256=ref.sha256)
     )
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     await rejected_with(bus, task, "is not named by its sha256")
 
 
@@ -244,7 +247,7 @@ async def test_a_task_id_over_128_characters_is_refused_not_cut(bus: Bus, intake
     assert letter.reason == refused.reason
     for cut in (long_id[:120], long_id[:128]):  # nothing answered under a shortened id
         with pytest.raises(NotFoundError):
-            await bus.js.get_last_msg(bus.subjects.stream_events, bus.subjects.result(cut))
+            await bus.js.get_last_msg(bus.subjects.stream_events, bus.subjects.result("client", cut))
 
 
 async def test_a_task_id_with_a_dot_is_refused_not_rewritten(bus: Bus, intake: Stack) -> None:
@@ -254,7 +257,7 @@ async def test_a_task_id_with_a_dot_is_refused_not_rewritten(bus: Bus, intake: S
     assert "$.task_id" in refused.reason and "regex" in refused.reason
     await dead_letter(bus, task.message_id)
     with pytest.raises(NotFoundError):
-        await bus.js.get_last_msg(bus.subjects.stream_events, bus.subjects.result("a_b"))
+        await bus.js.get_last_msg(bus.subjects.stream_events, bus.subjects.result("client", "a_b"))
 
 
 async def test_an_empty_message_id_is_refused_for_every_such_task(bus: Bus, intake: Stack) -> None:
@@ -271,19 +274,19 @@ async def test_an_empty_message_id_is_refused_for_every_such_task(bus: Bus, inta
     letter = await dead_letter(bus, '"message_id":"","task_id":""')
     assert "$.message_id" in letter.reason
     with pytest.raises(NotFoundError):
-        await bus.js.get_last_msg(bus.subjects.stream_events, bus.subjects.result("task_"))
+        await bus.js.get_last_msg(bus.subjects.stream_events, bus.subjects.result("client", "task_"))
 
 
 async def test_a_reused_task_id_is_refused_to_its_sender_without_touching_the_first_task(
     bus: Bus, intake: Stack
 ) -> None:
     first = submission()
-    await bus.publish(bus.subjects.task_submit, first, msg_id=first.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), first, msg_id=first.message_id)
     await wait_for_value(
         lambda: _has_event(bus, first.task_id, "delegated"), 30, what="the first task running"
     )
     second = submission(task_id=first.task_id, task=TaskBody(description="someone else's task"))
-    await bus.publish(bus.subjects.task_submit, second, msg_id=second.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), second, msg_id=second.message_id)
     refused = await refusal(bus, second.message_id)
     assert refused.status == "rejected"
     assert f"task id {first.task_id!r} is already used by another submission" in refused.reason
@@ -292,7 +295,7 @@ async def test_a_reused_task_id_is_refused_to_its_sender_without_touching_the_fi
     assert letter.reason == refused.reason
     # the first task is untouched: still running, no result, no rejected event
     with pytest.raises(NotFoundError):
-        await bus.js.get_last_msg(bus.subjects.stream_events, bus.subjects.result(first.task_id))
+        await bus.js.get_last_msg(bus.subjects.stream_events, bus.subjects.result("client", first.task_id))
     kinds = [e.kind for e in await task_events(bus, first.task_id)]
     assert "rejected" not in kinds and kinds.count("received") == 1
 
@@ -301,7 +304,7 @@ async def test_the_client_sdk_reads_the_refusal_of_its_reused_task_id(
     bus: Bus, intake: Stack, settings: StackSettings
 ) -> None:
     first = submission()
-    await bus.publish(bus.subjects.task_submit, first, msg_id=first.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), first, msg_id=first.message_id)
     await wait_for_value(
         lambda: _has_event(bus, first.task_id, "delegated"), 30, what="the first task running"
     )
@@ -342,7 +345,7 @@ async def test_an_uploaded_workspace_is_checked_and_copied_into_the_object_store
     ref = await uploads.upload(bus, data, description="my workspace")
     assert (ref.uploaded_by, ref.chunks, ref.name) == ("client", 1, hashlib.sha256(data).hexdigest())
     task = submission(task_type="review", workspace=ref)
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     await wait_for_value(lambda: _has_event(bus, task.task_id, "delegated"), 30, what="the review delegated")
     kv = await bus.workflows()
     entry = await kv.get(task.task_id)
@@ -355,7 +358,7 @@ async def test_an_uploaded_workspace_is_checked_and_copied_into_the_object_store
 async def test_an_uploaded_bomb_is_refused(bus: Bus, intake: Stack) -> None:
     ref = await uploads.upload(bus, _bomb_stream(200 * 1024 * 1024))
     task = submission(task_type="review", workspace=ref)
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     await rejected_with(bus, task, "unpacks to more than 67108864 bytes")
 
 
@@ -366,7 +369,7 @@ async def test_an_upload_replaced_after_it_was_sent_is_refused(bus: Bus, intake:
     evil[len(evil) // 2] ^= 0xFF  # the same subject, the same size, other bytes
     await bus.js.publish(bus.subjects.upload("client", ref.sha256, 0), bytes(evil))
     task = submission(task_type="review", workspace=ref)
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     await rejected_with(bus, task, "does not hash to its name")
 
 
@@ -380,6 +383,38 @@ async def test_an_upload_that_is_missing_or_miscounted_is_refused(bus: Bus, inta
     missing = submission(task_type="review", workspace=never_sent)
     wrong = submission(task_type="review", workspace=miscounted)
     for task in (missing, wrong):
-        await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+        await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     await rejected_with(bus, missing, "is missing chunk 0 of 1")
     await rejected_with(bus, wrong, "come in 1 chunks, not 3")
+
+
+async def test_a_workspace_uploaded_under_another_clients_name_is_refused_and_the_client_comes_from_the_subject(
+    bus: Bus, intake: Stack
+) -> None:
+    data = pack_files({"secret.py": "TOKEN = 'alice only'\n"})
+    digest = hashlib.sha256(data).hexdigest()
+    await bus.js.publish(bus.subjects.upload("alice", digest, 0), data)  # alice's upload
+    ref = ArtifactRef(name=digest, size=len(data), sha256=digest, uploaded_by="alice", chunks=1)
+    stolen = submission(task_type="review", workspace=ref)
+    await bus.publish(bus.subjects.task_submit("client"), stolen, msg_id=stolen.message_id)
+    await rejected_with(bus, stolen, "names an upload of another client")
+    # submitted under alice's name, the same reference is hers: accepted, and recorded as hers
+    own = submission(task_type="review", workspace=ref)
+    await bus.publish(bus.subjects.task_submit("alice"), own, msg_id=own.message_id)
+    kv = await bus.workflows()
+
+    async def accepted() -> Any:
+        try:
+            return state_decoder.decode((await kv.get(own.task_id)).value or b"")
+        except KeyNotFoundError:
+            return None
+
+    st = await wait_for_value(accepted, 30, what="alice's task accepted")
+    assert st.client == "alice"
+
+    async def hers() -> Any:
+        subject = bus.subjects.events_of("alice", own.task_id)
+        return await stream_messages(bus.js, bus.subjects.stream_events, subject, event_decoder) or None
+
+    assert (await wait_for_value(hers, 30, what="alice's events"))[0].kind == "received"
+    assert await task_events(bus, own.task_id) == []  # nothing of hers under the name `client`

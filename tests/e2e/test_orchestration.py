@@ -23,7 +23,7 @@ def start_stack(stack: Stack, **overrides: Any) -> None:
 
 
 async def submit(bus: Bus, task: TaskSubmission) -> None:
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
 
 
 async def test_the_spec_feature_task_runs_all_seven_steps_in_trace_order(bus: Bus, stack: Stack) -> None:
@@ -142,13 +142,13 @@ async def test_republished_task_runs_once_and_invalid_task_is_rejected(bus: Bus,
     await submit(bus, task)
     await submit(bus, task)  # same message_id: JetStream dedup
     # beyond the dedup window a re-publish still maps to the same task id: the KV create refuses it
-    await bus.js.publish(bus.subjects.task_submit, encode(task))
+    await bus.js.publish(bus.subjects.task_submit("client"), encode(task))
     result = await await_result(bus, task.task_id)
     assert result.status == "completed"
     events = await task_events(bus, task.task_id)
     assert [e.kind for e in events].count("received") == 1
 
-    await bus.js.publish(bus.subjects.task_submit, b'{"message_id": "bad-1", "task": {}}')
+    await bus.js.publish(bus.subjects.task_submit("client"), b'{"message_id": "bad-1", "task": {}}')
     rejected = await await_result(bus, "task_bad-1")
     assert rejected.status == "rejected"
     assert "description" in rejected.reason
@@ -260,7 +260,7 @@ async def test_cancel_stops_the_task_and_the_agent_working_on_it(bus: Bus, stack
 
     await wait_for_value(started, what="the researcher to start")
     reply = await bus.nc.request(
-        bus.subjects.task_cancel,
+        bus.subjects.task_cancel("client"),
         encode(CancelRequest(task_id=task.task_id, reason="user changed their mind")),
         timeout=5,
     )
@@ -284,6 +284,6 @@ async def test_cancel_stops_the_task_and_the_agent_working_on_it(bus: Bus, stack
     assert events[-1].kind == "cancelled", "nothing is published for the task after its final event"
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     again = await bus.nc.request(
-        bus.subjects.task_cancel, encode(CancelRequest(task_id="task_nope")), timeout=5
+        bus.subjects.task_cancel("client"), encode(CancelRequest(task_id="task_nope")), timeout=5
     )
     assert msgspec.json.decode(again.data, type=CancelReply).accepted is False

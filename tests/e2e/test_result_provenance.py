@@ -56,7 +56,7 @@ async def test_forged_step_results_are_refused_with_an_event_and_a_dead_letter_a
         task_type="research",
         task=TaskBody(description="Research JWT refresh tokens"),
     )
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     tid = task.task_id
     await wait_for_value(lambda: _kinds(bus, tid, "delegated"), 30, what="the research step delegated")
     s = bus.subjects

@@ -35,7 +35,7 @@ async def test_steps_longer_than_the_dedup_window_send_each_event_and_work_item_
     for role in ("researcher", "developer", "reviewer"):
         stack.add(role, brain=SCRIPTED)
     task = feature_task({"scores": [98], "delay": 3 * WINDOW})
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     result = await await_result(bus, task.task_id, timeout=120)
     assert result.status == "completed", result.reason
 

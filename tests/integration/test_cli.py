@@ -22,8 +22,9 @@ from pathlib import Path
 import msgspec
 import nats
 import pytest
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from shared.bus import downloads
 from shared.bus.core import Bus
 from shared.client import ArtifactCorrupt, CadreClient
 from shared.client.cli.settings import StackSettings
@@ -151,7 +152,8 @@ async def test_a_raw_nats_py_client_submits_plain_json_and_reads_the_result(
     nc = await nats.connect(settings.nats_url)
     try:
         js = nc.jetstream()
-        live = await nc.subscribe(f"{prefix}.result.{task_id}")  # core NATS, before publishing
+        # everything a client sends and reads is under its name: `client` unauthenticated
+        live = await nc.subscribe(f"{prefix}.result.client.{task_id}")  # core NATS, before publishing
         task = {
             "type": "task",
             "message_id": f"msg_{task_id}",
@@ -162,7 +164,9 @@ async def test_a_raw_nats_py_client_submits_plain_json_and_reads_the_result(
             "task": {"description": "JWT refresh token rotation", "requirements": ["Refresh token (7 days)"]},
         }
         ack = await js.publish(
-            f"{prefix}.task.submit", json.dumps(task).encode(), headers={"Nats-Msg-Id": task["message_id"]}
+            f"{prefix}.task.submit.client",
+            json.dumps(task).encode(),
+            headers={"Nats-Msg-Id": task["message_id"]},
         )
         assert ack.stream == f"{prefix.upper()}_TASKS"
         msg = await live.next_msg(timeout=60)
@@ -177,17 +181,22 @@ async def test_a_raw_nats_py_client_submits_plain_json_and_reads_the_result(
         # docs/wire-protocol.md). Not the other way round: the core subscriber above may get the
         # result a moment before the stream has stored it, but the result is stored before the
         # final event is published, so once "completed" is read the stored result is there.
+        # a named consumer (the filter goes into the create subject, as permissions need) and
+        # direct get by subject: the forms a least-privilege client user is allowed
         sub = await js.subscribe(
-            f"{prefix}.events.{task_id}.>",
+            f"{prefix}.events.client.{task_id}.>",
             stream=f"{prefix.upper()}_EVENTS",
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL,
+            config=ConsumerConfig(name=f"follow_{task_id}"),
         )
         kinds = []
         while not kinds or kinds[-1] != "completed":
             kinds.append(json.loads((await sub.next_msg(timeout=10)).data)["kind"])
         assert kinds[0] == "received" and "delegated" in kinds
-        stored = await js.get_last_msg(f"{prefix.upper()}_EVENTS", f"{prefix}.result.{task_id}")
+        stored = await js.get_last_msg(
+            f"{prefix.upper()}_EVENTS", f"{prefix}.result.client.{task_id}", direct=True
+        )
         assert json.loads(stored.data)["status"] == "completed"
     finally:
         await nc.close()
@@ -298,12 +307,14 @@ async def test_an_artifact_whose_bytes_do_not_match_its_sha256_name_is_refused(
 ) -> None:
     client = CadreClient(bus)
     good = await bus.put_artifact(pack_files({"a.py": "x = 1\n"}))
+    assert await downloads.offer(bus, client.client_name, [good]) == 1
     assert read_tree(await client.artifact(good)) == {"a.py": b"x = 1\n"}
-    # an object stored under a hash that is not its own: a damaged or tampered store
+    # a download stored under a hash that is not its own: a damaged or tampered stream
     forged = "f" * 64
-    await (await bus.store()).put(forged, pack_files({"a.py": "import os; os.system('rm -rf ~')\n"}))
-    ref = ArtifactRef(name=forged, size=good.size, sha256=forged)
-    with pytest.raises(ArtifactCorrupt, match="its sha256 is"):
+    bad = pack_files({"a.py": "import os; os.system('rm -rf ~')\n"})
+    await bus.js.publish(bus.subjects.download(client.client_name, forged, 0), bad)
+    ref = ArtifactRef(name=forged, size=len(bad), sha256=forged)
+    with pytest.raises(ArtifactCorrupt, match="does not hash to its name"):
         await client.artifact(ref)
 
 
@@ -367,7 +378,10 @@ async def _events_so_far(client: CadreClient, task_id: str):
     """The events stored so far (the SDK iterator would wait for the end)."""
     s = client.subjects
     sub = await client.bus.js.subscribe(
-        s.events_all(task_id), stream=s.stream_events, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        s.events_of("client", task_id),
+        stream=s.stream_events,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
     )
     try:
         while True:

@@ -105,7 +105,7 @@ class AlertFeed:
 
 async def run_spec_task(bus: Bus, script: dict[str, Any]):
     task = feature_task(script)
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     result = await await_result(bus, task.task_id, timeout=90)
     assert result.status == "completed", result.reason
     return result

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,16 +26,19 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import StreamConfig
+from nats.js.api import ConsumerConfig, StreamConfig
+from nats.js.errors import NotFoundError
 
-from shared.bus import uploads
+from shared.bus import downloads, uploads
 from shared.bus.bootstrap import bootstrap
 from shared.bus.core import Bus
 from shared.client import CadreClient, NoService
 from shared.client.cli.settings import StackSettings
+from shared.contract.errors import TaskNotFound
 from shared.contract.monitoring import Snapshot
 from shared.contract.protocol import (
     AGENT_ROLES,
+    CancelRequest,
     Heartbeat,
     StepResult,
     Timings,
@@ -171,12 +176,13 @@ def _cases() -> list[tuple[str, str, str]]:
             ]
         cases += [
             (role, "publish", "cadre.work.developer.high"),  # agents cannot inject work
-            (role, "publish", "cadre.result.task_x"),
-            (role, "publish", "cadre.events.task_x.completed"),
+            (role, "publish", "cadre.result.client.task_x"),
+            (role, "publish", "cadre.events.client.task_x.completed"),
             (role, "publish", "$KV.CADRE_workflows.task_x"),  # only the orchestrator holds workflow state
             (role, "publish", "cadre.step.result.task_x"),  # the old role-less subject
-            (role, "publish", "cadre.refused.msg_x"),
+            (role, "publish", "cadre.refused.client.msg_x"),
             (role, "publish", "cadre.upload.client.0a1b.0"),  # no agent may forge a client's upload
+            (role, "publish", "cadre.download.client.0a1b.0"),  # nor a client's download
         ]
     for user in SERVICES + ("client",):
         cases += [
@@ -192,10 +198,43 @@ def _cases() -> list[tuple[str, str, str]]:
         # the client cannot act as an agent or as the orchestrator
         ("client", "publish", "cadre.step.result.task_x"),
         ("client", "publish", "cadre.step.result.reviewer.task_x"),
-        ("client", "publish", "cadre.refused.msg_x"),
-        # artifacts: a client may not put, replace or delete an object (it only reads results),
-        # may not read the uploads stream, nor upload under another client's name
+        ("client", "publish", "cadre.refused.client.msg_x"),
+        # artifacts: a client has no access to the object store at all (it reads its results'
+        # artifacts from its own downloads), may not read the uploads stream, nor upload or
+        # download under another client's name, nor forge a download
         ("client", "publish", "$O.CADRE_artifacts.M.bmFtZQ=="),
+        ("client", "publish", "$JS.API.STREAM.INFO.OBJ_CADRE_artifacts"),
+        ("client", "publish", "$JS.API.STREAM.MSG.GET.OBJ_CADRE_artifacts"),
+        ("client", "publish", "$JS.API.DIRECT.GET.OBJ_CADRE_artifacts.$O.CADRE_artifacts.M.bmFtZQ=="),
+        ("client", "publish", "$JS.API.CONSUMER.CREATE.OBJ_CADRE_artifacts"),
+        ("client", "publish", "$JS.API.CONSUMER.CREATE.OBJ_CADRE_artifacts.c.$O.CADRE_artifacts.C.x"),
+        ("client", "publish", "cadre.download.client.0a1b.0"),
+        ("client", "publish", "$JS.API.DIRECT.GET.CADRE_DOWNLOADS"),
+        ("client", "publish", "$JS.API.DIRECT.GET.CADRE_DOWNLOADS.cadre.download.alice.0a1b.0"),
+        ("client", "publish", "$JS.API.STREAM.MSG.GET.CADRE_DOWNLOADS"),
+        ("client", "publish", "$JS.API.CONSUMER.CREATE.CADRE_DOWNLOADS.c.cadre.download.client.>"),
+        # another client's tasks: no submit or cancel under its name, no reading its events,
+        # results or refusals by any route but its own name (direct get by subject, consumers
+        # created with the filter in the subject)
+        ("client", "publish", "cadre.task.submit.alice"),
+        ("client", "publish", "cadre.task.cancel.alice"),
+        ("client", "publish", "cadre.task.submit"),  # the old name-less subjects
+        ("client", "publish", "cadre.task.cancel"),
+        ("client", "publish", "$JS.API.DIRECT.GET.CADRE_EVENTS.cadre.result.alice.task_x"),
+        ("client", "publish", "$JS.API.DIRECT.GET.CADRE_EVENTS.cadre.events.alice.task_x.>"),
+        ("client", "publish", "$JS.API.DIRECT.GET.CADRE_EVENTS.cadre.refused.alice.msg_x"),
+        ("client", "publish", "$JS.API.DIRECT.GET.CADRE_EVENTS"),  # the filter in the payload
+        ("client", "publish", "$JS.API.STREAM.MSG.GET.CADRE_EVENTS"),
+        ("client", "publish", "$JS.API.STREAM.INFO.CADRE_EVENTS"),  # lists subjects: others' task ids
+        ("client", "publish", "$JS.API.CONSUMER.CREATE.CADRE_EVENTS"),  # unnamed: filter unchecked
+        ("client", "publish", "$JS.API.CONSUMER.CREATE.CADRE_EVENTS.spy"),  # named, filter unchecked
+        ("client", "publish", "$JS.API.CONSUMER.DURABLE.CREATE.CADRE_EVENTS.spy"),
+        ("client", "publish", "$JS.API.CONSUMER.CREATE.CADRE_EVENTS.spy.cadre.events.>"),
+        ("client", "publish", "$JS.API.CONSUMER.CREATE.CADRE_EVENTS.spy.cadre.events.alice.task_x.>"),
+        ("client", "publish", "$JS.API.CONSUMER.CREATE.CADRE_EVENTS.spy.cadre.result.alice.task_x"),
+        ("client", "publish", "$JS.API.CONSUMER.CREATE.CADRE_EVENTS.spy.cadre.refused.alice.msg_x"),
+        ("client", "publish", "$JS.API.CONSUMER.INFO.CADRE_EVENTS.spy"),
+        ("client", "publish", "$JS.API.CONSUMER.DELETE.CADRE_EVENTS.spy"),
         ("client", "publish", "$O.CADRE_artifacts.C.chunk1"),
         ("client", "publish", "$JS.API.STREAM.PURGE.OBJ_CADRE_artifacts"),
         ("client", "publish", "$JS.API.STREAM.MSG.DELETE.OBJ_CADRE_artifacts"),
@@ -208,8 +247,8 @@ def _cases() -> list[tuple[str, str, str]]:
         ("client", "publish", "$JS.API.CONSUMER.MSG.NEXT.CADRE_WORK.developer-high"),
         ("client", "publish", "$JS.API.CONSUMER.CREATE.CADRE_WORK.spy.cadre.work.developer.high"),
         ("client", "publish", "cadre.work.developer.high"),
-        ("client", "publish", "cadre.result.task_x"),
-        ("client", "publish", "cadre.events.task_x.completed"),
+        ("client", "publish", "cadre.result.client.task_x"),
+        ("client", "publish", "cadre.events.client.task_x.completed"),
         ("client", "publish", "$KV.CADRE_workflows.task_x"),
         ("client", "subscribe", "cadre.work.>"),
         ("client", "subscribe", "cadre.control.cancel.task_x"),
@@ -219,7 +258,7 @@ def _cases() -> list[tuple[str, str, str]]:
         ("orchestrator", "publish", "cadre.step.result.reviewer.task_x"),
         ("orchestrator", "publish", "cadre.heartbeat.developer.developer-1"),
         ("orchestrator", "publish", "$JS.API.CONSUMER.MSG.NEXT.CADRE_WORK.developer-high"),
-        ("monitor", "publish", "cadre.task.submit"),
+        ("monitor", "publish", "cadre.task.submit.client"),
         ("monitor", "publish", "cadre.work.developer.high"),
         ("monitor", "publish", "cadre.step.result.developer.task_x"),
         ("monitor", "publish", "$KV.CADRE_workflows.task_x"),
@@ -361,20 +400,7 @@ async def test_the_developer_cannot_publish_a_review_but_may_publish_its_own_res
 async def test_every_service_runs_a_task_under_its_own_user_without_a_violation(
     deployment: Deployment, tmp_path: Path
 ) -> None:
-    stack = Stack(deployment.settings("orchestrator"), log_dir=tmp_path)
-    for name in SERVICES:
-        extra: dict[str, Any] = {"brain": "tests.brains:ScriptedBrain"} if name in AGENT_ROLES else {}
-        if name == "monitor":
-            extra["monitor_http_port"] = 0
-        stack.add(
-            name,
-            nats_user=name,
-            nats_password=deployment.passwords[name],
-            inbox_prefix=f"_INBOX_{name}",
-            bootstrap=False,
-            heartbeat_interval=0.5,
-            **extra,
-        )
+    stack = _stack(deployment, tmp_path, SERVICES)
     try:
         async with CadreClient.connect(deployment.settings("client")) as client:
             task = feature_task({"scores": [85, 98]})
@@ -382,9 +408,12 @@ async def test_every_service_runs_a_task_under_its_own_user_without_a_violation(
             result = await client.result(task_id, timeout=90)
             assert result.status == "completed", result.reason
             assert result.plan is not None and result.plan.steps[0].id == "analyze"
-            # the client's read-only object-store rights suffice to download the result's code
+            # the result's code comes from the client's own downloads (no object-store rights)
             files = await client.workspace_files(result)
             assert "auth_api/app.py" in files
+            written = await client.download_workspace(result, tmp_path / "fixed")
+            assert (tmp_path / "fixed" / "auth_api" / "app.py").is_file() and written.files
+            assert isinstance(await client.workspace_patch(result), str)
             # the task can finish before the monitor process is up: wait for it to answer
 
             async def answered() -> Snapshot | None:
@@ -406,34 +435,56 @@ async def test_every_service_runs_a_task_under_its_own_user_without_a_violation(
         stack.stop(timeout=15)
     # the deliberate refusals above come from this module's unnamed connections; the services
     # (and CadreClient) name theirs "cadre-...": none of those may have hit a refusal
-    service_violations = [
-        line for line in deployment.server.log if "Violation" in line and "python3:cadre-" in line
-    ]
+    _assert_no_service_violations(deployment)
+
+
+def _stack(dep: Deployment, log_dir: Path, names: tuple[str, ...]) -> Stack:
+    """The services ``names``, each under its own user (bootstrap off), agents with scripted brains."""
+    stack = Stack(dep.settings("orchestrator"), log_dir=log_dir)
+    for name in names:
+        extra: dict[str, Any] = {"brain": "tests.brains:ScriptedBrain"} if name in AGENT_ROLES else {}
+        if name == "monitor":
+            extra["monitor_http_port"] = 0
+        stack.add(
+            name,
+            nats_user=name,
+            nats_password=dep.passwords[name],
+            inbox_prefix=f"_INBOX_{name}",
+            bootstrap=False,
+            heartbeat_interval=0.5,
+            **extra,
+        )
+    return stack
+
+
+def _assert_no_service_violations(dep: Deployment) -> None:
+    """The services (and CadreClient) name their connections "cadre-...": none may have hit a refusal."""
+    service_violations = [line for line in dep.server.log if "Violation" in line and "python3:cadre-" in line]
     assert not service_violations, "a service lacks a permission it needs:\n" + "\n".join(service_violations)
 
 
 def _with_client(conf_dir: Path, name: str) -> Path:
-    """A copy of the shipped config with one more client user, made as docs/deployment.md says."""
+    """A copy of the shipped config with one more client user, made as docs/deployment.md says:
+    copy the `client` block, replace every `client` token in the copy with the new name."""
     accounts = (CONF.parent / "accounts.conf").read_text()
     start = accounts.index("      {\n        user: client\n")
     end = accounts.index('subscribe: { allow: ["_INBOX_client.>"', start)
     end = accounts.index("\n      }", end) + len("\n      }")  # the end of the user's block
     block = accounts[start:end]
-    extra = (
-        block.replace("user: client", f"user: {name}")
-        .replace("$CADRE_PW_CLIENT", f"$CADRE_PW_{name.upper()}")
-        .replace("cadre.upload.client.>", f"cadre.upload.{name}.>")
-        .replace("_INBOX_client.>", f"_INBOX_{name}.>")
-    )
-    assert extra.count(name) == 3 and f"$CADRE_PW_{name.upper()}" in extra
+    token = re.compile(r"(?<![A-Za-z0-9])client(?![A-Za-z0-9])")
+    extra = token.sub(name, block.replace("CADRE_PW_CLIENT", f"CADRE_PW_{name.upper()}"))
+    # the user, every subject it submits, reads, uploads and downloads under, and its inbox
+    assert extra.count(name) == 12 and not token.search(extra), extra
     (conf_dir / "accounts.conf").write_text(accounts[:end] + "\n" + extra + accounts[end:])
     (conf_dir / "nats.conf").write_text(CONF.read_text())
     return conf_dir / "nats.conf"
 
 
-async def test_one_client_cannot_read_replace_or_delete_another_clients_upload(tmp_path: Path) -> None:
-    conf = _with_client(tmp_path, "alice")
-    passwords = {u: "pw" + secrets.token_hex(16) for u in (*USERS, "alice")}
+@contextlib.asynccontextmanager
+async def _deployment_with(tmp_path: Path, name: str) -> AsyncIterator[Deployment]:
+    """A fresh server running the shipped config plus client user ``name``, bootstrapped."""
+    conf = _with_client(tmp_path, name)
+    passwords = {u: "pw" + secrets.token_hex(16) for u in (*USERS, name)}
     with pytest.MonkeyPatch.context() as mp:
         for user, password in passwords.items():
             mp.setenv(f"CADRE_PW_{user.upper()}", password)
@@ -441,6 +492,13 @@ async def test_one_client_cannot_read_replace_or_delete_another_clients_upload(t
     dep = Deployment(server, passwords)
     try:
         await bootstrap(dep.settings("bootstrap"), deadline=10)
+        yield dep
+    finally:
+        server.stop()
+
+
+async def test_one_client_cannot_read_replace_or_delete_another_clients_upload(tmp_path: Path) -> None:
+    async with _deployment_with(tmp_path, "alice") as dep:
         data = pack_files({"secret.py": "API_KEY = 'alice only'\n"})
         async with await Bus.open(dep.settings("alice"), "alice") as alice:
             ref = await uploads.upload(alice, data, description="alice's workspace")
@@ -456,12 +514,15 @@ async def test_one_client_cannot_read_replace_or_delete_another_clients_upload(t
                 await mallory.nc.jetstream(timeout=1.0).publish(
                     f"cadre.upload.alice.{ref.sha256}.0", b"mallory's code"
                 )
-            # the object store, where the orchestrator copies it, is read-only for clients: an
-            # object put under its name (a replacement, or a delete marker) never lands
-            store = await mallory.nc.jetstream(timeout=1.0).object_store("CADRE_artifacts")
+            # the object store, where the orchestrator copies it, is closed to clients: not even
+            # its stream can be looked up, so nothing can be put under its name
             with pytest.raises(NatsTimeoutError):
-                await store.put(ref.name, b"mallory's code")
-        for subject in (f"cadre.upload.alice.{ref.sha256}.0", "$JS.API.STREAM.MSG.GET.CADRE_UPLOADS"):
+                await mallory.nc.jetstream(timeout=1.0).object_store("CADRE_artifacts")
+        for subject in (
+            f"cadre.upload.alice.{ref.sha256}.0",
+            "$JS.API.STREAM.MSG.GET.CADRE_UPLOADS",
+            "$JS.API.STREAM.INFO.OBJ_CADRE_artifacts",
+        ):
 
             async def refused(subject: str = subject) -> str | None:
                 return dep.violation_logged("client", "publish", subject)
@@ -470,5 +531,113 @@ async def test_one_client_cannot_read_replace_or_delete_another_clients_upload(t
         # the orchestrator reads alice's upload intact, checked against its hash
         async with await Bus.open(dep.settings("orchestrator"), "orchestrator") as orch:
             assert await uploads.fetch(orch, ref, max_bytes=1 << 20) == data
-    finally:
-        server.stop()
+
+
+@pytest.mark.timeout(240)
+async def test_one_client_cannot_read_or_cancel_another_clients_task_while_it_runs_its_own_end_to_end(
+    tmp_path: Path,
+) -> None:
+    """Two client users (the shipped `client` and `alice`, added as docs/deployment.md says)."""
+    async with _deployment_with(tmp_path, "alice") as dep:
+        stack = _stack(dep, tmp_path, ("orchestrator", *AGENT_ROLES))
+        try:
+            async with (
+                CadreClient.connect(dep.settings("alice")) as alice,
+                CadreClient.connect(dep.settings("client")) as other,
+            ):
+                assert (alice.client_name, other.client_name) == ("alice", "client")
+                # alice runs a task end to end: submit with a workspace, follow, result, download
+                task_id = await alice.submit(
+                    feature_task({"scores": [85, 98]}), workspace_dir=ROOT / "examples" / "auth-api"
+                )
+                kinds = [event.kind async for event in alice.events(task_id, timeout=120)]
+                assert kinds[0] == "received" and kinds[-1] == "completed", kinds
+                result = await alice.result(task_id, timeout=0)
+                assert result.status == "completed", result.reason
+                await alice.download_workspace(result, tmp_path / "alice-fixed")
+                assert (tmp_path / "alice-fixed" / "auth_api" / "app.py").is_file()
+                assert isinstance(await alice.workspace_patch(result), str)
+                # a submission reusing alice's task id is refused, the refusal under alice's name
+                reused = msgspec.structs.replace(feature_task(), task_id=task_id)
+                await alice.bus.js.publish(
+                    alice.subjects.task_submit("alice"),
+                    encode(reused),
+                    headers={"Nats-Msg-Id": reused.message_id},
+                )
+                refused_subject = alice.subjects.refused("alice", reused.message_id)
+
+                async def refusal() -> Any:
+                    with contextlib.suppress(NotFoundError):
+                        return await alice.bus.js.get_last_msg("CADRE_EVENTS", refused_subject, direct=True)
+                    return None
+
+                assert b"already used" in (await wait_for_value(refusal, what="alice's refusal")).data
+
+                # the other client, through the SDK: under its own name there is nothing of alice's
+                assert not await other.exists(task_id)
+                with pytest.raises(TaskNotFound):
+                    await other.result(task_id, timeout=0)
+                ws = result.artifacts["workspace"]
+                with pytest.raises(downloads.NotOffered):
+                    await other.artifact(ws)
+
+                # a second task of alice's, held in its first step: the other client's cancel
+                # reaches no task of alice's (and it may not ask under alice's name at all)
+                held = await alice.submit(feature_task({"delay": 600}))
+                async for event in alice.events(held, timeout=60):
+                    assert event.kind == "received"
+                    break
+                reply = await other.cancel(held)
+                assert not reply.accepted and reply.reason == "unknown task id"
+                mine = await alice.cancel(held, "alice stops it")
+                assert mine.accepted, mine.reason
+                final = await alice.result(held, timeout=60)
+                assert final.status == "cancelled"
+        finally:
+            stack.stop(timeout=15)
+        _assert_no_service_violations(dep)
+
+        # the other client by hand, trying every route to alice's task (each refused by the server)
+        sha = result.artifacts["workspace"].sha256
+        async with await Bus.open(dep.settings("client"), "mallory") as mallory:
+            js = mallory.nc.jetstream(timeout=1.0)
+            stolen = [
+                ("CADRE_EVENTS", f"cadre.result.alice.{task_id}"),
+                ("CADRE_EVENTS", f"cadre.events.alice.{task_id}.>"),
+                ("CADRE_EVENTS", refused_subject),
+                ("CADRE_DOWNLOADS", f"cadre.download.alice.{sha}.0"),
+            ]
+            for stream, subject in stolen:
+                with pytest.raises(NatsTimeoutError):
+                    await js.get_last_msg(stream, subject, direct=True)
+            spy = ConsumerConfig(
+                name="spy",
+                filter_subject=f"cadre.events.alice.{task_id}.>",
+                deliver_subject="_INBOX_client.spy",
+            )
+            with pytest.raises(NatsTimeoutError):
+                await js.add_consumer("CADRE_EVENTS", spy)
+            # its own filter in the create subject, alice's in the request: the server refuses it
+            request = {"stream_name": "CADRE_EVENTS", "config": spy.evolve(name="spy2").as_dict()}
+            answer = await mallory.nc.request(
+                f"$JS.API.CONSUMER.CREATE.CADRE_EVENTS.spy2.cadre.events.client.{task_id}.>",
+                json.dumps(request).encode(),
+                timeout=5,
+            )
+            error = json.loads(answer.data).get("error")
+            assert error and "filter" in error["description"].lower(), answer.data
+            with pytest.raises(NatsTimeoutError):
+                await js.object_store("CADRE_artifacts")
+            await mallory.nc.publish("cadre.task.cancel.alice", encode(CancelRequest(task_id=task_id)))
+            await mallory.nc.flush()
+        refused_routes = [f"$JS.API.DIRECT.GET.{stream}.{subject}" for stream, subject in stolen] + [
+            f"$JS.API.CONSUMER.CREATE.CADRE_EVENTS.spy.cadre.events.alice.{task_id}.>",
+            "$JS.API.STREAM.INFO.OBJ_CADRE_artifacts",
+            "cadre.task.cancel.alice",
+        ]
+        for subject in refused_routes:
+
+            async def logged(subject: str = subject) -> str | None:
+                return dep.violation_logged("client", "publish", subject)
+
+            await wait_for_value(logged, timeout=5, what=f"the server's refusal of {subject}")

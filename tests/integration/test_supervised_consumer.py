@@ -67,7 +67,7 @@ async def test_a_poison_work_item_is_a_dead_letter_and_the_next_task_of_the_role
     await bus.publish(bus.subjects.work("researcher", "high"), poison)
 
     task = feature_task(task_type="research")
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     result = await await_result(bus, task.task_id)
     assert result.status == "completed", result.reason
 
@@ -127,7 +127,7 @@ async def test_a_deeply_nested_submission_and_a_step_result_for_an_unusable_task
 ) -> None:
     stack.add("orchestrator")
     nested = b'{"type":"task","message_id":"m1","task":' + b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"}"
-    await bus.js.publish(bus.subjects.task_submit, nested)
+    await bus.js.publish(bus.subjects.task_submit("client"), nested)
     bad = StepResult(
         message_id="res_1",
         task_id="bad key*>",
@@ -158,7 +158,7 @@ async def test_a_deeply_nested_submission_and_a_step_result_for_an_unusable_task
     # and the orchestrator still works
     task = feature_task(task_type="research")
     stack.add("researcher", brain=SCRIPTED)
-    await bus.publish(bus.subjects.task_submit, task, msg_id=task.message_id)
+    await bus.publish(bus.subjects.task_submit("client"), task, msg_id=task.message_id)
     assert (await await_result(bus, task.task_id)).status == "completed"
 
 
@@ -171,7 +171,7 @@ async def test_cancel_answers_a_clear_refusal_for_a_wildcard_an_empty_or_an_unkn
         async def probe():
             try:
                 reply = await bus.nc.request(
-                    bus.subjects.task_cancel, encode(CancelRequest(task_id=task_id)), timeout=2
+                    bus.subjects.task_cancel("client"), encode(CancelRequest(task_id=task_id)), timeout=2
                 )
             except Exception:  # no responder yet while the orchestrator starts
                 return None
@@ -207,7 +207,7 @@ async def test_a_failing_handler_is_retried_with_backoff_and_one_that_always_fai
     loop = asyncio.create_task(consumer.run(psub, concurrency=4))
     try:
         for body in (b'"once"', b'"always"', b'"fine"'):
-            await bus.js.publish(s.task_submit, body)
+            await bus.js.publish(s.task_submit("client"), body)
         letters = await dead_letters(bus, 1)
         await wait_for_value(lambda: _ready(len(handled) == 2), what="both good messages handled")
     finally:

@@ -98,7 +98,7 @@ async def test_every_submission_becomes_a_task_or_is_rejected_with_a_dead_letter
 ) -> None:
     s = bus.subjects
     for data in batch:
-        await bus.js.publish(s.task_submit, data)
+        await bus.js.publish(s.task_submit("client"), data)
 
     async def last(subject: str) -> bytes | None:
         try:
@@ -108,13 +108,13 @@ async def test_every_submission_becomes_a_task_or_is_rejected_with_a_dead_letter
 
     async def outcomes() -> dict[bytes, str] | None:
         letters = await stream_messages(bus.js, s.stream_dead_letters, s.dead_letter_all, dead_letter_decoder)
-        refused = {d.payload.encode() for d in letters if d.subject == s.task_submit}
+        refused = {d.payload.encode() for d in letters if d.subject == s.task_submit("client")}
         found: dict[bytes, str] = {}
         for data in batch:
             task_id = expected_task_id(data)
             if data in refused:
                 found[data] = "dead-lettered"
-            elif task_id is not None and await last(s.events(task_id, "received")):
+            elif task_id is not None and await last(s.events("client", task_id, "received")):
                 found[data] = "accepted"
         return found if len(found) == len(batch) else None
 
@@ -126,7 +126,7 @@ async def test_every_submission_becomes_a_task_or_is_rejected_with_a_dead_letter
         task_id = expected_task_id(data)
         if outcome == "dead-lettered" and task_id is not None:
             raw = await wait_for_value(
-                lambda t=task_id: last(s.result(t)), 30, what=f"the rejected result of {task_id}"
+                lambda t=task_id: last(s.result("client", t)), 30, what=f"the rejected result of {task_id}"
             )
             assert msgspec.json.decode(raw)["status"] == "rejected", raw
     assert all(p.alive() for p in orchestrator.processes), "the orchestrator died"

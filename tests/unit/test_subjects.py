@@ -1,4 +1,5 @@
-"""Subjects carry what the server's permissions can check: the sending role of a step message."""
+"""Subjects carry what the server's permissions can check: the sending role of a step message,
+the client a task belongs to."""
 
 from __future__ import annotations
 
@@ -35,6 +36,32 @@ def test_heartbeat_and_refusal_subjects() -> None:
     s = Subjects("cadre")
     assert s.heartbeat_role(s.heartbeat("developer", "developer-1")) == "developer"
     assert s.heartbeat_role("cadre.metrics.developer") is None
-    assert s.refused("msg_1") == "cadre.refused.msg_1"
+    assert s.refused("client", "msg_1") == "cadre.refused.client.msg_1"
     with pytest.raises(InvalidSubjectToken):
-        s.refused("*")
+        s.refused("client", "*")
+
+
+def test_everything_a_client_sends_or_reads_back_names_the_client() -> None:
+    s = Subjects("cadre")
+    assert s.task_submit("alice") == "cadre.task.submit.alice"
+    assert s.task_cancel("alice") == "cadre.task.cancel.alice"
+    assert s.events("alice", "task_1", "completed") == "cadre.events.alice.task_1.completed"
+    assert s.events_of("alice", "task_1") == "cadre.events.alice.task_1.>"
+    assert s.result("alice", "task_1") == "cadre.result.alice.task_1"
+    assert s.result_any("task_1") == "cadre.result.*.task_1"
+    assert s.download("alice", "ab" * 32, 2) == f"cadre.download.alice.{'ab' * 32}.2"
+    assert s.client_of(s.task_submit("alice")) == "alice"
+    assert s.client_of(s.task_cancel("bob")) == "bob"
+
+
+@pytest.mark.parametrize(
+    "subject", ["cadre.task.submit", "cadre.task.submit.a.b", "other.task.submit.alice", "cadre.task.x.alice"]
+)
+def test_a_subject_that_names_no_client_parses_to_none(subject: str) -> None:
+    assert Subjects("cadre").client_of(subject) is None
+
+
+@pytest.mark.parametrize("name", ["*", ">", "a.b", ""])
+def test_a_client_name_that_is_not_one_token_makes_no_subject(name: str) -> None:
+    with pytest.raises(InvalidSubjectToken):
+        Subjects("cadre").task_submit(name)
