@@ -61,7 +61,9 @@ async def test_a_task_id_taken_by_another_client_is_refused_to_the_second_withou
     ):
         squatted = "task_squatted_" + new_id("x")[-8:]
         mallory_msg = new_id("msg")
-        await mallory.submit(msgspec.structs.replace(feature_task(), task_id=squatted, message_id=mallory_msg))
+        await mallory.submit(
+            msgspec.structs.replace(feature_task(), task_id=squatted, message_id=mallory_msg)
+        )
         assert await _received(mallory, squatted)
         tid = await alice.submit(msgspec.structs.replace(feature_task(), task_id=squatted, message_id=""))
         result = await alice.result(tid, timeout=60)
@@ -128,7 +130,9 @@ async def test_a_hostile_task_id_is_refused_to_its_sender_and_intake_keeps_worki
 
         async def refusal() -> bytes | None:
             with contextlib.suppress(NotFoundError):
-                msg = await raw.js.get_last_msg("CADRE_EVENTS", f"cadre.refused.alice.{message_id}", direct=True)
+                msg = await raw.js.get_last_msg(
+                    "CADRE_EVENTS", f"cadre.refused.alice.{message_id}", direct=True
+                )
                 return msg.data
             return None
 

@@ -116,7 +116,9 @@ async def test_a_sandbox_cannot_see_read_write_or_signal_another_sandbox_running
 
     running = asyncio.create_task(asyncio.to_thread(victim))
     try:
-        await assert_eventually(lambda: (victim_dir / "ready").exists(), timeout=60, what="the victim waiting")
+        await assert_eventually(
+            lambda: (victim_dir / "ready").exists(), timeout=60, what="the victim waiting"
+        )
         attack = await asyncio.to_thread(attacker)
     finally:
         (victim_dir / "release").touch()
