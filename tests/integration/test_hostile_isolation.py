@@ -241,3 +241,36 @@ async def test_the_monitor_snapshot_does_not_show_one_client_another_clients_tas
             assert ALICE_TASK not in encode(snapshot).decode(), [t.task_id for t in snapshot.recent_tasks]
     finally:
         stack.stop(timeout=15)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a client may create durable consumers on CADRE_EVENTS (its own filter), as many as it "
+    "likes: they outlive its connection, no client may delete them, and no limit bounds them",
+)
+async def test_a_client_cannot_leave_behind_consumers_that_outlive_it(dep: Deployment) -> None:
+    async with await Bus.open(dep.settings("client"), "mallory") as mallory:
+        created = []
+        for i in range(20):  # the same create, repeated: a hog would loop on
+            name = f"hog{i}"
+            request = {
+                "stream_name": "CADRE_EVENTS",
+                "config": {
+                    "name": name,
+                    "durable_name": name,
+                    "filter_subject": "cadre.events.client.>",
+                    "deliver_subject": f"_INBOX_client.{name}",
+                    "ack_policy": "explicit",
+                },
+            }
+            answer = await mallory.nc.request(
+                f"$JS.API.CONSUMER.CREATE.CADRE_EVENTS.{name}.cadre.events.client.>",
+                json.dumps(request).encode(),
+                timeout=5,
+            )
+            if "error" in json.loads(answer.data):
+                break
+            created.append(name)
+    async with await Bus.open(dep.settings("bootstrap"), "audit") as boot:
+        left = [c.name for c in await boot.js.consumers_info("CADRE_EVENTS") if c.config.durable_name]
+    assert left == [], f"{len(created)} durable consumers created, {len(left)} left after mallory closed"
