@@ -274,3 +274,46 @@ async def test_a_client_cannot_leave_behind_consumers_that_outlive_it(dep: Deplo
     async with await Bus.open(dep.settings("bootstrap"), "audit") as boot:
         left = [c.name for c in await boot.js.consumers_info("CADRE_EVENTS") if c.config.durable_name]
     assert left == [], f"{len(created)} durable consumers created, {len(left)} left after mallory closed"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a consumer create is create-or-update: a client that knows (or guesses) another "
+    "client's consumer name can rewrite its filter to its own subjects, keeping the victim's "
+    "deliver subject, so the victim's follower gets the other client's events instead of its own",
+)
+async def test_a_client_cannot_rewrite_another_clients_consumer_even_knowing_its_name(
+    dep: Deployment,
+) -> None:
+    name = "c_alicesfollower"  # the SDK draws 48 random bits; no client may list names
+
+    def create(client: str, deliver: str) -> bytes:
+        config = {
+            "name": name,
+            "filter_subject": f"cadre.events.{client}.>",
+            "deliver_subject": deliver,
+            "ack_policy": "none",
+        }
+        return json.dumps({"stream_name": "CADRE_EVENTS", "config": config}).encode()
+
+    async with (
+        await Bus.open(dep.settings("alice"), "alice") as alice,
+        await Bus.open(dep.settings("client"), "mallory") as mallory,
+    ):
+        await alice.nc.subscribe("_INBOX_alice.follow")
+        await alice.nc.flush()
+        made = await alice.nc.request(
+            f"$JS.API.CONSUMER.CREATE.CADRE_EVENTS.{name}.cadre.events.alice.>",
+            create("alice", "_INBOX_alice.follow"),
+            timeout=5,
+        )
+        assert "error" not in json.loads(made.data), made.data
+        answer = await mallory.nc.request(
+            f"$JS.API.CONSUMER.CREATE.CADRE_EVENTS.{name}.cadre.events.client.>",
+            create("client", "_INBOX_alice.follow"),
+            timeout=5,
+        )
+        print("mallory's update:", answer.data[:200])
+    async with await Bus.open(dep.settings("bootstrap"), "audit") as boot:
+        info = await boot.js.consumer_info("CADRE_EVENTS", name)
+    assert info.config.filter_subject == "cadre.events.alice.>", info.config
