@@ -19,9 +19,10 @@ import msgspec
 import pytest
 from nats.js.errors import NotFoundError
 
+from shared.bus.bootstrap import bootstrap
 from shared.bus.core import Bus
 from shared.client import CadreClient
-from shared.contract.protocol import encode, new_id
+from shared.contract.protocol import TaskBody, encode, new_id
 from shared.embedded.launcher import Stack
 from tests.helpers import feature_task, wait_for_value
 from tests.integration.test_nats_permissions import Deployment, _deployment_with, _stack
@@ -141,3 +142,62 @@ async def test_a_hostile_task_id_is_refused_to_its_sender_and_intake_keeps_worki
         # intake still works: the next honest task is received
         honest = await alice.submit(feature_task())
         assert await _received(alice, honest)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="CADRE_EVENTS is one stream for all clients, capped by bytes with discard=old: another "
+    "client's rejected submissions (each refusal stores its 8 KiB description twice) evict a "
+    "finished task's result; no per-client quota or rate limit stands in the way",
+)
+async def test_another_clients_flood_of_refused_submissions_does_not_evict_a_stored_result(
+    tmp_path: Path,
+) -> None:
+    cap = 1024**2  # CADRE_EVENTS_MAX_BYTES, small so that the flood is short (default 256 MiB)
+    async with _deployment_with(tmp_path, "alice") as dep:
+        await bootstrap(dep.settings("bootstrap", events_max_bytes=cap), deadline=10)
+        async with await Bus.open(dep.settings("bootstrap"), "audit") as boot:
+            assert (await boot.js.stream_info("CADRE_EVENTS")).config.max_bytes == cap
+        async with await Bus.open(dep.settings("orchestrator"), "seed") as orch:
+            # alice's finished task, as the orchestrator stores it
+            await orch.js.publish("cadre.result.alice.task_alice_done", b"alice's result")
+        async with (
+            _orchestrator(dep, tmp_path),
+            await Bus.open(dep.settings("client"), "mallory") as mallory,
+            await Bus.open(dep.settings("alice"), "alice") as alice,
+        ):
+            before = await alice.js.get_last_msg(
+                "CADRE_EVENTS", "cadre.result.alice.task_alice_done", direct=True
+            )
+            assert before.data == b"alice's result"  # stored, and alice reads it
+            last = ""
+            for _ in range(2 * cap // (16 * 1024)):  # each refusal stores about 16 KiB
+                flood = msgspec.structs.replace(
+                    feature_task(),
+                    task_id=new_id("task"),
+                    message_id=new_id("msg"),
+                    task=TaskBody(description="x" * 8000, requirements=["r"] * 101),
+                )
+                await mallory.js.publish(
+                    "cadre.task.submit.client", encode(flood), headers={"Nats-Msg-Id": flood.message_id}
+                )
+                last = flood.message_id
+
+            async def answered() -> bool | None:
+                with contextlib.suppress(NotFoundError):
+                    await mallory.js.get_last_msg("CADRE_EVENTS", f"cadre.refused.client.{last}", direct=True)
+                    return True
+                return None
+
+            await wait_for_value(answered, timeout=120, what="the refusal of mallory's last submission")
+            try:
+                kept = (
+                    await alice.js.get_last_msg(
+                        "CADRE_EVENTS", "cadre.result.alice.task_alice_done", direct=True
+                    )
+                ).data
+            except NotFoundError:
+                kept = None
+            async with await Bus.open(dep.settings("bootstrap"), "audit") as boot:
+                state = (await boot.js.stream_info("CADRE_EVENTS")).state
+            assert kept == b"alice's result", f"evicted: the stream now starts at seq {state.first_seq}"
