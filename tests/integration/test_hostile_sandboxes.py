@@ -1,10 +1,10 @@
 """Two sandboxes at once, one attacking the other: nothing of the victim is reachable.
 
 The victim holds a secret in its environment, its command line and a file in
-its own writable directory, and waits. While it waits, the attacker (another
+its own writable directory (and in /tmp, /dev/shm, /var/tmp where it may write), and waits. While it waits, the attacker (another
 sandbox, another uid) walks /proc for every other process's environ,
 cmdline, cwd and open files, reads and writes the victim's directory by its
-real path, and signals every pid it can see. What it managed is written to
+real path, looks through its own /tmp, /dev/shm and /var/tmp, and signals every pid it can see. What it managed is written to
 its own directory as JSON and checked from outside; the victim must still be
 alive and its file untouched.
 """
@@ -37,6 +37,12 @@ from pathlib import Path
 
 ctl = Path(sys.argv[1])
 (ctl / "secret.txt").write_text(os.environ["VICTIM_SECRET"])
+for shared in ("/tmp", "/dev/shm", "/var/tmp"):  # places two processes on one host often share
+    try:
+        Path(shared, "victim-secret.txt").write_text(os.environ["VICTIM_SECRET"])
+        print("victim wrote", shared)
+    except OSError:
+        pass
 (ctl / "ready").write_text(str(os.getpid()))
 while not (ctl / "release").exists():  # alive (and holding its secret) until the attack is over
     time.sleep(0.05)
@@ -75,6 +81,16 @@ for pid in os.listdir("/proc"):
             found["signalled"].append(f"{pid}:{sig.name}")
         except OSError:
             pass
+for shared in ("/tmp", "/dev/shm", "/var/tmp"):
+    try:
+        for entry in Path(shared).iterdir():
+            try:
+                if needle in entry.read_bytes():
+                    found["leaks"].append(str(entry))
+            except OSError:
+                pass
+    except OSError:
+        pass
 try:
     found["read"].append((victim_dir / "secret.txt").read_text())
 except OSError:
@@ -129,4 +145,5 @@ async def test_a_sandbox_cannot_see_read_write_or_signal_another_sandbox_running
     assert found["leaks"] == [] and found["read"] == [], found
     assert found["wrote"] == [] and found["signalled"] == [], found
     assert (victim_dir / "secret.txt").read_text() == secret and not (victim_dir / "planted.txt").exists()
+    print(held.output)
     assert held.sandboxed and held.returncode == 0 and "victim intact" in held.output, held
