@@ -12,6 +12,7 @@ and the orchestrator keeps taking work. The one Cadre does not meet yet is
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,10 +20,12 @@ import msgspec
 import pytest
 from nats.js.errors import NotFoundError
 
+from shared.bus import uploads
 from shared.bus.bootstrap import bootstrap
 from shared.bus.core import Bus
 from shared.client import CadreClient
 from shared.contract.protocol import TaskBody, encode, new_id
+from shared.contract.workspace import pack_files
 from shared.embedded.launcher import Stack
 from tests.helpers import feature_task, wait_for_value
 from tests.integration.test_nats_permissions import Deployment, _deployment_with, _stack
@@ -201,3 +204,21 @@ async def test_another_clients_flood_of_refused_submissions_does_not_evict_a_sto
             async with await Bus.open(dep.settings("bootstrap"), "audit") as boot:
                 state = (await boot.js.stream_info("CADRE_EVENTS")).state
             assert kept == b"alice's result", f"evicted: the stream now starts at seq {state.first_seq}"
+
+
+async def test_another_client_cannot_block_an_upload_by_sending_its_message_id_first(
+    dep: Deployment,
+) -> None:
+    data = pack_files({"app.py": "print('public code anyone can hash')\n"})
+    digest = hashlib.sha256(data).hexdigest()
+    async with await Bus.open(dep.settings("client"), "mallory") as mallory:
+        # the id the uploads used before (and any she can compute): sent first, under her own name
+        for msg_id in (f"upload.alice.{digest}.0", f"upload.alice.{digest}.0.0"):
+            ack = await mallory.js.publish(
+                "cadre.upload.client.junk.0", b"junk", headers={"Nats-Msg-Id": msg_id}
+            )
+            assert not ack.duplicate
+    async with await Bus.open(dep.settings("alice"), "alice") as alice:
+        ref = await uploads.upload(alice, data, description="alice's workspace")
+    async with await Bus.open(dep.settings("orchestrator"), "orchestrator") as orch:
+        assert await uploads.fetch(orch, ref, max_bytes=1 << 20) == data
