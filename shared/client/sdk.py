@@ -239,14 +239,17 @@ class CadreClient:
     async def submit(self, task: TaskSubmission, *, workspace_dir: Path | None = None) -> str:
         """Publish a task and return its id once the task stream stored it.
 
-        Fills what the caller left empty: ``task_id`` (``task_<hex>``),
-        ``message_id`` and ``created_at``. ``workspace_dir`` is packed and
+        Fills what the caller left empty: ``message_id``, ``task_id`` (``task_<message_id>``,
+        so submitting the same message again is the same task) and ``created_at``. ``workspace_dir`` is packed and
         uploaded (``shared.bus.uploads``, under this client's name) as the task's code workspace.
         """
-        task_id = task.task_id or new_id("task")
+        message_id = task.message_id or new_id("msg")
+        # the orchestrator's own derivation when no id is given, so a re-send of the same
+        # message maps to the same task (intake is idempotent per client and message id)
+        task_id = task.task_id or f"task_{message_id}"
         fields: dict[str, Any] = {
             "task_id": task_id,
-            "message_id": task.message_id or new_id("msg"),
+            "message_id": message_id,
             "created_at": task.created_at or now(),
         }
         if workspace_dir is not None:
@@ -255,22 +258,14 @@ class CadreClient:
             fields["workspace"] = await uploads.upload(
                 self.bus, data, description=f"workspace ({Path(workspace_dir).name})", client=self.client_name
             )
-        chosen_id = bool(task.task_id)
         task = msgspec.structs.replace(task, **fields)
         try:
-            ack = await self.bus.js.publish(
-                self.subjects.task_submit(self.client_name),
-                encode(task),
-                headers={"Nats-Msg-Id": task.message_id},
-            )
+            # no Nats-Msg-Id: the stream's dedup is shared by every client, so another client that
+            # knows this message id could have the stream drop this submission as a duplicate;
+            # the orchestrator recognises a re-send by (client, message id) instead
+            await self.bus.js.publish(self.subjects.task_submit(self.client_name), encode(task))
         except NoStreamResponseError as exc:
             raise NoDeployment(self.settings, self.subjects.stream_tasks) from exc
-        if ack.duplicate and not chosen_id:
-            # the stream dropped it as a re-send of an earlier message: its task id is not ours
-            raise CadreError(
-                f"message_id {task.message_id!r} was already submitted (dedup window): "
-                "use a new message_id, or resubmit with the original task_id"
-            )
         self._submitted[task_id] = task.message_id
         logger.info("task submitted task=%s message_id=%s", task_id, task.message_id)
         return task_id

@@ -416,17 +416,24 @@ async def test_sdk_follows_a_task_to_its_end_and_knows_unknown_ids(
         assert {s.name for s in found} == {"cadre-orchestrator", "cadre-researcher"}
 
 
-async def test_sdk_resubmitting_a_message_id_without_its_task_id_is_refused(
-    bus: Bus, settings: StackSettings
+async def test_sdk_resubmitting_a_message_id_is_the_same_task(
+    bus: Bus, stack: Stack, settings: StackSettings
 ) -> None:
+    stack.add("orchestrator")
+    stack.add("researcher", brain=ECHO)
     async with CadreClient.connect(settings) as client:
-        task = TaskSubmission(message_id=new_id("msg"), task=TaskBody(description="once"))
+        task = TaskSubmission(
+            message_id=new_id("msg"), task_type="research", task=TaskBody(description="once")
+        )
         first = await client.submit(task)
-        assert first.startswith("task_")
-        with pytest.raises(Exception, match="already submitted"):
-            await client.submit(task)
-        # with its task id it is an idempotent retry
+        assert first == f"task_{task.message_id}"
+        # a re-send (a retry after a lost ack) maps to the same task: one task, one result
+        assert await client.submit(task) == first
         assert await client.submit(msgspec.structs.replace(task, task_id=first)) == first
+        result = await client.result(first, timeout=60)
+        assert result.status == "completed", result.reason
+        received = [e for e in [e async for e in client.events(first, timeout=10)] if e.kind == "received"]
+        assert len(received) == 1, received
 
 
 # --- status / metrics -------------------------------------------------------------------------------------------
