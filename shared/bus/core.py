@@ -179,6 +179,10 @@ async def ensure_topology(js: JetStreamContext, settings: BusSettings) -> None:
             subjects=[s.upload_all],
             retention=RetentionPolicy.LIMITS,
             max_age=settings.upload_max_age,
+            # a full stream refuses the next upload (its sender gets the error) rather than
+            # dropping another client's pending one
+            max_bytes=settings.uploads_max_bytes,
+            discard=DiscardPolicy.NEW,
             duplicate_window=dedup,
             storage=StorageType.FILE,
             num_replicas=r,
@@ -191,6 +195,8 @@ async def ensure_topology(js: JetStreamContext, settings: BusSettings) -> None:
             allow_direct=True,
             retention=RetentionPolicy.LIMITS,
             max_age=settings.artifacts_max_age,
+            max_bytes=settings.downloads_max_bytes,
+            discard=DiscardPolicy.OLD,
             duplicate_window=dedup,
             storage=StorageType.FILE,
             num_replicas=r,

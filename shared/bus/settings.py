@@ -79,6 +79,11 @@ class BusSettings(BaseSettings):
     kv_history: int = Field(1, description="revisions kept per workflow key (writes are revision-checked)")
     artifacts_max_age: float = Field(7 * 24 * 3600.0, description="workspaces and large outputs (s)")
     upload_max_age: float = Field(24 * 3600.0, description="how long uploads stay in the uploads stream (s)")
+    uploads_max_bytes: int = Field(
+        1024**3,
+        description="uploads stream size cap; when full, new uploads are refused (never others' evicted)",
+    )
+    downloads_max_bytes: int = Field(1024**3, description="downloads stream size cap; oldest dropped")
 
     # --- workspace limits (every unpacker: the orchestrator at the door, agents per step) ----
     max_workspace_bytes: int = Field(16 * 1024 * 1024, description="a workspace archive, packed")

@@ -16,7 +16,7 @@ import hashlib
 import math
 import secrets
 
-from nats.js.errors import NoStreamResponseError, NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from shared.bus.core import ArtifactRefused, Bus, check_artifact, check_artifact_ref
 from shared.contract.errors import CadreError
@@ -65,6 +65,11 @@ async def upload(
             raise UploadFailed(
                 f"no uploads stream {s.stream_uploads} took {s.upload(client, digest, n)}: is the deployment "
                 f"up, and may this user upload as {client!r} (CADRE_CLIENT_NAME)?"
+            ) from exc
+        except APIError as exc:  # e.g. the stream is full (CADRE_UPLOADS_MAX_BYTES): it refuses new uploads
+            raise UploadFailed(
+                f"the uploads stream {s.stream_uploads} refused chunk {n} of {chunks} "
+                f"({len(data)} bytes): {exc.description or exc}"
             ) from exc
     return ArtifactRef(
         name=digest,

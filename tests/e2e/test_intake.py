@@ -418,3 +418,17 @@ async def test_a_workspace_uploaded_under_another_clients_name_is_refused_and_th
 
     assert (await wait_for_value(hers, 30, what="alice's events"))[0].kind == "received"
     assert await task_events(bus, own.task_id) == []  # nothing of hers under the name `client`
+
+
+async def test_a_full_uploads_stream_refuses_the_next_upload_and_keeps_the_pending_ones(
+    settings: StackSettings,
+) -> None:
+    # every size has a limit: the uploads stream is capped, and when full it refuses new
+    # uploads (their sender is told) rather than evicting another client's pending upload
+    small = settings.model_copy(update={"prefix": settings.prefix + "u", "uploads_max_bytes": 256 * 1024})
+    async with await Bus.open(small, "test-client") as bus:
+        first = bytes(range(256)) * 600  # 150 KiB: fits
+        ref = await uploads.upload(bus, first)
+        with pytest.raises(uploads.UploadFailed, match="refused chunk"):
+            await uploads.upload(bus, bytes(reversed(first)))
+        assert await uploads.fetch(bus, ref, 10 * 1024 * 1024) == first
