@@ -61,6 +61,13 @@ def settings(nats_url: str, prefix: str, tmp_path: Path) -> StackSettings:
         work_dir=tmp_path / "work",
         index_path=tmp_path / "index.sqlite",
         dedup_window=30.0,
+        # every capped stream reserves its cap on the server's disk: one test's prefix must
+        # not reserve GiBs, or a session of them exhausts the store
+        events_max_bytes=32 * 1024**2,
+        metrics_max_bytes=16 * 1024**2,
+        dead_letters_max_bytes=16 * 1024**2,
+        uploads_max_bytes=64 * 1024**2,
+        downloads_max_bytes=32 * 1024**2,
     )
 
 

@@ -28,6 +28,7 @@ from shared.agent.settings import AgentSettings
 from shared.contract.errors import LLMError
 from shared.contract.protocol import (
     Change,
+    Concern,
     DevelopInputs,
     DevelopmentOutput,
     Dispute,
@@ -293,7 +294,8 @@ def _disputes(
         elif d.concern.lower() not in _CONCERNS:
             notes.append(f"ignored a dispute of {d.issue_id} with unknown concern {d.concern!r}")
         else:
-            out.append(Dispute(issue_id=d.issue_id, argument=d.argument, concern=d.concern.lower()))  # type: ignore[arg-type]
+            concern = msgspec.convert(d.concern.lower(), Concern)
+            out.append(Dispute(issue_id=d.issue_id, argument=d.argument, concern=concern))
     return out, notes
 
 

@@ -21,7 +21,7 @@ from services.orchestrator.design import design
 from services.orchestrator.emit import Emitter
 from services.orchestrator.inputs import step_inputs, upstream_output
 from services.orchestrator.state import StepState, WorkflowState
-from shared.contract.protocol import ResearchOutput, WorkItem, encode, new_id
+from shared.contract.protocol import AgentRole, ResearchOutput, WorkItem, encode, new_id
 
 __all__ = ["run_inline", "user_data", "dispatch"]
 
@@ -72,7 +72,7 @@ def dispatch(
     sub = st.submission
     item = WorkItem(
         message_id=new_id("msg"),
-        to_agent=step.role,  # type: ignore[arg-type]
+        to_agent=msgspec.convert(step.role, AgentRole),  # a plan gives agent steps only
         task_type=step.task_type,
         priority=sub.priority,
         context=sub.context,

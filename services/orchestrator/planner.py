@@ -21,7 +21,7 @@ from services.orchestrator.inputs import accepted
 from services.orchestrator.plan import validate_plan
 from shared.agent.llm import LLMClient
 from shared.contract.errors import LLMError, PlanError
-from shared.contract.protocol import ROLES, Plan, PlanStep
+from shared.contract.protocol import ROLES, Plan, PlanStep, Role
 
 __all__ = ["plan_with_llm", "PLANNABLE", "PlanReply", "PlanReplyStep"]
 
@@ -123,7 +123,7 @@ def _to_plan(reply: PlanReply, description: str, has_workspace: bool) -> Plan:
     steps = [
         PlanStep(
             id=s.id,
-            role=s.role,  # type: ignore[arg-type]  # checked against ROLES above
+            role=msgspec.convert(s.role, Role),  # checked against ROLES above
             task_type=s.task_type,
             description=s.description.strip() or description,
             depends_on=list(dict.fromkeys(s.depends_on)),

@@ -25,7 +25,15 @@ from shared.agent.brains import BrainResult, StepContext, inputs_of
 from shared.agent.llm import LLMClient, Meter, failed, workspace_digest
 from shared.agent.settings import AgentSettings
 from shared.contract.errors import LLMError
-from shared.contract.protocol import Issue, ReviewInputs, ReviewOutput, TestReport, WorkItem
+from shared.contract.protocol import (
+    Concern,
+    Issue,
+    ReviewInputs,
+    ReviewOutput,
+    Severity,
+    TestReport,
+    WorkItem,
+)
 from shared.tools.analysis import analyze, score, verdict
 
 __all__ = ["LLMReviewer", "ReviewReply", "ReviewFinding", "semantic_issues"]
@@ -89,11 +97,11 @@ def semantic_issues(findings: list[ReviewFinding], root: Path) -> tuple[list[Iss
         issues.append(
             Issue(
                 id=digest,
-                severity=severity,  # type: ignore[arg-type]  # checked against _SEVERITIES
+                severity=msgspec.convert(severity, Severity),  # checked against _SEVERITIES
                 rule=rule,
                 message=f.message.strip(),
                 tool="llm",
-                concern=concern,  # type: ignore[arg-type]  # checked against _CONCERNS
+                concern=msgspec.convert(concern, Concern),  # checked against _CONCERNS
                 file=rel,
                 line=line,
                 recommendation=f.recommendation.strip(),

@@ -26,6 +26,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn, Self, TypeVar
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.micro import add_service
 from nats.micro.request import Handler
@@ -35,7 +36,7 @@ from shared import __version__
 from shared.bus.core import Bus
 from shared.bus.logs import setup_logging
 from shared.bus.settings import BusSettings
-from shared.contract.protocol import Heartbeat, encode, now
+from shared.contract.protocol import Heartbeat, ServiceRole, encode, now
 
 __all__ = [
     "Lifecycle",
@@ -222,7 +223,7 @@ class ServiceShell:
         """Publish one heartbeat now (best effort: a lost one is what the health check is for)."""
         p = pulse or Pulse()
         hb = Heartbeat(
-            role=self.role,  # type: ignore[arg-type]  # a Role or "monitor", as the service says
+            role=msgspec.convert(self.role, ServiceRole),  # the service names its own role
             instance_id=self.instance_id,
             at=now(),
             started_at=self.started_at,

@@ -32,6 +32,7 @@ __all__ = [
     "AgentRole",
     "Priority",
     "Severity",
+    "ServiceRole",
     "Concern",
     "Message",
     "TaskBody",
@@ -105,6 +106,8 @@ PROTOCOL_VERSION = 1
 
 Role = Literal["orchestrator", "researcher", "developer", "reviewer"]
 AgentRole = Literal["researcher", "developer", "reviewer"]
+# who sends a heartbeat: a role of the task path, or the monitor
+ServiceRole = Literal["orchestrator", "researcher", "developer", "reviewer", "monitor"]
 Priority = Literal["high", "normal", "low"]
 Severity = Literal["HIGH", "MEDIUM", "LOW"]
 # What a finding or a position is about; the conflict policy orders these.
@@ -694,7 +697,7 @@ class FinalResult(Message, frozen=True, kw_only=True, tag="result"):
 
 
 class Heartbeat(Message, frozen=True, kw_only=True, tag="heartbeat"):
-    role: Role | Literal["monitor"]
+    role: ServiceRole
     instance_id: str
     at: float
     started_at: float
