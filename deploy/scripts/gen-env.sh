@@ -14,7 +14,7 @@ fi
 umask 077
 {
   echo "# Cadre deployment secrets, generated $(date -u +%Y-%m-%dT%H:%M:%SZ) by deploy/scripts/gen-env.sh"
-  for user in BOOTSTRAP ORCHESTRATOR RESEARCHER DEVELOPER REVIEWER MONITOR CLIENT; do
+  for user in BOOTSTRAP ORCHESTRATOR RESEARCHER DEVELOPER REVIEWER MONITOR OPERATOR CLIENT; do
     # a letter first, then hex: nats-server parses the value as a config token, so a value
     # starting with a digit or '-' would be read as a number (see deploy/nats/accounts.conf)
     echo "CADRE_PW_${user}=pw$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"

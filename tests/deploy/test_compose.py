@@ -133,7 +133,7 @@ def stack() -> Iterator[Compose]:
             pytest.fail(f"{tool} is not installed (make test-deploy installs it)")
     passwords = {
         f"CADRE_PW_{u}": "pw" + uuid.uuid4().hex
-        for u in ("BOOTSTRAP", "ORCHESTRATOR", "RESEARCHER", "DEVELOPER", "REVIEWER", "MONITOR", "CLIENT")
+        for u in ("BOOTSTRAP", "ORCHESTRATOR", "RESEARCHER", "DEVELOPER", "REVIEWER", "MONITOR", "OPERATOR", "CLIENT")
     }
     env = {
         **os.environ,
