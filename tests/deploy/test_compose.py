@@ -95,7 +95,9 @@ class Compose:
     def compose(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return self.run("podman-compose", "-p", PROJECT, "-f", "docker-compose.yml", *args, **kw)
 
-    def client(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def client(
+        self, *args: str, timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """A one-off container of the `client` service (the `cadre` CLI, client user)."""
         return self.compose("run", "--rm", "--no-deps", "-T", "client", *args, timeout=timeout, check=check)
 
@@ -137,7 +139,16 @@ def stack() -> Iterator[Compose]:
             pytest.fail(f"{tool} is not installed (make test-deploy installs it)")
     passwords = {
         f"CADRE_PW_{u}": "pw" + uuid.uuid4().hex
-        for u in ("BOOTSTRAP", "ORCHESTRATOR", "RESEARCHER", "DEVELOPER", "REVIEWER", "MONITOR", "OPERATOR", "CLIENT")
+        for u in (
+            "BOOTSTRAP",
+            "ORCHESTRATOR",
+            "RESEARCHER",
+            "DEVELOPER",
+            "REVIEWER",
+            "MONITOR",
+            "OPERATOR",
+            "CLIENT",
+        )
     }
     env = {
         **os.environ,
