@@ -261,14 +261,18 @@ class CadreClient:
             )
         chosen_id = bool(task.task_id)
         task = msgspec.structs.replace(task, **fields)
+        subject = self.subjects.task_submit(self.client_name)
+        before = self.bus.nc.last_error
         try:
-            ack = await self.bus.js.publish(
-                self.subjects.task_submit(self.client_name),
-                encode(task),
-                headers={"Nats-Msg-Id": task.message_id},
-            )
+            ack = await self.bus.js.publish(subject, encode(task), headers={"Nats-Msg-Id": task.message_id})
         except NoStreamResponseError as exc:
             raise NoDeployment(self.settings, self.subjects.stream_tasks) from exc
+        except NatsTimeoutError as exc:
+            # a refused publish gets no ack: say so rather than "timeout" (e.g. the operator login)
+            if self.bus.nc.last_error is not before and reqreply.refusal_of(self.bus.nc.last_error, subject):
+                user = self.settings.nats_user or "(this login)"
+                raise PermissionDenied(user, subject, "submit tasks", "submit with a client login") from exc
+            raise
         if ack.duplicate and not chosen_id:
             # the stream dropped it as a re-send of an earlier message: its task id is not ours
             raise CadreError(

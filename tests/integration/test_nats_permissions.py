@@ -475,6 +475,23 @@ async def test_the_developer_cannot_publish_a_review_but_may_publish_its_own_res
     await boot.purge_stream("CADRE_STEP_RESULTS", subject="cadre.step.result.developer.task_forged_review")
 
 
+async def test_the_operator_can_neither_submit_nor_cancel_and_the_sdk_says_so(
+    deployment: Deployment, conns: dict[str, Conn]
+) -> None:
+    boot = conns["bootstrap"].nc.jetstream()
+    before = (await boot.stream_info("CADRE_TASKS")).state.messages
+    async with CadreClient.connect(deployment.settings("operator"), "probe-operator") as operator:
+        assert operator.client_name == "operator"
+        with pytest.raises(PermissionDenied) as submitted:
+            await operator.submit(feature_task())
+        with pytest.raises(PermissionDenied) as cancelled:
+            await operator.cancel("task_x")
+    assert submitted.value.subject == "cadre.task.submit.operator" and submitted.value.user == "operator"
+    assert "client login" in str(submitted.value)
+    assert cancelled.value.subject == "cadre.task.cancel.operator"
+    assert (await boot.stream_info("CADRE_TASKS")).state.messages == before
+
+
 @pytest.mark.timeout(120)
 async def test_every_service_runs_a_task_under_its_own_user_without_a_violation(
     deployment: Deployment, tmp_path: Path
