@@ -1,7 +1,9 @@
 """Scripted test brains, plugged in through the same Brain interface as the real ones.
 
 They are selected with ``CADRE_BRAIN=tests.brains:<Name>`` and steered by the
-work item's ``task.input_data`` (so one process can play several scripts).
+work item's ``task.input_data`` (the user's data: so one process can play several
+scripts). Control values (threshold, findings) come typed in ``item.inputs``, as
+for the real brains.
 """
 
 from __future__ import annotations
@@ -9,10 +11,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from shared.agent.brains import BrainResult, StepContext
+from shared.agent.brains import BrainResult, StepContext, inputs_of
 from shared.bus.settings import Settings
 from shared.contract.errors import CapabilityMissing
-from shared.contract.protocol import WorkItem
+from shared.contract.protocol import FixInputs, ReviewInputs, WorkItem
 
 
 async def file_state(path: str, *, present: bool) -> None:
@@ -67,8 +69,6 @@ class ScriptedBrain:
         self.role = settings.role
 
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
-        import msgspec
-
         from shared.contract.protocol import (
             Change,
             DevelopmentOutput,
@@ -121,11 +121,8 @@ class ScriptedBrain:
                         line=10,
                     ),
                 ]
-            verdict = (
-                "approved"
-                if score >= item.task.input_data.get("threshold", 90) and not issues
-                else "changes_requested"
-            )
+            threshold = inputs_of(item, ReviewInputs).threshold
+            verdict = "approved" if score >= threshold and not issues else "changes_requested"
             out = ReviewOutput(
                 summary=f"Security score: {score}/100", score=score, verdict=verdict, issues=issues
             )
@@ -133,7 +130,7 @@ class ScriptedBrain:
         # developer
         disputes = []
         if item.task_type == "fix" and script.get("dispute") and not item.step_id.endswith(".must"):
-            findings = msgspec.convert(item.task.input_data.get("findings", []), list[Issue])
+            findings = inputs_of(item, FixInputs).findings
             if findings:
                 disputes = [
                     Dispute(

@@ -15,6 +15,11 @@ from nats.js import JetStreamContext
 from shared.bus.core import Bus
 from shared.contract.protocol import (
     ArtifactRef,
+    DevelopInputs,
+    FixInputs,
+    ResearchInputs,
+    ReviewInputs,
+    StepInputs,
     StepResult,
     StepStarted,
     TaskBody,
@@ -26,7 +31,15 @@ from shared.contract.protocol import (
 
 T = TypeVar("T")
 
-__all__ = ["StepFeed", "assert_eventually", "make_item", "step_result", "stream_messages", "wait_for_value"]
+__all__ = [
+    "StepFeed",
+    "assert_eventually",
+    "default_inputs",
+    "make_item",
+    "step_result",
+    "stream_messages",
+    "wait_for_value",
+]
 
 
 async def wait_for_value(
@@ -172,6 +185,15 @@ async def step_result(bus: Bus, step: str, timeout: float = 60.0) -> StepResult:
         await feed.close()
 
 
+def default_inputs(role: str, task_type: str) -> StepInputs:
+    """The inputs kind the orchestrator gives such a step, empty (a review: threshold 90)."""
+    if role == "reviewer":
+        return ReviewInputs(threshold=90)
+    if role == "developer":
+        return FixInputs() if task_type == "fix" else DevelopInputs()
+    return ResearchInputs()
+
+
 def make_item(
     role: str,
     task_type: str,
@@ -183,8 +205,12 @@ def make_item(
     input_data: dict[str, Any] | None = None,
     context: dict[str, Any] | None = None,
     workspace: ArtifactRef | None = None,
+    inputs: StepInputs | None = None,
 ) -> WorkItem:
-    """A first-attempt work item for ``role``, as the orchestrator would send it."""
+    """A first-attempt work item for ``role``, as the orchestrator would send it.
+
+    ``inputs``: the typed step inputs; by default the empty ones of the step's kind.
+    """
     return WorkItem(
         message_id=new_id("msg"),
         to_agent=role,  # type: ignore[arg-type]
@@ -197,6 +223,7 @@ def make_item(
         deadline=now() + deadline_in,
         created_at=now(),
         workspace=workspace,
+        inputs=inputs if inputs is not None else default_inputs(role, task_type),
     )
 
 

@@ -2,15 +2,18 @@
 
 Task types:
 
-- ``fix``: run the tests (baseline), fix the findings in
-  ``task.input_data["findings"]`` with ``shared.tools.fixes`` (syntax-tree
+- ``fix``: run the tests (baseline), fix the findings of its ``FixInputs``
+  (``item.inputs``) with ``shared.tools.fixes`` (syntax-tree
   rewrites and ruff), re-running the tests after each change and refusing any
   change that breaks a test that passed before; dispute findings it judges
   mistaken; store the new workspace as ``artifacts["workspace"]``.
-- ``test``: run the tests under coverage and report.
-- ``performance_check``: measure the test suite and complexity hot spots.
+- ``test``: run the tests under coverage and report (``DevelopInputs``).
+- ``performance_check``: measure the test suite and complexity hot spots (``DevelopInputs``).
 - ``implementation`` / ``write_tests`` (or any other prose-to-code step):
   ``unsupported``, since writing new code from a description needs a model.
+
+A step whose work item carries another kind of inputs fails at once (``WrongInputs``,
+not retryable). ``task.input_data`` is the user's data: never read for control values.
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ import logging
 from pathlib import Path
 from typing import NamedTuple
 
-import msgspec
-
-from shared.agent.brains import BrainResult, StepContext
+from shared.agent.brains import BrainResult, StepContext, inputs_of
 from shared.bus.settings import Settings
 from shared.contract.protocol import (
     Change,
+    DevelopInputs,
     DevelopmentOutput,
+    FixInputs,
     Issue,
     Setting,
     TestReport,
@@ -57,13 +60,9 @@ class FixInput(NamedTuple):
 
 
 def fix_input(item: WorkItem) -> FixInput:
-    """The fix inputs of ``task.input_data`` (each may be absent); ``msgspec.ValidationError`` if malformed."""
-    data = item.task.input_data
-    return FixInput(
-        msgspec.convert(data.get("findings", []), list[Issue]),
-        set(msgspec.convert(data.get("must_fix", []), list[str])),
-        set(msgspec.convert(data.get("waived", []), list[str])),
-    )
+    """The item's ``FixInputs`` as the fixer uses them; ``WrongInputs`` (non-retryable) for another kind."""
+    given = inputs_of(item, FixInputs)
+    return FixInput(list(given.findings), set(given.must_fix), set(given.waived))
 
 
 def needs_workspace(what: str) -> BrainResult:
@@ -123,21 +122,19 @@ class BuiltinDeveloper:
         if item.task_type == "fix":
             return await self._fix(item, ctx)
         if item.task_type == "test":
+            inputs_of(item, DevelopInputs)
             return await self._test(item, ctx)
         if item.task_type == "performance_check":
+            inputs_of(item, DevelopInputs)
             return await self._performance(item, ctx)
         logger.info("unsupported task type=%s step=%s", item.task_type, item.step_id)
         return BrainResult("unsupported", NEEDS_LLM, error=NEEDS_LLM)
 
     # --- fix ---------------------------------------------------------------------------
     async def _fix(self, item: WorkItem, ctx: StepContext) -> BrainResult:
+        findings, must_fix, waived = fix_input(item)
         if item.workspace is None:
             return needs_workspace("a fix step needs the code workspace to change")
-        try:
-            findings, must_fix, waived = fix_input(item)
-        except msgspec.ValidationError as exc:
-            reason = f"invalid fix input: {exc}"
-            return BrainResult("failed", reason, error=reason)
         ws = await ctx.workspace()
         findings = await asyncio.to_thread(_relocate, ws, findings)
         timeout = suite_timeout(item)

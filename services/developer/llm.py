@@ -7,7 +7,9 @@ written into the workspace (paths that would escape it are refused), the
 workspace's tests are run for real, and a failing run is sent back to the
 model once for repair. A fix that breaks tests which passed before is
 reverted and reported as refused. ``test`` and ``performance_check`` steps
-need no model: the builtin developer does them.
+need no model: the builtin developer does them. The research, design and
+implementation come typed in the item's ``DevelopInputs``, the findings in
+its ``FixInputs``; any other kind fails the step (``WrongInputs``).
 """
 
 from __future__ import annotations
@@ -20,11 +22,19 @@ from pathlib import Path
 import msgspec
 
 from services.developer.builtin import BuiltinDeveloper, fix_input, needs_workspace, suite_timeout
-from shared.agent.brains import BrainResult, StepContext
+from shared.agent.brains import BrainResult, StepContext, inputs_of
 from shared.agent.llm import LLMClient, Meter, failed, workspace_digest
 from shared.bus.settings import Settings
 from shared.contract.errors import LLMError
-from shared.contract.protocol import Change, DevelopmentOutput, Dispute, Issue, TestReport, WorkItem
+from shared.contract.protocol import (
+    Change,
+    DevelopInputs,
+    DevelopmentOutput,
+    Dispute,
+    Issue,
+    TestReport,
+    WorkItem,
+)
 from shared.contract.workspace import SKIP_DIRS
 from shared.tools.testing import TestRun, run_suite
 
@@ -89,13 +99,16 @@ class LLMDeveloper:
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
         if item.task_type not in MODEL_TASKS:
             return await self.builtin.run(item, ctx)
-        if item.task_type == "fix" and item.workspace is None:
-            return needs_workspace("a fix step needs the code workspace to change")
-        try:
+        upstream: DevelopInputs | None = None
+        findings: list[Issue] = []
+        must_fix: set[str] = set()
+        if item.task_type == "fix":
             findings, must_fix, waived = fix_input(item)
-        except msgspec.ValidationError as exc:
-            return BrainResult("failed", f"bad fix input: {exc}", error=f"bad fix input: {exc}")
-        findings = [f for f in findings if f.id not in waived]
+            findings = [f for f in findings if f.id not in waived]
+            if item.workspace is None:
+                return needs_workspace("a fix step needs the code workspace to change")
+        else:
+            upstream = inputs_of(item, DevelopInputs)
 
         root = await ctx.workspace()
         timeout = suite_timeout(item)
@@ -106,7 +119,7 @@ class LLMDeveloper:
             )
         originals: dict[Path, str | None] = {}
         meter = Meter()
-        prompt = await asyncio.to_thread(self._prompt, item, root, findings, must_fix)
+        prompt = await asyncio.to_thread(self._prompt, item, root, findings, must_fix, upstream)
         try:
             reply = await meter.ask(self.client, _SYSTEM, prompt, DevReply)
             asked = list(reply.disputes)
@@ -158,8 +171,15 @@ class LLMDeveloper:
             "completed", summary, output=output, artifacts={"workspace": ref}, usage=meter.usage
         )
 
-    def _prompt(self, item: WorkItem, root: Path, findings: list[Issue], must_fix: set[str]) -> str:
-        task, data = item.task, item.task.input_data
+    def _prompt(
+        self,
+        item: WorkItem,
+        root: Path,
+        findings: list[Issue],
+        must_fix: set[str],
+        upstream: DevelopInputs | None,
+    ) -> str:
+        task = item.task
         lines = [f"Step: {item.task_type}", f"Task: {task.description}"]
         lines += [f"Requirement: {r}" for r in task.requirements]
         if item.context:
@@ -169,12 +189,8 @@ class LLMDeveloper:
             lines.append(
                 f"Expected output: files={expected.files} tests={expected.tests} coverage={expected.coverage}"
             )
-        for name in ("research_results", "api_spec", "implementation"):
-            value = data.get(name)
-            if isinstance(value, dict):
-                text = value.get("summary", "")
-                extra = value.get("decisions") or value.get("components") or []
-                lines.append(f"{name}: {text}\n" + "\n".join(f"- {d}" for d in extra if isinstance(d, str)))
+        if upstream is not None:
+            lines += _upstream_lines(upstream)
         if findings:
             lines.append("Reviewer findings (MUST FIX ones cannot be disputed):")
             for f in findings:
@@ -188,6 +204,19 @@ class LLMDeveloper:
         if left_out:
             lines.append("Files not shown (too large for the prompt): " + ", ".join(left_out))
         return "\n".join(lines)
+
+
+def _upstream_lines(up: DevelopInputs) -> list[str]:
+    """The earlier steps' outputs the plan wired in, one block each."""
+    lines = []
+    if up.research_results is not None:
+        lines.append(f"research_results: {up.research_results.summary}\n")
+    if up.api_spec is not None:
+        extra = up.api_spec.decisions or up.api_spec.components
+        lines.append(f"api_spec: {up.api_spec.summary}\n" + "\n".join(f"- {d}" for d in extra))
+    if up.implementation is not None:
+        lines.append(f"implementation: {up.implementation.summary}\n")
+    return lines
 
 
 def _apply(

@@ -19,8 +19,10 @@ def design(submission: TaskSubmission, research: ResearchOutput | None) -> Desig
     decisions: list[str] = []
     if submission.context:
         decisions.append("Stack: " + ", ".join(f"{k}={v}" for k, v in submission.context.items()))
+    # user data, not a control value: the task's own API text, if the user gave one (the design,
+    # which quotes it, is what the next steps get as their typed ``api_spec``)
     spec = submission.task.input_data.get("api_spec")
-    if isinstance(spec, str) and spec.strip():  # the design replaces it as the next steps' api_spec: keep it
+    if isinstance(spec, str) and spec.strip():
         decisions.append(f"API (from the task): {spec.strip()}")
     if research is not None:
         for lib in research.libraries:

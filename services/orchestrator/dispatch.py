@@ -1,17 +1,17 @@
 """Delegation: turning a ready step into a ``WorkItem`` (or running it inline).
 
 ``Engine.advance`` calls these for every pending step whose dependencies are
-done. An agent step gets a fresh attempt number and deadline, and its inputs
-are assembled from the submission plus the outputs of the steps it names in
-``inputs`` (reviewers also get the threshold, the waived findings and the
-developer's latest test report). The ``design`` step is the orchestrator's
-own and completes at once (see ``design.py``).
+done. An agent step gets a fresh attempt number and deadline, and typed
+inputs (``StepInputs``, built by ``inputs.py``): the outputs of the steps it
+names in ``inputs``, a fix step's findings, and for reviewers the threshold,
+the waived findings and the developer's latest test report. The user's own
+``task.input_data`` goes on beside them, as submitted. The ``design`` step is
+the orchestrator's own and completes at once (see ``design.py``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import msgspec
 
@@ -19,26 +19,20 @@ from services.orchestrator import trace
 from services.orchestrator.config import Ending, EngineConfig
 from services.orchestrator.design import design
 from services.orchestrator.emit import Emitter
+from services.orchestrator.inputs import step_inputs, upstream_output
 from services.orchestrator.state import StepState, WorkflowState
 from shared.contract.protocol import ResearchOutput, WorkItem, encode, new_id
 
-__all__ = ["run_inline", "step_inputs", "dispatch"]
+__all__ = ["run_inline", "user_data", "dispatch"]
 
 logger = logging.getLogger(__name__)
 
 
 def run_inline(emit: Emitter, st: WorkflowState, step: StepState, now: float) -> None:
     """Do an ``orchestrator`` step here: derive the design from the research output."""
-    research = next(
-        (
-            s.result.output
-            for s in st.steps
-            if s.id in step.inputs.values() and s.result and isinstance(s.result.output, ResearchOutput)
-        ),
-        None,
-    )
+    research = upstream_output(st, step, "research_results", ResearchOutput)
     output = design(st.submission, research)
-    step.inline_output = msgspec.to_builtins(output)
+    step.inline_output = output
     step.status = "completed"
     step.attempt = 1
     step.dispatched_at = step.started_at = step.finished_at = now
@@ -53,25 +47,12 @@ def run_inline(emit: Emitter, st: WorkflowState, step: StepState, now: float) ->
     )
 
 
-def step_inputs(config: EngineConfig, st: WorkflowState, step: StepState) -> dict[str, Any]:
-    """The work item's ``task.input_data``: submission data, upstream outputs, step extras."""
-    data: dict[str, Any] = dict(st.submission.task.input_data)
-    data.pop("files", None)  # carried as the workspace artifact instead
-    for name, source_id in step.inputs.items():
-        source = st.step(source_id)
-        if source is None:
-            continue
-        if source.inline_output is not None:
-            data[name] = source.inline_output
-        elif source.result is not None and source.result.output is not None:
-            data[name] = msgspec.to_builtins(source.result.output)
-    if step.role == "reviewer":
-        data["threshold"] = config.review_threshold
-        data["waived"] = list(st.waived)
-        if st.latest_tests is not None:
-            data["tests"] = msgspec.to_builtins(st.latest_tests)
-    data.update(step.input_data)
-    return data
+def user_data(st: WorkflowState) -> dict[str, object]:
+    """The work item's ``task.input_data``: the user's own data, as submitted, never a control value.
+
+    Only inline ``files`` are left out: they travel as the workspace artifact.
+    """
+    return {k: v for k, v in st.submission.task.input_data.items() if k != "files"}
 
 
 def dispatch(
@@ -95,9 +76,7 @@ def dispatch(
         task_type=step.task_type,
         priority=sub.priority,
         context=sub.context,
-        task=msgspec.structs.replace(
-            sub.task, description=step.description, input_data=step_inputs(config, st, step)
-        ),
+        task=msgspec.structs.replace(sub.task, description=step.description, input_data=user_data(st)),
         expected_output=sub.expected_output,
         task_id=st.task_id,
         step_id=step.id,
@@ -106,6 +85,7 @@ def dispatch(
         created_at=now,
         workspace=st.workspace,
         avoid_instances=list(step.avoid),
+        inputs=step_inputs(config, st, step),
     )
     size = len(encode(item))
     if size > config.max_result_bytes:
@@ -118,8 +98,8 @@ def dispatch(
         )
     emit.work(st, step, item)
     inputs = [f"{n} (from {s})" for n, s in step.inputs.items()]
-    if "findings" in step.input_data:
-        inputs.append(f"{len(step.input_data['findings'])} reviewer findings")
+    if step.fix is not None:
+        inputs.append(f"{len(step.fix.findings)} reviewer findings")
     text = trace.delegated(step.role, step.description, sub.context, inputs, step.attempt)
     emit.event(st, "delegated", text, now, step_id=step.id, role=step.role, attempt=step.attempt)
     emit.metric(st, "delegated", now, step_id=step.id, attempt=step.attempt)

@@ -107,7 +107,7 @@ def check_submission(sub: TaskSubmission, limits: Limits) -> None:
         raise Refused(
             f"task.input_data and context are {size} bytes of JSON; the limit is {limits.input_bytes}"
         )
-    files = sub.task.input_data.get("files")
+    files = sub.task.input_data.get("files")  # user data: inline files, packed as the workspace
     if isinstance(files, dict) and len(files) > limits.workspace.max_files:
         raise Refused(
             f"task.input_data.files has {len(files)} files; the limit is {limits.workspace.max_files}"

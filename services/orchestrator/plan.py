@@ -2,7 +2,8 @@
 
 Templates live in ``templates/<task_type>.yaml``; ``{description}`` in a step's
 description is filled from the task. ``validate_plan`` checks any plan (from a
-template or from the LLM planner) against the roles and for a proper DAG.
+template or from the LLM planner) against the roles, for a proper DAG, and
+that each named input is one the step's typed inputs have (``inputs.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import msgspec
 import yaml
 
+from services.orchestrator.inputs import wiring_error
 from shared.contract.errors import PlanError
 from shared.contract.protocol import ROLES, Plan, PlanStep
 
@@ -58,7 +60,7 @@ def plan_from_template(task_type: str, description: str) -> Plan:
 
 
 def validate_plan(plan: Plan) -> None:
-    """Raise ``PlanError`` unless the plan is a non-empty DAG over known roles."""
+    """Raise ``PlanError`` unless the plan is a non-empty DAG over known roles with typed inputs."""
     if not plan.steps:
         raise PlanError("plan has no steps")
     ids = [s.id for s in plan.steps]
@@ -71,6 +73,12 @@ def validate_plan(plan: Plan) -> None:
         for dep in [*step.depends_on, *step.inputs.values()]:
             if dep not in known:
                 raise PlanError(f"step {step.id!r} depends on unknown step {dep!r}")
+    roles = {s.id: s.role for s in plan.steps}
+    for step in plan.steps:
+        for name, source in step.inputs.items():
+            why = wiring_error(step.id, step.role, step.task_type, name, roles[source])
+            if why is not None:
+                raise PlanError(why)
     # Kahn's algorithm: every step must become ready
     deps = {s.id: set(s.depends_on) for s in plan.steps}
     done: set[str] = set()

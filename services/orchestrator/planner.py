@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from services.orchestrator.inputs import accepted
 from services.orchestrator.plan import validate_plan
 from shared.agent.llm import LLMClient
 from shared.contract.errors import LLMError, PlanError
@@ -162,15 +163,15 @@ def _ancestors(plan: Plan) -> dict[str, set[str]]:
 def _inputs(
     step: PlanStep, ancestors: set[str], by_id: dict[str, PlanReplyStep], order: list[str]
 ) -> dict[str, str]:
-    """Wire earlier outputs in as the templates do: research results, and the design as api_spec."""
-    if step.role == "researcher":
-        return {}
+    """Wire earlier outputs in as the templates do: research results, and the design as api_spec,
+    where the step's typed inputs have the field (a researcher or fix step takes neither)."""
+    takes = accepted(step.role, step.task_type)
     latest = sorted(ancestors, key=order.index)
     inputs: dict[str, str] = {}
     research = [a for a in latest if by_id[a].role == "researcher"]
-    if research:
+    if research and "research_results" in takes:
         inputs["research_results"] = research[-1]
     design = [a for a in latest if by_id[a].role == "orchestrator"]
-    if design and step.role == "developer":
+    if design and "api_spec" in takes:
         inputs["api_spec"] = design[-1]
     return inputs

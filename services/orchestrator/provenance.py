@@ -19,7 +19,7 @@ from services.orchestrator.workflow import Engine
 from shared.contract.protocol import StepResult, StepStarted
 from shared.contract.subjects import Subjects
 
-__all__ = ["Guard", "subject_mismatch", "step_mismatch"]
+__all__ = ["Guard", "subject_mismatch", "starter_mismatch", "step_mismatch"]
 
 StepMessage = StepStarted | StepResult
 
@@ -45,15 +45,26 @@ def step_mismatch(st: WorkflowState, msg: StepMessage) -> str | None:
         return f"step {step.id} was given to the {step.role}, not to a {msg.role}"
     if msg.attempt < 1 or msg.attempt > step.attempt:
         return f"attempt {msg.attempt} of step {step.id} was never dispatched (latest attempt {step.attempt})"
-    if isinstance(msg, StepResult):
-        # every run of an attempt announces itself (StepStarted) before its result; a result
-        # from an instance that started no run of it is not that attempt's
-        starters = sorted({r.instance_id for r in step.runs if r.attempt == msg.attempt})
-        if starters and msg.instance_id not in starters:
-            return (
-                f"attempt {msg.attempt} of step {step.id} was started by {', '.join(starters)}, "
-                f"not by {msg.instance_id!r}"
-            )
+    return starter_mismatch(st, msg)
+
+
+def starter_mismatch(st: WorkflowState, msg: StepMessage) -> str | None:
+    """Why a result does not come from an instance that started a run of its attempt, or None.
+
+    Every run of an attempt announces itself (``StepStarted``) before its result; a
+    result from an instance that started no run of it is not that attempt's. The
+    notice may still be held by another orchestrator (it is written with the task's
+    next write there), so the service defers this refusal for a few deliveries.
+    """
+    step = st.step(msg.step_id)
+    if step is None or not isinstance(msg, StepResult):
+        return None
+    starters = sorted({r.instance_id for r in step.runs if r.attempt == msg.attempt})
+    if starters and msg.instance_id not in starters:
+        return (
+            f"attempt {msg.attempt} of step {step.id} was started by {', '.join(starters)}, "
+            f"not by {msg.instance_id!r}"
+        )
     return None
 
 
@@ -68,11 +79,22 @@ class Guard:
     engine: Engine
     msg: StepMessage
     subject_reason: str | None = None
+    may_defer: bool = False  # a result from an unlisted starter waits (``deferred``) instead of a refusal
     refused: str | None = None
+    deferred: str | None = None
 
     def __call__(self, st: WorkflowState, now: float) -> bool:
         msg = self.msg
+        self.refused = self.deferred = None  # decided again on every try (a conflict re-reads)
         reason = self.subject_reason or step_mismatch(st, msg)
+        if (
+            reason is not None
+            and self.may_defer
+            and st.status == "running"
+            and reason == starter_mismatch(st, msg)
+        ):
+            self.deferred = reason
+            return False
         if reason is None:
             return self.engine.on_step_message(st, msg, now)
         self.refused = reason

@@ -37,7 +37,7 @@ RESULT_LIMIT = 256 * 1024
 def _record(step: StepState) -> StepRecord:
     res = step.result
     if step.inline_output is not None:
-        out = msgspec.convert(step.inline_output, DesignOutput)
+        out = step.inline_output
         return StepRecord(
             step_id=step.id,
             role="orchestrator",

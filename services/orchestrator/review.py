@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import logging
 
-import msgspec
-
 from services.orchestrator.config import Ending, EngineConfig
 from services.orchestrator.emit import Emitter
 from services.orchestrator.policy import ConflictPolicy
 from services.orchestrator.state import StepState, WorkflowState
-from shared.contract.protocol import DevelopmentOutput, Dispute, Issue, ReviewOutput
+from shared.contract.protocol import DevelopmentOutput, Dispute, FixInputs, Issue, ReviewOutput
 from shared.tools.scoring import blocks
 
 __all__ = ["review_verdict", "resolve_disputes", "insert_after", "no_progress", "name_blocking"]
@@ -88,11 +86,11 @@ def review_verdict(
         task_type="fix",
         description=f"Fix security issues: address the reviewer's {len(findings)} findings from {step.id}",
         depends_on=[step.id],
-        input_data={
-            "findings": msgspec.to_builtins(findings),
-            "must_fix": [i for i in st.must_fix if any(f.id == i for f in findings)],
-            "waived": list(st.waived),
-        },
+        fix=FixInputs(
+            findings=findings,
+            must_fix=[i for i in st.must_fix if any(f.id == i for f in findings)],
+            waived=list(st.waived),
+        ),
         origin=origin,
         round=n,
     )
@@ -141,9 +139,9 @@ def resolve_disputes(
     now: float,
 ) -> None:
     """Decide each disputed finding of a fix step by policy; re-send the lost ones as must-fix."""
-    findings = msgspec.convert(step.input_data.get("findings", []), list[Issue])
-    by_id = {i.id: i for i in findings}
-    already_forced = set(step.input_data.get("must_fix", []))
+    given = step.fix if step.fix is not None else FixInputs()
+    by_id = {i.id: i for i in given.findings}
+    already_forced = set(given.must_fix)
     must: list[Issue] = []
     for dispute in disputes:
         issue = by_id.get(dispute.issue_id)
@@ -183,11 +181,7 @@ def resolve_disputes(
             description=f"Fix security issues decided by policy (must fix {len(must)}): "
             + "; ".join(f"{i.rule} at {i.file}:{i.line}" for i in must),
             depends_on=[step.id],
-            input_data={
-                "findings": msgspec.to_builtins(must),
-                "must_fix": [i.id for i in must],
-                "waived": list(st.waived),
-            },
+            fix=FixInputs(findings=must, must_fix=[i.id for i in must], waived=list(st.waived)),
             origin=step.origin,
             round=step.round,
         )
@@ -196,7 +190,7 @@ def resolve_disputes(
 
 def no_progress(st: WorkflowState, step: StepState, out: DevelopmentOutput) -> Ending:
     """A fix round changed nothing: end the loop, listing what is left for a human or an LLM developer."""
-    findings = msgspec.convert(step.input_data.get("findings", []), list[Issue])
+    findings = step.fix.findings if step.fix is not None else []
     st.needs_attention = [i for i in findings if i.id not in st.waived]
     origin = step.origin or step.id
     history = " → ".join(str(s) for s in st.score_history)

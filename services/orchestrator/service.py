@@ -1,21 +1,13 @@
 """The orchestrator service: intake, step results, deadlines, cancel — all state in KV.
 
-Every change to a workflow goes through ``_mutate``, under that task's lock:
-read the state and revision (a message-driven change reads KV, as another
-instance may have moved the task on; a deadline tick decides on the cached
-copy and re-reads only on a revision conflict), apply one engine transition,
-write it back once if it changed (revision-checked), then publish the outbox with dedup
-ids, all at once, awaiting the acks together. The outbox is cleared lazily: a
-published entry leaves the state with the task's next write (or a final write
-when the task ends), and at the latest a quarter of the dedup window after it was
-written (a deadline tick writes the clear when a step runs long); a crash in
-between re-publishes it, which the stream's dedup window absorbs. A periodic
-resume leaves a young outbox to the instance that wrote it. A ``StepStarted`` is a transition like any other (one
-write): applied only in memory, a second orchestrator (or this one after a
-reload) would number the next event with the same ``seq`` and lose the run from
-``StepRecord.runs``. Different tasks run concurrently; messages of one
-task are applied in stream order. That keeps a killed orchestrator resumable
-and lets two instances run side by side, adding throughput.
+Every change to a workflow goes through ``WorkflowStore.mutate`` (``store.py``):
+cached state, one revision-checked KV write per transition, the outbox
+published after it. This module wires the consumers to it: submissions
+(intake), step messages (a ``StepStarted`` is held for the task's next write,
+a result applied through the provenance guard), max-deliveries advisories,
+deadline ticks and cancel requests. Different tasks run concurrently; messages
+of one task are applied in stream order. That keeps a killed orchestrator
+resumable and lets several instances run side by side.
 """
 
 from __future__ import annotations
@@ -30,16 +22,15 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.micro.request import Request
 
 from services.orchestrator import intake, provenance
 from services.orchestrator.plan import plan_from_template, templates, validate_plan
 from services.orchestrator.policy import ConflictPolicy
-from services.orchestrator.state import Outgoing, WorkflowState, state_decoder
+from services.orchestrator.store import Cached, WorkflowStore
 from services.orchestrator.workflow import Engine, EngineConfig
-from shared.bus import downloads
-from shared.bus.consumer import DECODE_ERRORS, Delivery, KeyedLocks, Rejected, SupervisedConsumer
+from shared.bus.consumer import DECODE_ERRORS, Delivery, Rejected, SupervisedConsumer
 from shared.bus.core import Bus
 from shared.bus.outputs import offload_step_output
 from shared.bus.service import Lifecycle, Pulse, ServiceShell
@@ -50,12 +41,12 @@ from shared.contract.protocol import (
     Heartbeat,
     Plan,
     StepMessage,
+    StepStarted,
     TaskSubmission,
     cancel_decoder,
     encode,
     heartbeat_decoder,
     now,
-    result_decoder,
     step_decoder,
     task_decoder,
     work_decoder,
@@ -67,14 +58,14 @@ __all__ = ["OrchestratorService"]
 
 logger = logging.getLogger(__name__)
 
-_MUTATE_RETRIES = 50
 # How many step messages / submissions are handled at once (different tasks run concurrently).
 _RESULTS_CONCURRENCY = 64
 _INTAKE_CONCURRENCY = 8
 # A resume leaves an outbox younger than this to the instance that wrote it (s).
 _RESUME_HOLD = 5.0
-# Bound on waiting for the store's acks of one outbox flush.
-_PUBLISH_BOUND = 10.0
+# A result from an instance with no started run of its attempt waits this many deliveries for the
+# notice (another orchestrator may hold it) before it is refused.
+_DEFER_DELIVERIES = 4
 
 
 class _MaxDeliverAdvisory(msgspec.Struct):
@@ -85,15 +76,6 @@ class _MaxDeliverAdvisory(msgspec.Struct):
 
 
 _max_deliver_decoder = msgspec.json.Decoder(_MaxDeliverAdvisory)
-
-
-@dataclass
-class _Cached:
-    """One open task as this instance last wrote or read it."""
-
-    state: WorkflowState
-    revision: int
-    sent: set[str] = field(default_factory=set)  # outbox ids published, still in the KV copy
 
 
 def task_id_for(sub_task_id: str, message_id: str) -> str:
@@ -113,12 +95,7 @@ class OrchestratorService(Lifecycle):
     _shell: ServiceShell = field(init=False)
     _heartbeats: dict[str, Heartbeat] = field(default_factory=dict, init=False)
     _hb_seen: dict[str, float] = field(default_factory=dict, init=False)
-    _open: set[str] = field(default_factory=set, init=False)
-    _cache: dict[str, _Cached] = field(default_factory=dict, init=False)
-    _locks: KeyedLocks = field(default_factory=KeyedLocks, init=False)
-    # finished and fully flushed, with when they ended: periodic resumes skip them and
-    # delete their keys once ``workflow_retention`` has passed
-    _settled: dict[str, float] = field(default_factory=dict, init=False)
+    store: WorkflowStore = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -139,6 +116,10 @@ class OrchestratorService(Lifecycle):
         s = self.bus.subjects
         templates()  # fail fast on a broken template file
         self.kv = await self.bus.workflows()
+        self.store = WorkflowStore(
+            self.bus, self.kv, self.engine, self._shell.spawn, dedup_window=self.settings.dedup_window
+        )
+        await self.store.watch()
         self._intake = await self.bus.js.pull_subscribe_bind(durable=s.intake_consumer, stream=s.stream_tasks)
         self._results = await self.bus.js.pull_subscribe_bind(
             durable=s.results_consumer, stream=s.stream_results
@@ -178,7 +159,9 @@ class OrchestratorService(Lifecycle):
         self._shell.supervise(self._tick_loop, "ticks")
         self._shell.heartbeat_loop(self._pulse)
         logger.info(
-            "orchestrator started instance=%s open_workflows=%d", self.settings.instance_id, len(self._open)
+            "orchestrator started instance=%s open_workflows=%d",
+            self.settings.instance_id,
+            len(self.store.open),
         )
 
     @property
@@ -190,12 +173,18 @@ class OrchestratorService(Lifecycle):
         return {
             "consumers": {c.name: c.stats.as_dict() for c in (self.intake, self.results)},
             "loop_restarts": sum(self._shell.restarts.values()),
-            "open_tasks": len(self._open),
-            "cached_tasks": len(self._cache),
+            "open_tasks": len(self.store.open),
+            "cached_tasks": len(self.store.cache),
+            "held_started": sum(len(h) for h in self.store.held.values()),  # StepStarted awaiting a write
+            "workflow_io": dict(self.store.io),
         }
 
     async def stop(self) -> None:
-        if await self._shell.close():
+        closed = await self._shell.close()  # consumers and timers first: nothing new is held after
+        store = getattr(self, "store", None)
+        if store is not None:
+            await store.close()
+        if closed:
             logger.info("orchestrator stopped")
 
     async def resume(self, hold_young: float = 0.0) -> None:
@@ -209,23 +198,15 @@ class OrchestratorService(Lifecycle):
         except Exception:  # nats raises NoKeysError on an empty bucket
             keys = []
         for key in keys:
-            if key in self._settled:
+            if key in self.store.settled:
                 continue
             try:
-                await self._refresh(key)
-                await self._mutate(key, lambda st, t: False, fresh=False, hold_young=hold_young)
+                await self.store.refresh(key)
+                await self.store.mutate(key, lambda st, t: False, fresh=False, hold_young=hold_young)
             except Exception as exc:  # one bad workflow must not stop the others resuming
                 logger.warning("resume failed task=%s err=%s", key, exc)
-        logger.debug("resumed workflows=%d open=%d", len(keys), len(self._open))
+        logger.debug("resumed workflows=%d open=%d", len(keys), len(self.store.open))
         await self._purge_expired()
-
-    async def _refresh(self, task_id: str) -> None:
-        cached = self._cache.get(task_id)
-        if cached is None:
-            return
-        entry = await self.kv.get(task_id)
-        if entry.revision is not None and entry.revision != cached.revision:
-            self._cache.pop(task_id, None)
 
     async def _purge_expired(self) -> None:
         """Delete the keys of workflows that ended more than ``workflow_retention`` ago.
@@ -234,155 +215,15 @@ class OrchestratorService(Lifecycle):
         result stay on the events stream, which has its own max age.
         """
         horizon = now() - self.settings.workflow_retention
-        for task_id, finished_at in list(self._settled.items()):
+        for task_id, finished_at in list(self.store.settled.items()):
             if finished_at < horizon:
                 try:
                     await self.kv.purge(task_id)  # idempotent: another instance may purge it too
                 except Exception as exc:  # the next resume tries again
                     logger.warning("workflow purge failed task=%s err=%s", task_id, exc)
                     continue
-                del self._settled[task_id]
+                del self.store.settled[task_id]
                 logger.info("workflow purged task=%s ended_at=%.0f", task_id, finished_at)
-
-    # --- the one way to change a workflow --------------------------------------------------------
-    def _encode(self, st: WorkflowState) -> bytes:
-        """The bytes written to KV for ``st`` (the one place a state is encoded for storage).
-
-        The engine's size guard: a state that would outgrow the message limit is compacted,
-        or its task ends failed with that reason (``Engine.encode``).
-        """
-        return self.engine.encode(st, now())
-
-    async def _load(self, task_id: str) -> _Cached | None:
-        try:
-            entry = await self.kv.get(task_id)
-        except KeyNotFoundError:
-            return None
-        assert entry.value is not None and entry.revision is not None
-        return _Cached(state_decoder.decode(entry.value), entry.revision)
-
-    async def _mutate(
-        self,
-        task_id: str,
-        transition: Callable[[WorkflowState, float], bool],
-        *,
-        fresh: bool = True,
-        hold_young: float = 0.0,
-    ) -> WorkflowState | None:
-        """Apply one transition and write it once if it changed the state.
-
-        ``fresh`` (every message-driven change) reads the state from KV first, as another
-        instance may have moved the task on; only the deadline ticks (``fresh=False``)
-        decide on the cached copy, and a revision conflict makes them re-read too.
-        ``hold_young`` (a resume): an outbox written less than this long ago is left to the
-        instance that wrote it, which publishes it at once; only an older one (its writer
-        crashed) is published here, so two instances do not both send every record.
-        """
-        async with self._locks.hold(task_id):
-            for _ in range(_MUTATE_RETRIES):
-                cached = self._cache.get(task_id)
-                if cached is None or fresh:
-                    loaded = await self._load(task_id)
-                    if loaded is None:
-                        self._cache.pop(task_id, None)
-                        return None
-                    if cached is not None and cached.revision == loaded.revision:
-                        loaded.sent = cached.sent  # what this instance already published
-                    cached = loaded
-                    fresh = False
-                st = cached.state
-                # entries published already leave the state with this write (lazy clear) —
-                # only if there is a write: until then KV still holds them, and so must the
-                # copy here, with ``sent`` remembering they went out
-                stored = st.outbox
-                st.outbox = [o for o in stored if o.id not in cached.sent]
-                try:
-                    t = now()
-                    changed = transition(st, t) or self._clear_due(cached, stored, t)
-                    if changed:
-                        if st.outbox:
-                            st.outbox_at = t
-                        cached.revision = await self.kv.update(
-                            task_id, self._encode(st), last=cached.revision
-                        )
-                        cached.sent.clear()
-                    else:
-                        st.outbox = stored
-                        pending = [o for o in stored if o.id not in cached.sent]
-                        if pending and t - st.outbox_at < hold_young:
-                            return st
-                except KeyWrongLastSequenceError:
-                    self._cache.pop(task_id, None)
-                    continue  # another instance moved it on: re-read and decide again
-                except BaseException:
-                    self._cache.pop(task_id, None)  # half-applied in memory: never reuse it
-                    raise
-                self._cache[task_id] = cached
-                await self._flush(task_id, cached)
-                return st
-            raise CadreError(f"workflow {task_id}: too many concurrent updates")
-
-    def _clear_due(self, cached: _Cached, stored: list[Outgoing], t: float) -> bool:
-        """Whether published entries have waited in KV long enough to be cleared by a write of
-        their own.
-
-        The stream's dedup window absorbs a re-publish of an entry only while it is younger
-        than the window; an entry left in KV longer (a step that runs for minutes) would be
-        sent twice by a resume after a crash or by another instance. So the deadline tick
-        clears them after a quarter of the window, even when nothing else changes.
-        """
-        if not cached.sent or len(stored) == len(cached.state.outbox):
-            return False
-        return t - cached.state.outbox_at >= self.settings.dedup_window / 4
-
-    async def _flush(self, task_id: str, cached: _Cached) -> None:
-        """Publish the unsent outbox at once and await the acks together; settle a finished task."""
-        st = cached.state
-        pending = [o for o in st.outbox if o.id not in cached.sent]
-        if pending:
-            await self._offer_downloads(st, pending)
-            await self._publish_all(pending)
-            cached.sent.update(o.id for o in pending)
-        if st.status == "running":
-            self._open.add(task_id)
-            return
-        self._open.discard(task_id)
-        if st.outbox:
-            # the one extra write of a task: a finished state keeps no outbox to re-publish later
-            st.outbox = []
-            try:
-                cached.revision = await self.kv.update(task_id, self._encode(st), last=cached.revision)
-            except KeyWrongLastSequenceError:
-                pass  # another instance wrote it; its resume clears what is left
-            except Exception as exc:  # the next resume re-publishes (deduplicated) and tries again
-                logger.warning("clearing the outbox of task=%s failed err=%s", task_id, exc)
-                self._cache.pop(task_id, None)
-                return
-        self._cache.pop(task_id, None)
-        self._settled[task_id] = st.finished_at
-
-    async def _offer_downloads(self, st: WorkflowState, pending: list[Outgoing]) -> None:
-        """Before a final result goes out, offer its artifacts to the task's client (downloads stream)."""
-        subject = self.bus.subjects.result(st.client, st.task_id)
-        for out in pending:
-            if out.subject == subject:
-                with contextlib.suppress(*DECODE_ERRORS):
-                    await downloads.offer_result(self.bus, st.client, result_decoder.decode(out.data))
-
-    async def _publish_all(self, outbox: list[Outgoing]) -> None:
-        """Send every record in order without waiting in between; then wait for all the acks."""
-        acks = []
-        for out in outbox:
-            if out.stream:
-                acks.append(await self.bus.publish_async(out.subject, out.data, msg_id=out.id))
-            else:
-                # no ack awaited; the id still deduplicates a re-flush where a stream stores it
-                await self.bus.nc.publish(out.subject, out.data, headers={"Nats-Msg-Id": out.id})
-        if acks:
-            done = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), _PUBLISH_BOUND)
-            errors = [d for d in done if isinstance(d, BaseException)]
-            if errors:
-                raise errors[0]
 
     # --- intake ----------------------------------------------------------------------------------------
     async def _on_submission(self, sub: TaskSubmission, delivery: Delivery) -> None:
@@ -394,7 +235,7 @@ class OrchestratorService(Lifecycle):
         client = self.bus.subjects.client_of(msg.subject)
         if client is None:
             raise Rejected(f"a submission on {msg.subject!r}, which names no client")
-        async with self._locks.hold(task_id):
+        async with self.store.locks.hold(task_id):
             try:
                 intake.check_submission(sub, self._limits)
                 if not await intake.check_task_id(self.kv, sub, client):
@@ -409,16 +250,17 @@ class OrchestratorService(Lifecycle):
             decompose_s = time.perf_counter() - t0
             st = self.engine.start(task_id, sub, plan, decompose_s, now(), note=note, client=client)
             try:
-                revision = await self.kv.create(task_id, self._encode(st))
+                self.store.io["writes"] += 1
+                revision = await self.kv.create(task_id, self.store.encode(st))
             except KeyWrongLastSequenceError:
                 try:  # accepted meanwhile (another instance): the same submission, or another's id
                     await intake.check_task_id(self.kv, sub, client)
                 except intake.Refused as exc:
                     await self._reject(msg, str(exc), task_id=task_id, sub=sub)
                 return
-            cached = _Cached(st, revision)
-            self._cache[task_id] = cached
-            await self._flush(task_id, cached)
+            cached = Cached(st, revision)
+            self.store.cache[task_id] = cached
+            await self.store.flush(task_id, cached)
         logger.info(
             "task accepted task=%s client=%s type=%s steps=%d",
             task_id,
@@ -482,9 +324,21 @@ class OrchestratorService(Lifecycle):
         step_msg = await offload_step_output(self.bus, step_msg)  # engine: large outputs by reference
         # applied only when it matches its step: role (subject, message, step), attempt, instance
         guard = provenance.Guard(
-            self.engine, step_msg, provenance.subject_mismatch(self.bus.subjects, delivery.subject, step_msg)
+            self.engine,
+            step_msg,
+            provenance.subject_mismatch(self.bus.subjects, delivery.subject, step_msg),
+            may_defer=delivery.num_delivered < min(_DEFER_DELIVERIES, self.settings.max_deliver),
         )
-        found = await self._mutate(step_msg.task_id, guard)
+        if isinstance(step_msg, StepStarted):
+            # no write of its own: applied with the task's next write (usually its result's),
+            # acked after it; see docs/orchestrator.md "Durability and the hot path"
+            self.store.hold(step_msg, guard, delivery)
+            return
+        found = await self.store.mutate(step_msg.task_id, guard)
+        if guard.deferred is not None:  # a decision not to apply: only ever taken on KV's copy
+            found = await self.store.mutate(step_msg.task_id, guard, fresh=True)
+            if guard.deferred is not None:
+                raise CadreError(f"result deferred, its run's started notice not yet seen: {guard.deferred}")
         if guard.refused is not None:
             raise Rejected(f"refused: {guard.refused}")
         if found is None:
@@ -503,7 +357,7 @@ class OrchestratorService(Lifecycle):
             "work item undeliverable task=%s step=%s attempt=%d", item.task_id, item.step_id, item.attempt
         )
         try:
-            await self._mutate(
+            await self.store.mutate(
                 item.task_id,
                 lambda st, t: self.engine.on_undeliverable(
                     st, item.step_id, item.attempt, advisory.deliveries, t, self.health
@@ -557,9 +411,9 @@ class OrchestratorService(Lifecycle):
                     await self.resume(_RESUME_HOLD)  # workflows another instance accepted or moved on
                 except Exception:
                     logger.exception("resume failed")
-            for task_id in list(self._open):
+            for task_id in list(self.store.open | set(self.store.held)):  # held notices: a write that failed
                 try:
-                    await self._mutate(
+                    await self.store.mutate(
                         task_id, lambda st, t: self.engine.on_tick(st, t, self.health), fresh=False
                     )
                 except Exception:  # one task's failure must not stop the others' deadlines
@@ -568,7 +422,10 @@ class OrchestratorService(Lifecycle):
     def _pulse(self) -> Pulse:
         pulling = self.intake.stats.pulling and self.results.stats.pulling
         return Pulse(
-            "busy" if self._open else "idle", len(self._open), sorted(self._open)[:20], pulling=pulling
+            "busy" if self.store.open else "idle",
+            len(self.store.open),
+            sorted(self.store.open)[:20],
+            pulling=pulling,
         )
 
     # --- cancel ------------------------------------------------------------------------------------------
@@ -597,7 +454,7 @@ class OrchestratorService(Lifecycle):
             why = "an empty task id" if not task_id else f"{task_id!r} is not a task id"
             return CancelReply(task_id=task_id, accepted=False, reason=f"cancel refused: {why}")
         try:
-            st = await self._mutate(
+            st = await self.store.mutate(
                 task_id, lambda s, t: s.client == client and self.engine.cancel(s, t, reason)
             )
         except Exception as exc:

@@ -8,7 +8,7 @@ restart by flushing again.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
@@ -16,11 +16,13 @@ from shared.bus.outputs import shorten
 from shared.contract.protocol import (
     ArtifactRef,
     Conflict,
+    FixInputs,
     Issue,
     Plan,
     Recovery,
     ReviewOutput,
     Role,
+    StepOutput,
     StepResult,
     StepRun,
     TaskSubmission,
@@ -75,12 +77,12 @@ class StepState(msgspec.Struct, kw_only=True):
     first_dispatched_at: float = 0.0
     started_at: float = 0.0
     deadline: float = 0.0
-    input_data: dict[str, Any] = {}
+    fix: FixInputs | None = None  # a review-loop fix step: the findings it is given
     avoid: list[str] = []
     origin: str | None = None  # the plan step a review-loop step belongs to
     round: int = 0
     result: StepResult | None = None
-    inline_output: Any = None  # a step the orchestrator ran itself (design)
+    inline_output: StepOutput | None = None  # a step the orchestrator ran itself (design)
     finished_at: float = 0.0
     runs: list[StepRun] = []  # every run seen, re-runs of one attempt included
 
@@ -134,7 +136,7 @@ def compact(state: WorkflowState) -> None:
     sub = state.submission
     state.submission = msgspec.structs.replace(sub, task=msgspec.structs.replace(sub.task, input_data={}))
     for step in state.steps:
-        step.input_data = {}
+        step.fix = None
         res = step.result
         if res is not None:
             out = shorten(res.output, 2048) if res.output is not None else None

@@ -90,6 +90,19 @@ def _record_run(step: StepState, res: StepResult, run_id: str, outcome: RunOutco
         step.runs[idx] = msgspec.structs.replace(run, started_at=step.runs[idx].started_at or run.started_at)
 
 
+def _started_of(res: StepResult) -> StepStarted:
+    """The started notice a result implies (same run, instance, attempt and start time)."""
+    return StepStarted(
+        task_id=res.task_id,
+        step_id=res.step_id,
+        attempt=res.attempt,
+        role=res.role,
+        instance_id=res.instance_id,
+        started_at=res.timings.started_at,
+        run_id=run_key(res),
+    )
+
+
 def _stale_why(step: StepState, attempt: int) -> str:
     if step.attempt != attempt:
         return f"stale attempt: the step is at attempt {step.attempt}"
@@ -197,6 +210,10 @@ class Engine:
         current = step.status == "running" and step.attempt == msg.attempt
         if not current or _run(step, run_id).outcome != "no_result" or step.result is not None:
             return self._late(st, step, msg, run_id, now)
+        if not any(r.run_id == run_id for r in step.runs) and msg.timings.started_at:
+            # its started notice was never applied here (held by another orchestrator, or lost):
+            # the result says when and where the run started, so the trace gets the line now
+            self._on_started(st, step, _started_of(msg), now)
         step.instance_id = msg.instance_id
         _record_run(step, msg, run_id, "applied", now)
         if msg.status == "completed":
@@ -298,10 +315,25 @@ class Engine:
 
     def _after_end(self, st: WorkflowState, msg: StepStarted | StepResult, now: float) -> bool:
         """A message for a task that already ended: a result goes to the dead letters, once."""
-        if isinstance(msg, StepStarted):
-            return False  # an agent took the item just before the end; its result will tell
         key = f"{msg.step_id}:{msg.attempt}:{run_key(msg)}"
         step = st.step(msg.step_id)
+        if isinstance(msg, StepStarted):
+            # an agent took the item just before the end. A run the state already lists is
+            # reported; an unlisted one is kept in the dead letters, so a run whose agent dies
+            # before any result (or whose notice was held until after the end) is never hidden
+            if key in st.late_results or (
+                step is not None and any(r.run_id == run_key(msg) for r in step.runs)
+            ):
+                return False
+            st.late_results.append(key)
+            reason = (
+                f"late start: task {st.task_id} already {st.status}; {msg.instance_id} started "
+                f"{msg.step_id} attempt {msg.attempt} (run {run_key(msg)}) after the final event"
+            )
+            self.emit.dead_letter(
+                st, self.subjects.step_result(msg.role, st.task_id), encode(msg), reason, now
+            )
+            return True
         if key in st.late_results or (step is not None and _run(step, run_key(msg)).outcome == "applied"):
             return False  # already told, or a redelivered copy of a result the task applied
         st.late_results.append(key)

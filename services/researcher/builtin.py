@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.agent.brains import BrainResult, StepContext
+from shared.agent.brains import BrainResult, StepContext, inputs_of
 from shared.bus.settings import Settings
-from shared.contract.protocol import Library, Passage, ResearchOutput, WorkItem
+from shared.contract.protocol import Library, Passage, ResearchInputs, ResearchOutput, WorkItem
 from shared.tools.code_facts import CodeFact, relevant_facts, scan_workspace
 from shared.tools.research_index import ResearchIndex
 from shared.tools.summary import summarize
@@ -113,6 +113,7 @@ class BuiltinResearcher:
         return Retrieval(question, query, passages, libraries, facts, files_read, lookups)
 
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
+        inputs_of(item, ResearchInputs)  # a research step takes no control values: a wrong kind fails
         found = await self.retrieve(item, ctx)
         passages, libraries = found.passages, found.libraries
         notes = _workspace_notes(item, found)

@@ -16,11 +16,11 @@ import re
 import msgspec
 
 from services.researcher.builtin import BuiltinResearcher, no_match, report
-from shared.agent.brains import BrainResult, StepContext
+from shared.agent.brains import BrainResult, StepContext, inputs_of
 from shared.agent.llm import LLMClient, Meter, failed
 from shared.bus.settings import Settings
 from shared.contract.errors import LLMError
-from shared.contract.protocol import Library, Passage, ResearchOutput, WorkItem
+from shared.contract.protocol import Library, Passage, ResearchInputs, ResearchOutput, WorkItem
 
 __all__ = ["LLMResearcher", "ResearchReply", "check_citations"]
 
@@ -72,6 +72,7 @@ class LLMResearcher:
         await self.client.aclose()
 
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
+        inputs_of(item, ResearchInputs)  # a research step takes no control values: a wrong kind fails
         found = await self.retriever.retrieve(item, ctx)
         passages, libraries = found.passages, found.libraries
         if not passages:

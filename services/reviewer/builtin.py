@@ -2,9 +2,10 @@
 
 It reviews the step's code workspace with bandit, ruff and radon
 (``shared.tools.analysis``), folds in the developer's latest test results when
-the work item carries them, and answers with ranked issues, a score out of 100
-and ``approved`` / ``changes_requested``. No model, no canned answers: a step
-without code fails with a clear reason.
+the work item's ``ReviewInputs`` carry them, and answers with ranked issues, a
+score out of 100 and ``approved`` / ``changes_requested``. No model, no canned
+answers: a step without code fails with a clear reason, a work item with other
+inputs than ``ReviewInputs`` fails at once (``WrongInputs``, not retryable).
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
-import msgspec
-
-from shared.agent.brains import BrainResult, StepContext
+from shared.agent.brains import BrainResult, StepContext, inputs_of
 from shared.bus.settings import Settings
-from shared.contract.protocol import ReviewOutput, TestReport, WorkItem
+from shared.contract.protocol import ReviewInputs, ReviewOutput, TestReport, WorkItem
 from shared.tools.analysis import analyze, blocking, python_files, score, verdict
 
-__all__ = ["BuiltinReviewer", "NO_WORKSPACE", "NO_PYTHON", "OpenReview", "bad_input", "open_review"]
+__all__ = ["BuiltinReviewer", "NO_WORKSPACE", "NO_PYTHON", "OpenReview", "open_review"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,27 +39,18 @@ class OpenReview(NamedTuple):
     waived: frozenset[str]
 
 
-def bad_input(exc: Exception) -> BrainResult:
-    """The failed result for review inputs that do not parse."""
-    error = f"bad review input: {exc}"
-    return BrainResult("failed", error, error=error)
+async def open_review(item: WorkItem, ctx: StepContext) -> OpenReview | BrainResult:
+    """The review's tests, threshold and workspace, or the failed result saying why there is nothing to review.
 
-
-async def open_review(item: WorkItem, ctx: StepContext, default_threshold: int) -> OpenReview | BrainResult:
-    """The review's tests, threshold and workspace, or the failed result saying why there is nothing to review."""
-    data = item.task.input_data
-    try:
-        raw_tests = data.get("tests")
-        tests = msgspec.convert(raw_tests, TestReport) if raw_tests is not None else None
-        threshold = int(data.get("threshold", default_threshold))
-        waived = frozenset(msgspec.convert(data.get("waived", []), list[str]))
-    except (msgspec.ValidationError, TypeError, ValueError) as exc:
-        return bad_input(exc)
+    They come from the item's ``ReviewInputs`` (validated when the item was decoded);
+    ``WrongInputs`` for any other kind.
+    """
+    given = inputs_of(item, ReviewInputs)
     workspace = await ctx.workspace()
     if not await asyncio.to_thread(python_files, workspace):
         error = NO_WORKSPACE if item.workspace is None else NO_PYTHON
         return BrainResult("failed", error, error=error)
-    return OpenReview(tests, threshold, workspace, waived)
+    return OpenReview(given.tests, given.threshold, workspace, frozenset(given.waived))
 
 
 class BuiltinReviewer:
@@ -70,7 +60,7 @@ class BuiltinReviewer:
         self.settings = settings
 
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
-        opened = await open_review(item, ctx, self.settings.review_threshold)
+        opened = await open_review(item, ctx)
         if isinstance(opened, BrainResult):
             return opened
         tests, threshold, workspace, waived = opened

@@ -21,11 +21,11 @@ from pathlib import Path
 import msgspec
 
 from services.reviewer.builtin import open_review
-from shared.agent.brains import BrainResult, StepContext
+from shared.agent.brains import BrainResult, StepContext, inputs_of
 from shared.agent.llm import LLMClient, Meter, failed, workspace_digest
 from shared.bus.settings import Settings
 from shared.contract.errors import LLMError
-from shared.contract.protocol import Issue, ReviewOutput, TestReport, WorkItem
+from shared.contract.protocol import Issue, ReviewInputs, ReviewOutput, TestReport, WorkItem
 from shared.tools.analysis import analyze, score, verdict
 
 __all__ = ["LLMReviewer", "ReviewReply", "ReviewFinding", "semantic_issues"]
@@ -128,7 +128,7 @@ class LLMReviewer:
         await self.client.aclose()
 
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
-        opened = await open_review(item, ctx, self.settings.review_threshold)
+        opened = await open_review(item, ctx)
         if isinstance(opened, BrainResult):
             return opened
         tests, threshold, workspace, waived = opened
@@ -177,9 +177,9 @@ class LLMReviewer:
         lines = [f"Review ({item.task_type}): {item.task.description}"]
         if item.task.requirements:
             lines.append("Requirements: " + "; ".join(item.task.requirements))
-        research = item.task.input_data.get("research_results")
-        if isinstance(research, dict) and isinstance(research.get("summary"), str):
-            lines += ["Research findings to check the code against:", research["summary"][:4000]]
+        research = inputs_of(item, ReviewInputs).research_results
+        if research is not None:
+            lines += ["Research findings to check the code against:", research.summary[:4000]]
         lines.append("Static findings already reported:")
         lines += [f"- {i.rule} {i.file}:{i.line} {i.message}" for i in static[:40]] or ["- none"]
         if tests is not None:

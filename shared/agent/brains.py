@@ -14,16 +14,28 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, runtime_checkable
 
 from shared.bus.settings import Settings
-from shared.contract.protocol import ArtifactRef, Issue, StepOutput, Usage, WorkItem, new_id
+from shared.contract.errors import WrongInputs
+from shared.contract.protocol import (
+    ArtifactRef,
+    DevelopInputs,
+    FixInputs,
+    Issue,
+    ResearchInputs,
+    ReviewInputs,
+    StepOutput,
+    Usage,
+    WorkItem,
+    new_id,
+)
 from shared.contract.workspace import UnpackLimits, pack_dir, unpack_to
 
 if TYPE_CHECKING:
     from shared.bus.core import Bus
 
-__all__ = ["Brain", "BrainResult", "StepContext", "load_brain"]
+__all__ = ["Brain", "BrainResult", "StepContext", "inputs_of", "load_brain"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +53,21 @@ class BrainResult:
     usage: Usage = field(default_factory=Usage)
     error: str | None = None
     retryable: bool = True  # False: another attempt cannot help (the orchestrator stops the step)
+
+
+_I = TypeVar("_I", ResearchInputs, DevelopInputs, FixInputs, ReviewInputs)
+
+
+def inputs_of(item: WorkItem, kind: type[_I]) -> _I:
+    """The item's typed inputs when they are of ``kind``; else ``WrongInputs`` (non-retryable).
+
+    A brain reads its control values only from here, never from ``task.input_data``
+    (the user's own data): the step then fails at once with a clear reason.
+    """
+    if isinstance(item.inputs, kind):
+        return item.inputs
+    got = "no inputs" if item.inputs is None else f"{type(item.inputs).__name__}"
+    raise WrongInputs(f"{item.step_id} ({item.to_agent} {item.task_type})", kind.__name__, got)
 
 
 @dataclass

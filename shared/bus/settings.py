@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     # --- orchestrator -----------------------------------------------------------
     step_deadline: float = 30 * 60.0
     max_attempts: int = 3
-    review_threshold: int = 90
+    review_threshold: int = Field(90, ge=0, le=100, description="passing review score out of 100")
     review_max_rounds: int = 3
     conflict_policy: Annotated[list[Concern], NoDecode] = [
         "security",

@@ -8,6 +8,7 @@ __all__ = [
     "InvalidMessage",
     "BrainError",
     "CapabilityMissing",
+    "WrongInputs",
     "ToolFailed",
     "PlanError",
     "LLMError",
@@ -59,6 +60,21 @@ class CapabilityMissing(BrainError):
         self.what = what
         self.needs = needs
         super().__init__(f"{what} needs {needs}")
+
+
+class WrongInputs(BrainError):
+    """A work item whose typed inputs are not the kind the brain works with for its step.
+
+    Another attempt carries the same inputs, so it cannot help.
+    """
+
+    non_retryable = True
+
+    def __init__(self, step: str, expected: str, got: str) -> None:
+        self.step = step
+        self.expected = expected
+        self.got = got
+        super().__init__(f"step {step} needs {expected} inputs, but its work item carries {got}")
 
 
 class ToolFailed(BrainError):

@@ -39,6 +39,12 @@ __all__ = [
     "ArtifactRef",
     "TaskSubmission",
     "WorkItem",
+    "Score",
+    "ResearchInputs",
+    "DevelopInputs",
+    "FixInputs",
+    "ReviewInputs",
+    "StepInputs",
     "Issue",
     "Dispute",
     "Passage",
@@ -174,6 +180,7 @@ class TaskBody(msgspec.Struct, frozen=True, kw_only=True):
 
     description: str
     requirements: list[str] = []
+    # the user's own data, passed on untouched; control values travel in ``WorkItem.inputs``
     input_data: dict[str, Any] = {}
 
 
@@ -231,6 +238,8 @@ class WorkItem(Message, frozen=True, kw_only=True, tag="work"):
     task_type: str
     priority: Priority = "normal"
     context: dict[str, Any] = {}
+    # ``task.input_data`` is the user's own data, passed on as submitted (inline ``files`` go
+    # as the workspace); what the orchestrator tells the agent is in ``inputs``
     task: TaskBody
     expected_output: ExpectedOutput = ExpectedOutput()
     task_id: str
@@ -241,6 +250,8 @@ class WorkItem(Message, frozen=True, kw_only=True, tag="work"):
     workspace: ArtifactRef | None = None
     # instances that held an earlier attempt; the runtime lets another take it
     avoid_instances: list[str] = []
+    # the step's typed inputs, one kind per step kind (a brain checks it got the kind it works with)
+    inputs: StepInputs | None = None
 
 
 # --- step outputs --------------------------------------------------------------
@@ -373,6 +384,48 @@ class DesignOutput(msgspec.Struct, frozen=True, kw_only=True, tag="design"):
 
 
 StepOutput = ResearchOutput | DevelopmentOutput | ReviewOutput | DesignOutput
+
+
+# --- step inputs: what the orchestrator hands an agent for one step ------------------
+
+Score = Annotated[int, msgspec.Meta(ge=0, le=100, description="a review score out of 100")]
+
+
+class ResearchInputs(msgspec.Struct, frozen=True, kw_only=True, tag="research"):
+    """A researcher step's inputs: nothing beyond the task (the question is ``task.description``)."""
+
+
+class DevelopInputs(msgspec.Struct, frozen=True, kw_only=True, tag="develop"):
+    """A developer step that writes, tests or measures code (``implementation``, ``write_tests``,
+    ``test``, ``performance_check``...): the outputs of the earlier steps its plan step names."""
+
+    research_results: ResearchOutput | None = None
+    api_spec: DesignOutput | None = None
+    implementation: DevelopmentOutput | None = None
+
+
+class FixInputs(msgspec.Struct, frozen=True, kw_only=True, tag="fix"):
+    """A developer ``fix`` step: the reviewer's findings to fix, the ids the conflict policy
+    decided must be fixed (no dispute allowed) and the ids it waived (leave them alone)."""
+
+    findings: list[Issue] = []
+    must_fix: list[str] = []
+    waived: list[str] = []
+
+
+class ReviewInputs(msgspec.Struct, frozen=True, kw_only=True, tag="review"):
+    """A reviewer step: the passing score, the waived finding ids, the developer's latest test
+    run (None before any) and the earlier outputs its plan step names."""
+
+    threshold: Score
+    waived: list[str] = []
+    tests: TestReport | None = None
+    research_results: ResearchOutput | None = None
+    performance: DevelopmentOutput | None = None
+
+
+# tagged by ``type``: "research" | "develop" | "fix" | "review"
+StepInputs = ResearchInputs | DevelopInputs | FixInputs | ReviewInputs
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):

@@ -95,6 +95,9 @@ async def main() -> None:
             ("cadre2x", "Cadre 2x", CadreSystem(2, tmp / "cadre2x")),
             ("celery", "Celery c3", CelerySystem(tmp / "celery", concurrency=3)),
         ]
+        only = [k for k in os.environ.get("CADRE_BENCH_SYSTEMS", "").split(",") if k]
+        if only:  # a subset, e.g. CADRE_BENCH_SYSTEMS=cadre1x,cadre2x (before/after rounds of one change)
+            candidates = [c for c in candidates if c[0] in only]
         figs = {key: Figures(key, title) for key, title, _ in candidates}
         running: dict[str, System] = {}
         profile_lines: list[str] = []

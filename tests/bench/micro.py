@@ -24,7 +24,17 @@ import msgspec
 from services.researcher.builtin import KNOWLEDGE_DIR
 from shared.bus.core import Bus
 from shared.bus.settings import Settings
-from shared.contract.protocol import TaskBody, TaskSubmission, WorkItem, encode, new_id, now, work_decoder
+from shared.contract.protocol import (
+    FixInputs,
+    Issue,
+    TaskBody,
+    TaskSubmission,
+    WorkItem,
+    encode,
+    new_id,
+    now,
+    work_decoder,
+)
 from shared.embedded.launcher import Stack
 from shared.embedded.natsserver import NatsServer
 from shared.tools.research_index import ResearchIndex
@@ -40,20 +50,22 @@ def _codec() -> tuple[float, float]:
         to_agent="developer",
         task_type="fix",
         context={"project": "auth-api", "language": "python"},
-        task=TaskBody(
-            description="Fix",
-            requirements=["a", "b"],
-            input_data={"findings": [{"id": str(i)} for i in range(20)]},
-        ),
+        task=TaskBody(description="Fix", requirements=["a", "b"]),
         task_id="t",
         step_id="s",
         deadline=1.0,
         created_at=1.0,
+        inputs=FixInputs(
+            findings=[
+                Issue(id=str(i), severity="LOW", rule="ruff:F401", message="unused", tool="ruff")
+                for i in range(20)
+            ]
+        ),
     )
     as_dict = msgspec.to_builtins(item)
     n = 20000
     fast = timeit.timeit(lambda: work_decoder.decode(encode(item)), number=n) / n
-    slow = timeit.timeit(lambda: json.loads(json.dumps(as_dict))["task"]["input_data"], number=n) / n
+    slow = timeit.timeit(lambda: json.loads(json.dumps(as_dict))["inputs"], number=n) / n
     return fast, slow
 
 

@@ -9,7 +9,14 @@ import msgspec
 
 from services.developer.builtin import NEEDS_LLM
 from shared.bus.core import Bus
-from shared.contract.protocol import ArtifactRef, DevelopmentOutput, WorkItem
+from shared.contract.protocol import (
+    ArtifactRef,
+    DevelopmentOutput,
+    FixInputs,
+    ReviewInputs,
+    StepInputs,
+    WorkItem,
+)
 from shared.contract.workspace import pack_dir, unpack_to
 from shared.embedded.launcher import Stack
 from shared.tools.analysis import analyze
@@ -19,7 +26,9 @@ from tests.helpers import StepFeed, make_item
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "auth-api"
 
 
-def dev_item(step: str, task_type: str, workspace: ArtifactRef | None, **input_data: object) -> WorkItem:
+def dev_item(
+    step: str, task_type: str, workspace: ArtifactRef | None, inputs: StepInputs | None = None
+) -> WorkItem:
     return make_item(
         "developer",
         task_type,
@@ -27,8 +36,8 @@ def dev_item(step: str, task_type: str, workspace: ArtifactRef | None, **input_d
         task_id="task_dev",
         description=f"{task_type} for the auth API",
         deadline_in=180,
-        input_data=input_data,
         workspace=workspace,
+        inputs=inputs,
     )
 
 
@@ -43,7 +52,7 @@ async def test_developer_service_fixes_the_example_and_keeps_its_tests_green(
     assert baseline is not None and baseline.ok
     etag = next(i for i in findings if i.rule == "bandit:B324" and i.file == "auth_api/app.py")
     ref = await bus.put_artifact(pack_dir(source), description="auth-api workspace")
-    item = dev_item("fix-1", "fix", ref, findings=msgspec.to_builtins(findings), must_fix=[], waived=[])
+    item = dev_item("fix-1", "fix", ref, FixInputs(findings=findings))
     await bus.publish(bus.subjects.work("developer", "normal"), item)
 
     result = await StepFeed(bus).result("fix-1", timeout=180)
@@ -83,7 +92,7 @@ async def test_developer_service_fixes_the_example_and_keeps_its_tests_green(
     assert etag.id in left and not left & {c.addresses for c in out.changes}
 
 
-async def test_developer_service_answers_prose_test_and_performance_steps_honestly(
+async def test_developer_service_answers_prose_test_and_performance_steps_honestly_and_refuses_wrong_inputs(
     bus: Bus, stack: Stack, tmp_path: Path
 ) -> None:
     stack.add("developer")
@@ -92,10 +101,18 @@ async def test_developer_service_answers_prose_test_and_performance_steps_honest
     ref = await bus.put_artifact(pack_dir(source), description="auth-api workspace")
     subject = bus.subjects.work("developer", "normal")
     await bus.publish(subject, dev_item("impl", "implementation", None))
-    await bus.publish(subject, dev_item("fix-nows", "fix", None, findings=[]))
+    await bus.publish(subject, dev_item("fix-nows", "fix", None))
     await bus.publish(subject, dev_item("test", "test", ref))
     await bus.publish(subject, dev_item("perf", "performance_check", ref))
+    # a fix step handed the inputs of another step kind: no findings to read, and a retry would not help
+    await bus.publish(subject, dev_item("fix-wrong", "fix", ref, ReviewInputs(threshold=90)))
     feed = StepFeed(bus)
+
+    wrong = await feed.result("fix-wrong")
+    assert wrong.status == "failed" and wrong.retryable is False
+    assert wrong.error == (
+        "step fix-wrong (developer fix) needs FixInputs inputs, but its work item carries ReviewInputs"
+    )
 
     impl = await feed.result("impl")
     assert impl.status == "unsupported" and impl.summary == NEEDS_LLM and impl.error == NEEDS_LLM

@@ -14,12 +14,13 @@ import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from shared.bus.core import Bus
 from shared.contract.protocol import (
+    DevelopInputs,
     DevelopmentOutput,
+    FixInputs,
     Issue,
     MetricEvent,
     ResearchOutput,
@@ -35,7 +36,7 @@ from shared.contract.workspace import pack_files
 from shared.embedded.launcher import Stack
 from shared.tools.analysis import analyze, score
 from tests.fakes import ChatServer, Fail, Reply
-from tests.helpers import step_result, stream_messages, wait_for_value
+from tests.helpers import default_inputs, step_result, stream_messages, wait_for_value
 
 PRICES = {"llm_price_input_per_1k": 0.25, "llm_price_output_per_1k": 2.0}
 
@@ -75,6 +76,7 @@ async def send(bus: Bus, role: str, task_type: str, description: str, *, step: s
         deadline=now() + 120,
         created_at=now(),
         workspace=kw.pop("workspace", None),  # type: ignore[arg-type]
+        inputs=kw.pop("inputs", None) or default_inputs(role, task_type),  # type: ignore[arg-type]
     )
     await bus.publish(bus.subjects.work(role, "normal"), item)
 
@@ -200,7 +202,7 @@ async def test_llm_developer_writes_code_runs_the_tests_and_repairs_a_failure(
         "Implement add and mul in calc.py with tests",
         step="implement",
         workspace=ref,
-        input_data={"research_results": {"type": "research", "summary": "Keep functions pure [1]."}},
+        inputs=DevelopInputs(research_results=ResearchOutput(summary="Keep functions pure [1].")),
     )
     res = await step_result(bus, "implement", timeout=90.0)
     assert res.status == "completed", res.error
@@ -247,7 +249,7 @@ async def test_llm_developer_reverts_a_fix_that_breaks_passing_tests(
         "Fix the review findings",
         step="fix",
         workspace=ref,
-        input_data={"findings": [msgspec.to_builtins(finding)], "must_fix": [finding.id]},
+        inputs=FixInputs(findings=[finding], must_fix=[finding.id]),
     )
     res = await step_result(bus, "fix", timeout=90.0)
     assert res.status == "completed", res.error

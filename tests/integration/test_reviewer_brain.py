@@ -7,7 +7,8 @@ from pathlib import Path
 import msgspec
 
 from shared.bus.core import Bus
-from shared.contract.protocol import ArtifactRef, ReviewOutput, WorkItem
+from shared.contract.protocol import ArtifactRef, FixInputs, ReviewInputs, ReviewOutput, WorkItem
+from shared.contract.protocol import TestReport as Report  # (a Test* name would be collected)
 from shared.contract.workspace import pack_dir
 from shared.embedded.launcher import Stack
 from tests.helpers import StepFeed, make_item
@@ -15,15 +16,22 @@ from tests.helpers import StepFeed, make_item
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "auth-api"
 
 
-def review_item(step: str, workspace: ArtifactRef | None, **input_data: object) -> WorkItem:
+def review_item(
+    step: str,
+    workspace: ArtifactRef | None,
+    *,
+    threshold: int = 90,
+    waived: list[str] | None = None,
+    tests: Report | None = None,
+) -> WorkItem:
     return make_item(
         "reviewer",
         "security_review",
         step,
         task_id="task_review",
         description="Security review of authentication API",
-        input_data=input_data,
         workspace=workspace,
+        inputs=ReviewInputs(threshold=threshold, waived=list(waived or []), tests=tests),
     )
 
 
@@ -70,7 +78,7 @@ async def test_reviewer_service_reviews_the_example_workspace_deterministically(
     assert second.score == first.score
 
 
-async def test_reviewer_counts_failing_tests_and_refuses_a_step_without_code(
+async def test_reviewer_counts_failing_tests_and_refuses_a_step_without_code_or_with_wrong_inputs(
     bus: Bus, stack: Stack, tmp_path: Path
 ) -> None:
     stack.add("reviewer")
@@ -80,12 +88,28 @@ async def test_reviewer_counts_failing_tests_and_refuses_a_step_without_code(
         '"""A clean package."""\n\n\ndef add(a, b):\n    return a + b\n'
     )
     ref = await bus.put_artifact(pack_dir(clean))
-    failing = {"passed": 3, "failed": 2, "errors": 0, "coverage": 64.0, "command": "pytest"}
+    failing = Report(passed=3, failed=2, errors=0, coverage=64.0, command="pytest")
     subject = bus.subjects.work("reviewer", "normal")
     await bus.publish(subject, review_item("clean", ref, threshold=95))
     await bus.publish(subject, review_item("failing", ref, tests=failing, threshold=95))
     await bus.publish(subject, review_item("empty", None))
+    wrong = make_item(
+        "reviewer",
+        "security_review",
+        "wrong",
+        task_id="task_review",
+        description="review handed a fix step's inputs",
+        workspace=ref,
+        inputs=FixInputs(),
+    )
+    await bus.publish(subject, wrong)
     feed = StepFeed(bus)
+
+    refused = await feed.result("wrong")
+    assert refused.status == "failed" and refused.retryable is False and refused.output is None
+    assert refused.error == (
+        "step wrong (reviewer security_review) needs ReviewInputs inputs, but its work item carries FixInputs"
+    )
 
     clean_result = await feed.result("clean")
     assert clean_result.status == "completed" and clean_result.issues == []

@@ -130,7 +130,21 @@ def test_a_result_after_the_final_event_goes_to_the_dead_letters_not_the_trace()
     assert "already cancelled" in dead.reason and "after the final event" in dead.reason
     assert msgspec.json.decode(dead.payload.encode(), type=StepResult).step_id == "research"
     assert not e.on_step_message(st, _result("research", 1), 3.0), "a copy is dead-lettered once"
-    assert not e.on_step_message(st, _started("research", 2, "b", "run_9"), 3.0)
+    late_start = _started("research", 1, "i-1", "")  # the run whose result was just dead-lettered
+    assert not e.on_step_message(st, late_start, 3.0), "its run is already in the dead letters"
+
+
+def test_a_start_after_the_final_event_of_an_unlisted_run_is_a_dead_letter_once() -> None:
+    e = _engine()
+    st = _start(e)
+    assert e.cancel(st, 1.0, "changed my mind")
+    before = _events(st)
+    assert e.on_step_message(st, _started("research", 2, "b", "run_9"), 3.0)
+    assert _events(st) == before, "nothing is published for the task after its final event"
+    (dead,) = _dead_letters(st)
+    assert "late start" in dead.reason and "run_9" in dead.reason
+    assert msgspec.json.decode(dead.payload.encode(), type=StepStarted).run_id == "run_9"
+    assert not e.on_step_message(st, _started("research", 2, "b", "run_9"), 4.0), "dead-lettered once"
 
 
 def test_a_redelivered_copy_of_the_last_applied_result_is_not_a_dead_letter() -> None:
@@ -357,3 +371,40 @@ def test_an_undeliverable_attempt_this_state_does_not_know_yet_is_a_change_not_a
     assert st.step("research").attempt == 1 and not st.recoveries  # type: ignore[union-attr]
     assert e.on_undeliverable(st, "research", 1, 5, 2.0, lambda i: "unknown")
     assert st.recoveries[0].kind == "undeliverable"
+
+
+def test_a_result_whose_start_was_never_applied_traces_the_start_before_the_result() -> None:
+    e = _engine()
+    st = _start(e)
+    assert e.on_step_message(st, _result("research", 1, instance_id="a", run_id="run_1"), 2.0)
+    kinds = [(ev.kind, ev.step_id) for ev in _events(st)]
+    at = kinds.index(("step_started", "research"))
+    assert kinds[at + 1] == ("step_completed", "research")
+    assert [ev.seq for ev in _events(st)] == list(range(1, len(kinds) + 1))
+    (run,) = st.step("research").runs  # type: ignore[union-attr]
+    assert (run.run_id, run.instance_id, run.started_at, run.outcome) == ("run_1", "a", 1.0, "applied")
+    assert not e.on_step_message(st, _started("research", 1, "a", "run_1"), 3.0), "the late notice is a no-op"
+
+
+def test_a_result_from_an_unlisted_starter_waits_for_its_notice_and_is_refused_only_at_the_last_try() -> None:
+    from services.orchestrator.provenance import Guard
+
+    e = _engine()
+    st = _start(e)
+    assert e.on_step_message(st, _started("research", 1, "a", "run_1"), 1.0)
+    seq = st.seq
+    # b's notice may still be held by another orchestrator: no change, no refusal yet
+    waiting = Guard(e, _result("research", 1, instance_id="b", run_id="run_2"), may_defer=True)
+    assert not waiting(st, 2.0)
+    assert waiting.deferred is not None and "started by a" in waiting.deferred
+    assert waiting.refused is None and st.seq == seq
+    # once b's notice is applied, the same result is b's run and is applied
+    assert e.on_step_message(st, _started("research", 1, "b", "run_2"), 3.0)
+    assert waiting(st, 4.0) and waiting.deferred is None and waiting.refused is None
+    # with no deferral left, a result from an instance that never started the attempt is refused
+    st2 = _start(e)
+    assert e.on_step_message(st2, _started("research", 1, "a", "run_1"), 1.0)
+    last_try = Guard(e, _result("research", 1, instance_id="c", run_id="run_3"), may_defer=False)
+    assert last_try(st2, 2.0)  # the refusal is traced (a write)
+    assert last_try.refused is not None and last_try.deferred is None
+    assert _events(st2)[-1].kind == "result_refused"

@@ -176,7 +176,8 @@ def test_review_below_threshold_inserts_fix_and_rereview_and_rewires_dependents(
     ]
     assert st.step("final_review").depends_on == ["security_review.review2"]
     assert st.step("security_review.fix1").status == "running"
-    assert st.step("security_review.fix1").input_data["findings"][0]["id"] == "i1"
+    fix1 = st.step("security_review.fix1")
+    assert fix1 is not None and fix1.fix is not None and fix1.fix.findings[0].id == "i1"
 
 
 def test_an_unsupported_step_fails_the_task_at_once_with_the_brains_reason() -> None:
