@@ -4,11 +4,19 @@ A publish the server's permissions refuse is not an error of the publish
 call: nats-server drops the message and sends ``-ERR 'Permissions Violation
 for Publish to "<subject>"'`` asynchronously, so a plain ``nc.request`` just
 waits out its timeout and reports "no answer". This request publishes, then
-flushes: the server handles a client's protocol lines in order and answers the
-PING after the refused PUB, so when the PONG is back the ``-ERR`` has been read
-too (nats.py keeps it as ``last_error``). A refusal raises ``PermissionDenied``
-at once, naming the user and the subject; a server without responders answers
-503 (``NoRespondersError``); silence is ``nats.errors.TimeoutError``.
+round-trips a PING twice: the server answers a PING after handling what came
+before it, and nats.py writes a PING straight to the socket (ahead of
+publishes still in its buffer) but hands the buffer to its writer on each
+flush, so the second PING follows the publish. When its PONG is back, a
+refusal has been read (nats.py keeps it as ``last_error``) and raises
+``PermissionDenied`` at once, naming the user and the subject. Should the
+refusal still come later, the timeout is reported as that refusal too. A
+server without responders answers 503 (``NoRespondersError``); silence is
+``nats.errors.TimeoutError``.
+
+nats.py keeps only the last asynchronous error: another refusal of this
+connection arriving in between would hide this one (the caller then sees the
+timeout).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import time
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from shared.contract.errors import CadreError
 
@@ -81,9 +90,14 @@ async def request(
     sub = await nc.subscribe(inbox, max_msgs=1)
     try:
         await nc.publish(subject, payload, reply=inbox)
-        await nc.flush(timeout=max(1, int(timeout)))
+        for _ in range(2):  # the second PING goes out behind the publish (see above)
+            await nc.flush(timeout=max(1, int(timeout)))
         check()
-        msg = await sub.next_msg(timeout=max(deadline - time.monotonic(), 0.001))
+        try:
+            msg = await sub.next_msg(timeout=max(deadline - time.monotonic(), 0.001))
+        except NatsTimeoutError:
+            check()
+            raise
     finally:
         with contextlib.suppress(Exception):  # already gone after its one message
             await sub.unsubscribe()
