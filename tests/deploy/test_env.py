@@ -23,10 +23,8 @@ def _config_passwords() -> set[str]:
 
 
 def _env_file(path: Path) -> dict[str, str]:
-    pairs = (
-        line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#")
-    )
-    return dict(pairs)  # type: ignore[arg-type]
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    return {key: value for key, _, value in (line.partition("=") for line in lines)}
 
 
 def _gen_env(*args: str) -> str:
