@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import secrets
 
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
@@ -45,11 +46,17 @@ async def upload(
     digest = hashlib.sha256(data).hexdigest()
     chunks = max(1, math.ceil(len(data) / CHUNK_BYTES))
     s = bus.subjects
+    # The stream deduplicates on Nats-Msg-Id across every client's subjects: an id another
+    # client could compute (from a workspace's public sha256) and send first would make this
+    # chunk a "duplicate" the stream drops. A token drawn per upload keeps the id unguessable.
+    nonce = secrets.token_hex(12)
     for n in range(chunks):
         piece = data[n * CHUNK_BYTES : (n + 1) * CHUNK_BYTES]
         try:
             await bus.js.publish(
-                s.upload(client, digest, n), piece, headers={"Nats-Msg-Id": f"upload.{client}.{digest}.{n}"}
+                s.upload(client, digest, n),
+                piece,
+                headers={"Nats-Msg-Id": f"upload.{client}.{digest}.{n}.{nonce}"},
             )
         except NoStreamResponseError as exc:
             raise UploadFailed(

@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "deploy" / "nats" / "nats.conf"
 USERS = ("bootstrap", "orchestrator", "researcher", "developer", "reviewer", "monitor", "operator", "client")
 SERVICES = ("orchestrator", *AGENT_ROLES, "monitor")
+_CLIENT_TOKEN = re.compile(r"(?<![A-Za-z0-9])client(?![A-Za-z0-9])")
 CONSUMERS = [
     ("researcher", "CADRE_WORK", "researcher-high"),
     ("developer", "CADRE_WORK", "developer-normal"),
@@ -675,10 +676,13 @@ def _with_client(conf_dir: Path, name: str) -> Path:
     end = accounts.index('subscribe: { allow: ["_INBOX_client.>"', start)
     end = accounts.index("\n      }", end) + len("\n      }")  # the end of the user's block
     block = accounts[start:end]
-    token = re.compile(r"(?<![A-Za-z0-9])client(?![A-Za-z0-9])")
-    extra = token.sub(name, block.replace("CADRE_PW_CLIENT", f"CADRE_PW_{name.upper()}"))
+    extra = _CLIENT_TOKEN.sub(
+        name,
+        block.replace("CADRE_PW_CLIENT", f"CADRE_PW_{name.upper()}"),
+    )
     # the user, every subject it submits, reads, uploads and downloads under, and its inbox
-    assert extra.count(name) == 12 and not token.search(extra), extra
+    # (a comment may still say "CadreClient": only a whole `client` token would be a leftover)
+    assert extra.count(name) == 12 and not _CLIENT_TOKEN.search(extra), extra
     (conf_dir / "accounts.conf").write_text(accounts[:end] + "\n" + extra + accounts[end:])
     (conf_dir / "nats.conf").write_text(CONF.read_text())
     return conf_dir / "nats.conf"
