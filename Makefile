@@ -17,7 +17,7 @@ RUNTIME_LOCK_CMD = uv pip compile pyproject.toml requirements/build.in --extra s
 SDK_LOCK_CMD = uv pip compile pyproject.toml requirements/build.in --generate-hashes \
 	--universal --python-version 3.11 -c $(LOCK) -o requirements/sdk.txt
 
-.PHONY: run up test test-system lint fmt typecheck bench schema lock test-deploy clean
+.PHONY: run up test test-system lint fmt typecheck bench schema settings-doc lock test-deploy clean
 
 # A changed lock or pyproject rebuilds the venv from scratch: nothing stale survives an upgrade.
 $(STAMP): pyproject.toml $(LOCK) requirements/build.in
@@ -76,6 +76,10 @@ bench: $(STAMP)
 
 schema: $(STAMP)
 	$(BIN)/python -m shared.contract.schema docs/schema
+
+# docs/deployment.md's settings tables, from the settings classes
+settings-doc: $(STAMP)
+	$(BIN)/python -m shared.client.cli.settings_doc docs/deployment.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -12,7 +12,7 @@ import asyncio
 from pathlib import Path
 
 from shared.agent.brains import BrainResult, StepContext, inputs_of
-from shared.bus.settings import Settings
+from shared.agent.settings import AgentSettings
 from shared.contract.errors import CapabilityMissing
 from shared.contract.protocol import FixInputs, ReviewInputs, WorkItem
 
@@ -35,7 +35,7 @@ class EchoBrain:
     test kill or stop the instance mid-work). ``input_data.crash``: raise.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
 
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
@@ -65,8 +65,8 @@ class ScriptedBrain:
       every change with its full diff.
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self.role = settings.role
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
 
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:
         from shared.contract.protocol import (
@@ -91,7 +91,7 @@ class ScriptedBrain:
                 if mode == "fail":
                     raise RuntimeError(f"scripted failure of {item.step_id} attempt {item.attempt}")
                 await asyncio.Event().wait()  # hang until the runtime cancels us
-        if self.role == "researcher":
+        if item.to_agent == "researcher":
             out = ResearchOutput(
                 summary=f"Findings for: {item.task.description} [1]",
                 passages=[
@@ -100,7 +100,7 @@ class ScriptedBrain:
                 libraries=[Library(name="PyJWT", version="2.10", summary="JWT", reason="matched jwt")],
             )
             return BrainResult("completed", out.summary, output=out)
-        if self.role == "reviewer":
+        if item.to_agent == "reviewer":
             round_no = int(item.step_id.rsplit(".review", 1)[1]) if ".review" in item.step_id else 1
             chain = item.step_id.split(".")[0]
             scores = (

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
+from shared.client.cli.settings import StackSettings
 from shared.embedded.launcher import Stack
 from shared.embedded.natsserver import NatsServer
 
@@ -46,9 +46,9 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def settings(nats_url: str, prefix: str, tmp_path: Path) -> Settings:
-    """Settings for one test: own prefix, short timeouts, temp dirs."""
-    return Settings(
+def settings(nats_url: str, prefix: str, tmp_path: Path) -> StackSettings:
+    """Every service's settings for one test (the stack hands them on): own prefix, short timeouts, temp dirs."""
+    return StackSettings(
         nats_url=nats_url,
         prefix=prefix,
         ack_wait=3.0,
@@ -65,7 +65,7 @@ def settings(nats_url: str, prefix: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def bus(settings: Settings) -> AsyncIterator[Bus]:
+async def bus(settings: StackSettings) -> AsyncIterator[Bus]:
     b = await Bus.open(settings, "test-client")
     try:
         yield b
@@ -74,7 +74,7 @@ async def bus(settings: Settings) -> AsyncIterator[Bus]:
 
 
 @pytest.fixture
-def stack(settings: Settings, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
+def stack(settings: StackSettings, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
     """Service processes for one test; all stopped at the end (logs kept under tmp_path/logs)."""
     s = Stack(settings, log_dir=tmp_path / "logs")
     try:

@@ -18,8 +18,9 @@ import sys
 import time
 import urllib.request
 
+from services.monitor.settings import MonitorSettings
 from shared.bus.core import connect
-from shared.bus.settings import Settings
+from shared.bus.settings import BusSettings
 
 __all__ = ["main"]
 
@@ -36,7 +37,7 @@ def _http_ok(url: str) -> bool:
 
 
 async def _answers(role: str) -> bool:
-    settings = Settings(role=role)
+    settings = BusSettings()
     quick = settings.model_copy(update={"connect_timeout": 2.0})
     nc = await connect(quick, f"cadre-healthcheck-{role}", retry_forever=False)
     try:
@@ -61,7 +62,7 @@ async def _answers(role: str) -> bool:
 def main(argv: list[str]) -> int:
     role = argv[0] if argv else ""
     if role == "monitor":
-        port = Settings().monitor_http_port
+        port = MonitorSettings().monitor_http_port
         return 0 if _http_ok(f"http://127.0.0.1:{port}/healthz") else 1
     if role not in ("orchestrator", "researcher", "developer", "reviewer"):
         print("usage: healthcheck <orchestrator|researcher|developer|reviewer|monitor>", file=sys.stderr)

@@ -1,6 +1,8 @@
 """Wiring only: `python -m services.developer` runs one developer agent instance."""
 
-from shared.agent.runtime import run_agent
+from shared.agent.runtime import build_agent
+from shared.agent.settings import AgentSettings
+from shared.bus.service import run_service
 
 BRAINS = {
     "builtin": "services.developer.builtin:BuiltinDeveloper",
@@ -8,4 +10,4 @@ BRAINS = {
 }
 
 if __name__ == "__main__":
-    run_agent("developer", BRAINS)
+    run_service("developer", AgentSettings, build_agent("developer", BRAINS))

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from shared.agent.brains import BrainResult, StepContext, inputs_of
-from shared.bus.settings import Settings
+from shared.agent.settings import AgentSettings
 from shared.contract.protocol import (
     Change,
     DevelopInputs,
@@ -114,7 +114,7 @@ def _tests_text(report: TestReport | None) -> str:
 class BuiltinDeveloper:
     """Developer brain that works on the step's code workspace with real tools."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.runtime = TestRuntime.from_settings(settings)  # the sandbox + per-project environments
 

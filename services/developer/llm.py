@@ -24,7 +24,7 @@ import msgspec
 from services.developer.builtin import BuiltinDeveloper, fix_input, needs_workspace, suite_timeout
 from shared.agent.brains import BrainResult, StepContext, inputs_of
 from shared.agent.llm import LLMClient, Meter, failed, workspace_digest
-from shared.bus.settings import Settings
+from shared.agent.settings import AgentSettings
 from shared.contract.errors import LLMError
 from shared.contract.protocol import (
     Change,
@@ -88,7 +88,7 @@ def safe_path(root: Path, name: str) -> Path | None:
 class LLMDeveloper:
     """Developer brain backed by a chat model; the builtin developer covers the model-free steps."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.client = LLMClient(settings)
         self.builtin = BuiltinDeveloper(settings)

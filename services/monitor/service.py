@@ -25,9 +25,9 @@ from nats.micro.request import Request
 from services.monitor.figures import Figures
 from services.monitor.health import Clock, HealthBoard, SystemClock, Transition
 from services.monitor.http import MonitorHTTP
+from services.monitor.settings import MonitorSettings
 from shared.bus.core import Bus
 from shared.bus.service import Lifecycle, ServiceShell
-from shared.bus.settings import Settings
 from shared.contract.monitoring import Alert, EndpointView, MonitorInfo, ServiceView, Snapshot
 from shared.contract.protocol import (
     AGENT_ROLES,
@@ -137,7 +137,7 @@ async def discover(bus: Bus, window: float = _DISCOVERY_WINDOW) -> list[ServiceV
 class MonitorService(Lifecycle):
     """Health board + figures fed from the bus, served over NATS and HTTP."""
 
-    def __init__(self, bus: Bus, settings: Settings, *, clock: Clock | None = None) -> None:
+    def __init__(self, bus: Bus, settings: MonitorSettings, *, clock: Clock | None = None) -> None:
         self.bus = bus
         self.settings = settings
         self.instance_id = settings.instance_id

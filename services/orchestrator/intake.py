@@ -24,10 +24,10 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from services.orchestrator.settings import OrchestratorSettings
 from shared.bus import uploads
 from shared.bus.consumer import DECODE_ERRORS
 from shared.bus.core import ArtifactRefused, Bus, check_artifact_ref
-from shared.bus.settings import Settings
 from shared.contract.protocol import BoundedDecoder, FinalResult, TaskEvent, TaskSubmission, now
 from shared.contract.subjects import token
 from shared.contract.workspace import UnpackLimits, WorkspaceRefused, inspect
@@ -55,7 +55,7 @@ class Limits:
     workspace: UnpackLimits
 
     @classmethod
-    def from_settings(cls, s: Settings) -> Limits:
+    def from_settings(cls, s: OrchestratorSettings) -> Limits:
         return cls(
             description_bytes=s.max_description_bytes,
             requirements=s.max_requirements,

@@ -28,13 +28,13 @@ from nats.micro.request import Request
 from services.orchestrator import intake, provenance
 from services.orchestrator.plan import plan_from_template, templates, validate_plan
 from services.orchestrator.policy import ConflictPolicy
+from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Cached, WorkflowStore
 from services.orchestrator.workflow import Engine, EngineConfig
 from shared.bus.consumer import DECODE_ERRORS, Delivery, Rejected, SupervisedConsumer
 from shared.bus.core import Bus
 from shared.bus.outputs import offload_step_output
 from shared.bus.service import Lifecycle, Pulse, ServiceShell
-from shared.bus.settings import Settings
 from shared.contract.errors import CadreError, InvalidSubjectToken, PlanError
 from shared.contract.protocol import (
     CancelReply,
@@ -89,7 +89,7 @@ def task_id_for(sub_task_id: str, message_id: str) -> str:
 @dataclass
 class OrchestratorService(Lifecycle):
     bus: Bus
-    settings: Settings
+    settings: OrchestratorSettings
     planner: Callable[[TaskSubmission], Awaitable[Plan]] | None = None
     engine: Engine = field(init=False)
     _shell: ServiceShell = field(init=False)

@@ -82,7 +82,7 @@ class WorkflowStore:
     kv: KeyValue
     engine: Engine
     spawn: Callable[[Coroutine[Any, Any, Any], str], Any]  # ServiceShell.spawn: background tasks
-    dedup_window: float = 120.0  # the streams' dedup window (``Settings.dedup_window``)
+    dedup_window: float = 120.0  # the streams' dedup window (``BusSettings.dedup_window``)
     cache: dict[str, Cached] = field(default_factory=dict)
     locks: KeyedLocks = field(default_factory=KeyedLocks)
     # task -> run key -> started notice held for the task's next write; tasks with a write scheduled

@@ -1,6 +1,8 @@
 """Wiring only: `python -m services.researcher` runs one researcher agent instance."""
 
-from shared.agent.runtime import run_agent
+from shared.agent.runtime import build_agent
+from shared.agent.settings import AgentSettings
+from shared.bus.service import run_service
 
 BRAINS = {
     "builtin": "services.researcher.builtin:BuiltinResearcher",
@@ -8,4 +10,4 @@ BRAINS = {
 }
 
 if __name__ == "__main__":
-    run_agent("researcher", BRAINS)
+    run_service("researcher", AgentSettings, build_agent("researcher", BRAINS))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.agent.brains import BrainResult, StepContext, inputs_of
-from shared.bus.settings import Settings
+from shared.agent.settings import AgentSettings
 from shared.contract.protocol import Library, Passage, ResearchInputs, ResearchOutput, WorkItem
 from shared.tools.code_facts import CodeFact, relevant_facts, scan_workspace
 from shared.tools.research_index import ResearchIndex
@@ -77,7 +77,7 @@ class Retrieval:
 class BuiltinResearcher:
     """Research brain over the local corpus (see ``docs/researcher.md``)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         dirs = [KNOWLEDGE_DIR] if KNOWLEDGE_DIR.is_dir() else []
         dirs += [Path(d) for d in settings.corpus_dirs]

@@ -18,7 +18,7 @@ import msgspec
 from services.researcher.builtin import BuiltinResearcher, no_match, report
 from shared.agent.brains import BrainResult, StepContext, inputs_of
 from shared.agent.llm import LLMClient, Meter, failed
-from shared.bus.settings import Settings
+from shared.agent.settings import AgentSettings
 from shared.contract.errors import LLMError
 from shared.contract.protocol import Library, Passage, ResearchInputs, ResearchOutput, WorkItem
 
@@ -62,7 +62,7 @@ def check_citations(summary: str, count: int) -> tuple[str, list[int], list[int]
 class LLMResearcher:
     """Research brain: local retrieval + model summary with checked citations."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.client = LLMClient(settings)
         # retrieval is the builtin researcher's (same index, corpus folders, exclusions and query)

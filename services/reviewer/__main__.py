@@ -1,6 +1,8 @@
 """Wiring only: `python -m services.reviewer` runs one reviewer agent instance."""
 
-from shared.agent.runtime import run_agent
+from shared.agent.runtime import build_agent
+from shared.agent.settings import AgentSettings
+from shared.bus.service import run_service
 
 BRAINS = {
     "builtin": "services.reviewer.builtin:BuiltinReviewer",
@@ -8,4 +10,4 @@ BRAINS = {
 }
 
 if __name__ == "__main__":
-    run_agent("reviewer", BRAINS)
+    run_service("reviewer", AgentSettings, build_agent("reviewer", BRAINS))

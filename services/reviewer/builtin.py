@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from shared.agent.brains import BrainResult, StepContext, inputs_of
-from shared.bus.settings import Settings
+from shared.agent.settings import AgentSettings
 from shared.contract.protocol import ReviewInputs, ReviewOutput, TestReport, WorkItem
 from shared.tools.analysis import analyze, blocking, python_files, score, verdict
 
@@ -56,7 +56,7 @@ async def open_review(item: WorkItem, ctx: StepContext) -> OpenReview | BrainRes
 class BuiltinReviewer:
     """Security and quality review of a Python workspace (task types review, security_review, final_review)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
 
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult:

@@ -23,7 +23,7 @@ import msgspec
 from services.reviewer.builtin import open_review
 from shared.agent.brains import BrainResult, StepContext, inputs_of
 from shared.agent.llm import LLMClient, Meter, failed, workspace_digest
-from shared.bus.settings import Settings
+from shared.agent.settings import AgentSettings
 from shared.contract.errors import LLMError
 from shared.contract.protocol import Issue, ReviewInputs, ReviewOutput, TestReport, WorkItem
 from shared.tools.analysis import analyze, score, verdict
@@ -120,7 +120,7 @@ def _locate(root: Path, file: str | None, line: int | None) -> tuple[str | None,
 class LLMReviewer:
     """Static analysis + the model's semantic review, merged into one score and verdict."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.client = LLMClient(settings)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, runtime_checkable
 
-from shared.bus.settings import Settings
+from shared.agent.settings import AgentSettings
 from shared.contract.errors import WrongInputs
 from shared.contract.protocol import (
     ArtifactRef,
@@ -75,7 +75,7 @@ class StepContext:
     """Per-step handle a brain uses: workspace I/O, cancellation, identity."""
 
     item: WorkItem
-    settings: Settings
+    settings: AgentSettings
     instance_id: str
     bus: Bus
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -115,7 +115,7 @@ class Brain(Protocol):
     async def run(self, item: WorkItem, ctx: StepContext) -> BrainResult: ...
 
 
-def load_brain(settings: Settings, choices: dict[str, str]) -> Brain:
+def load_brain(settings: AgentSettings, choices: dict[str, str], role: str = "") -> Brain:
     """Build the brain named by ``settings.brain``.
 
     ``choices`` maps ``builtin`` / ``llm`` to ``module:Class`` for the role;
@@ -131,5 +131,5 @@ def load_brain(settings: Settings, choices: dict[str, str]) -> Brain:
     brain = factory(settings)
     if not isinstance(brain, Brain):
         raise TypeError(f"{spec} does not implement Brain.run")
-    logger.info("brain loaded role=%s brain=%s", settings.role, spec)
+    logger.info("brain loaded role=%s brain=%s", role, spec)
     return brain

@@ -23,7 +23,7 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from shared.agent.brains import BrainResult
-from shared.bus.settings import Settings
+from shared.agent.settings import LLMSettings
 from shared.contract.errors import LLMError
 from shared.contract.protocol import Usage
 from shared.contract.workspace import SKIP_DIRS
@@ -136,7 +136,7 @@ def extract_json(text: str) -> str:
 class LLMClient:
     """Typed JSON chat against one OpenAI-compatible endpoint, with usage and cost."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: LLMSettings) -> None:
         if not settings.llm_base_url:
             raise LLMError("LLM brain selected but CADRE_LLM_BASE_URL is not set")
         self.settings = settings

@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-import sys
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,15 +26,16 @@ from nats.errors import MaxPayloadError
 from nats.micro.request import Request
 
 from shared.agent.brains import Brain, BrainResult, StepContext, load_brain
+from shared.agent.settings import AgentSettings
 from shared.bus.consumer import DECODE_ERRORS, Delivery, Puller, Rejected, SupervisedConsumer
 from shared.bus.core import Bus
 from shared.bus.outputs import offload_output
 from shared.bus.service import Lifecycle, Pulse, ServiceShell
-from shared.bus.settings import Settings
 from shared.contract.errors import CadreError, InvalidSubjectToken
 from shared.contract.monitoring import AgentStatus
 from shared.contract.protocol import (
     PRIORITIES,
+    AgentRole,
     MetricEvent,
     StepOutcome,
     StepResult,
@@ -49,7 +50,7 @@ from shared.contract.protocol import (
 )
 from shared.contract.subjects import token
 
-__all__ = ["AgentService", "run_agent", "run_service"]
+__all__ = ["AgentService", "build_agent"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +108,8 @@ class AgentService(Lifecycle):
 
     bus: Bus
     brain: Brain
-    settings: Settings
-    role: str = field(init=False)
+    settings: AgentSettings
+    role: AgentRole  # the service's own (researcher, developer, reviewer): not a setting
     instance_id: str = field(init=False)
     _shell: ServiceShell = field(init=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
@@ -129,7 +130,6 @@ class AgentService(Lifecycle):
     failed: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        self.role = self.settings.role
         self.instance_id = self.settings.instance_id
         self._shell = ServiceShell(self.bus, self.role, self.instance_id, self.settings.heartbeat_interval)
 
@@ -340,7 +340,7 @@ class AgentService(Lifecycle):
                     task_id=env.task_id,
                     step_id=env.step_id,
                     attempt=env.attempt,
-                    role=self.role,  # type: ignore[arg-type]
+                    role=self.role,
                     instance_id=self.instance_id,
                     status="failed",
                     summary="work item rejected",
@@ -540,60 +540,19 @@ class AgentService(Lifecycle):
         }
 
 
-async def run_service(service: Any, settings: Settings) -> int:
-    """Run a started/stoppable service until SIGINT or SIGTERM, then stop it (drain, bounded).
+def build_agent(
+    role: AgentRole, brains: dict[str, str]
+) -> Callable[[AgentSettings, Bus, AsyncExitStack], Awaitable[AgentService]]:
+    """The ``build`` an agent's ``__main__`` hands ``run_service``: its brain (from ``brains``) and runtime."""
 
-    Returns the process exit code: 0 after a signal, 1 when the service gave up on itself
-    (its ``fatal`` event: a supervised loop kept dying) so its supervisor restarts it.
-    """
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await service.start()
-    fatal: asyncio.Event = getattr(service, "fatal", None) or asyncio.Event()
-    code = 0
-    try:
-        waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(fatal.wait())]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-        if fatal.is_set() and not stop.is_set():
-            code = 1
-            logger.critical("service failed, exiting non-zero so it is restarted")
-        else:
-            logger.info("signal received, draining")
-    finally:
-        try:
-            await asyncio.wait_for(service.stop(), settings.drain_timeout + 5)
-        except TimeoutError:
-            logger.error("stop did not finish within %.0fs; exiting anyway", settings.drain_timeout + 5)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-    return code
+    async def build(settings: AgentSettings, bus: Bus, stack: AsyncExitStack) -> AgentService:
+        brain = load_brain(settings, brains, role)
+        close = getattr(brain, "aclose", None)
+        if close is not None:
+            stack.push_async_callback(close)
+        return AgentService(bus, brain, settings, role)
 
-
-def run_agent(role: str, brains: dict[str, str]) -> None:
-    """Entry point of an agent service process (``python -m services.<role>``)."""
-    from shared.bus.logs import setup_logging
-
-    settings = Settings(role=role)
-    setup_logging(f"{role}:{settings.instance_id}", settings.log_level)
-
-    async def main() -> int:
-        brain = load_brain(settings, brains)
-        bus = await Bus.open(settings, f"cadre-{role}-{settings.instance_id}")
-        try:
-            return await run_service(AgentService(bus, brain, settings), settings)
-        finally:
-            close = getattr(brain, "aclose", None)
-            if close is not None:
-                await close()
-            await bus.close()
-
-    sys.exit(asyncio.run(main()))
+    return build
 
 
 def _too_large(result: StepResult, size: int, limit: int) -> StepResult:

@@ -25,7 +25,7 @@ from nats.js.errors import ServiceUnavailableError
 
 from shared.bus.core import Bus, ensure_topology
 from shared.bus.logs import setup_logging
-from shared.bus.settings import Settings
+from shared.bus.settings import BusSettings
 from shared.contract.errors import NotConnected
 
 __all__ = ["bootstrap", "main"]
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 _DEADLINE = 60.0
 
 
-async def bootstrap(settings: Settings, deadline: float = _DEADLINE) -> None:
+async def bootstrap(settings: BusSettings, deadline: float = _DEADLINE) -> None:
     """Create the topology for ``settings.prefix``, retrying for up to ``deadline`` seconds.
 
     Retried: no server reachable yet, and JetStream not ready yet (a fresh
@@ -64,7 +64,7 @@ async def bootstrap(settings: Settings, deadline: float = _DEADLINE) -> None:
         logger.info(
             "topology ready prefix=%s replicas=%d streams=%s kv=%s objects=%s",
             s.prefix,
-            settings.replicas,
+            settings.js_replicas,
             ",".join(names),
             s.kv_workflows,
             s.object_store,
@@ -74,7 +74,7 @@ async def bootstrap(settings: Settings, deadline: float = _DEADLINE) -> None:
 
 
 def main() -> int:
-    settings = Settings(role="bootstrap")
+    settings = BusSettings()
     setup_logging("bootstrap", settings.log_level)
     try:
         asyncio.run(bootstrap(settings))

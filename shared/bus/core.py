@@ -41,7 +41,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from shared.bus.settings import Settings
+from shared.bus.settings import BusSettings
 from shared.contract.errors import NotConnected
 from shared.contract.protocol import AGENT_ROLES, PRIORITIES, ArtifactRef, DeadLetter, encode, now
 from shared.contract.subjects import Subjects
@@ -63,7 +63,7 @@ logger = logging.getLogger(__name__)
 _PUBLISH_TIMEOUT = 5.0
 
 
-async def connect(settings: Settings, name: str, *, retry_forever: bool = True) -> NATS:
+async def connect(settings: BusSettings, name: str, *, retry_forever: bool = True) -> NATS:
     """Connect with reconnect-forever and clear logs on every state change.
 
     With ``retry_forever`` the first connection is retried too (a service
@@ -130,10 +130,10 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         await js.update_stream(config)
 
 
-async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
+async def ensure_topology(js: JetStreamContext, settings: BusSettings) -> None:
     """Create (or update) every stream, consumer, bucket and store. Idempotent."""
     s = settings.subjects
-    r = settings.replicas
+    r = settings.js_replicas
     dedup = settings.dedup_window
     streams = [
         StreamConfig(
@@ -179,6 +179,10 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
             subjects=[s.upload_all],
             retention=RetentionPolicy.LIMITS,
             max_age=settings.upload_max_age,
+            # a full stream refuses the next upload (its sender gets the error) rather than
+            # dropping another client's pending one
+            max_bytes=settings.uploads_max_bytes,
+            discard=DiscardPolicy.NEW,
             duplicate_window=dedup,
             storage=StorageType.FILE,
             num_replicas=r,
@@ -191,6 +195,8 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
             allow_direct=True,
             retention=RetentionPolicy.LIMITS,
             max_age=settings.artifacts_max_age,
+            max_bytes=settings.downloads_max_bytes,
+            discard=DiscardPolicy.OLD,
             duplicate_window=dedup,
             storage=StorageType.FILE,
             num_replicas=r,
@@ -344,7 +350,7 @@ class Bus:
     """A connected service's handle on NATS and JetStream."""
 
     nc: NATS
-    settings: Settings
+    settings: BusSettings
     js: JetStreamContext = field(init=False)
     _kv: KeyValue | None = field(default=None, init=False)
     _store: ObjectStore | None = field(default=None, init=False)
@@ -355,7 +361,7 @@ class Bus:
         self.js = self.nc.jetstream()
 
     @classmethod
-    async def open(cls, settings: Settings, name: str, *, retry_forever: bool = True) -> Bus:
+    async def open(cls, settings: BusSettings, name: str, *, retry_forever: bool = True) -> Bus:
         nc = await connect(settings, name, retry_forever=retry_forever)
         bus = cls(nc, settings)
         if settings.bootstrap:

@@ -6,17 +6,25 @@ tasks, core subscriptions, a nats micro service and a heartbeat on
 service only says what is its own; ``close()`` takes them down once (tasks
 cancelled and awaited, then the micro service and the subscriptions, each
 step bounded so a stuck one cannot keep the process from exiting).
+
+``run_service(name, settings_type, build)`` is the one wiring shape of every
+service's ``__main__``: settings of the service's own type, logging, a bus
+connection and an ``AsyncExitStack`` for what ``build`` opens, then ``serve``
+(signals, drain, exit code).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, Literal, Self
+from typing import Any, Literal, NoReturn, Self, TypeVar
 
 from nats.aio.msg import Msg
 from nats.micro import add_service
@@ -25,9 +33,20 @@ from nats.micro.service import EndpointStats, Service
 
 from shared import __version__
 from shared.bus.core import Bus
+from shared.bus.logs import setup_logging
+from shared.bus.settings import BusSettings
 from shared.contract.protocol import Heartbeat, encode, now
 
-__all__ = ["Lifecycle", "Pulse", "ServiceShell", "STOP_STEP_BOUND", "RESTART_LIMIT", "RESTART_WINDOW"]
+__all__ = [
+    "Lifecycle",
+    "Pulse",
+    "ServiceShell",
+    "run_service",
+    "serve",
+    "STOP_STEP_BOUND",
+    "RESTART_LIMIT",
+    "RESTART_WINDOW",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +142,7 @@ class ServiceShell:
         A loop that returns has ended on purpose (e.g. the service is draining).
 
         A loop that keeps dying (``RESTART_LIMIT`` times within ``RESTART_WINDOW`` seconds)
-        sets ``fatal``: ``run_service`` then stops the service and the process exits
+        sets ``fatal``: ``serve`` then stops the service and the process exits
         non-zero, so its supervisor restarts it, instead of heartbeating while doing nothing.
         """
 
@@ -252,3 +271,67 @@ class ServiceShell:
             logger.warning("%s %s did not finish within %.0fs; going on", self.role, what, self.stop_bound)
         except Exception as exc:  # closing anyway: log and go on
             logger.warning("%s %s failed err=%s", self.role, what, exc)
+
+
+# --- the process around a service ------------------------------------------------------------------
+S = TypeVar("S", bound=BusSettings)
+
+
+def run_service(
+    name: str,
+    settings_type: type[S],
+    build: Callable[[S, Bus, AsyncExitStack], Awaitable[Lifecycle]],
+) -> NoReturn:
+    """Entry point of every service process (``python -m services.<name>``); exits with ``serve``'s code.
+
+    Builds ``settings_type`` from the ``CADRE_*`` environment, sets up logging, connects to
+    the bus, then ``build(settings, bus, stack)`` returns the service; whatever ``build``
+    opens it hands to ``stack`` (an ``AsyncExitStack``), closed in reverse after the
+    service has stopped, the bus last.
+    """
+    settings = settings_type()
+    setup_logging(f"{name}:{settings.instance_id}", settings.log_level)
+
+    async def main() -> int:
+        async with AsyncExitStack() as stack:
+            bus = await Bus.open(settings, f"cadre-{name}-{settings.instance_id}")
+            stack.push_async_callback(bus.close)
+            service = await build(settings, bus, stack)
+            return await serve(service, settings.drain_timeout)
+
+    sys.exit(asyncio.run(main()))
+
+
+async def serve(service: Lifecycle, drain_timeout: float) -> int:
+    """Run a service until SIGINT or SIGTERM, then stop it (drain, bounded).
+
+    Returns the process exit code: 0 after a signal, 1 when the service gave up on itself
+    (its ``fatal`` event: a supervised loop kept dying) so its supervisor restarts it.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    fatal: asyncio.Event = getattr(service, "fatal", None) or asyncio.Event()
+    code = 0
+    try:
+        waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(fatal.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        if fatal.is_set() and not stop.is_set():
+            code = 1
+            logger.critical("service failed, exiting non-zero so it is restarted")
+        else:
+            logger.info("signal received, draining")
+    finally:
+        try:
+            await asyncio.wait_for(service.stop(), drain_timeout + 5)
+        except TimeoutError:
+            logger.error("stop did not finish within %.0fs; exiting anyway", drain_timeout + 5)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return code

@@ -16,15 +16,14 @@ import hashlib
 import math
 import secrets
 
-from nats.js.errors import NoStreamResponseError, NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from shared.bus.core import ArtifactRefused, Bus, check_artifact, check_artifact_ref
-from shared.bus.settings import Settings
 from shared.contract.errors import CadreError
 from shared.contract.protocol import ArtifactRef
 from shared.contract.subjects import token
 
-__all__ = ["CHUNK_BYTES", "client_name", "upload", "fetch", "UploadFailed"]
+__all__ = ["CHUNK_BYTES", "upload", "fetch", "UploadFailed"]
 
 CHUNK_BYTES = 256 * 1024  # well under the server's 1 MiB message limit
 
@@ -33,16 +32,20 @@ class UploadFailed(CadreError):
     """The uploads stream did not take a chunk (no deployment, or not this user's name)."""
 
 
-def client_name(settings: Settings) -> str:
-    """The name this client uploads under: ``CADRE_CLIENT_NAME``, else its NATS user, else ``client``."""
-    return token(settings.client_name or settings.nats_user or "client")
-
-
 async def upload(
-    bus: Bus, data: bytes, *, description: str = "", content_type: str = "application/gzip"
+    bus: Bus,
+    data: bytes,
+    *,
+    description: str = "",
+    content_type: str = "application/gzip",
+    client: str | None = None,
 ) -> ArtifactRef:
-    """Publish ``data`` as chunks under this client's name; the reference names its sha256."""
-    client = client_name(bus.settings)
+    """Publish ``data`` as chunks under this client's name; the reference names its sha256.
+
+    ``client`` is the name to upload under (``ClientSettings.upload_name()``); unset, the
+    connection's NATS user, else ``client``.
+    """
+    client = token(client or bus.settings.nats_user or "client")
     digest = hashlib.sha256(data).hexdigest()
     chunks = max(1, math.ceil(len(data) / CHUNK_BYTES))
     s = bus.subjects
@@ -62,6 +65,11 @@ async def upload(
             raise UploadFailed(
                 f"no uploads stream {s.stream_uploads} took {s.upload(client, digest, n)}: is the deployment "
                 f"up, and may this user upload as {client!r} (CADRE_CLIENT_NAME)?"
+            ) from exc
+        except APIError as exc:  # e.g. the stream is full (CADRE_UPLOADS_MAX_BYTES): it refuses new uploads
+            raise UploadFailed(
+                f"the uploads stream {s.stream_uploads} refused chunk {n} of {chunks} "
+                f"({len(data)} bytes): {exc.description or exc}"
             ) from exc
     return ArtifactRef(
         name=digest,

@@ -41,9 +41,10 @@ from nats.micro.service import DEFAULT_PREFIX as SRV_PREFIX
 
 from shared.bus import downloads, uploads
 from shared.bus.core import ArtifactRefused, Bus
-from shared.bus.settings import Settings
+from shared.bus.settings import BusSettings
 from shared.client import reqreply
 from shared.client.reqreply import PermissionDenied
+from shared.client.settings import ClientSettings
 from shared.client.wstree import FileChange, changed_files, git_patch, read_tree, write_tree
 from shared.contract.errors import CadreError, NotConnected, TaskNotFound
 from shared.contract.monitoring import (
@@ -71,7 +72,7 @@ from shared.contract.protocol import (
     now,
     result_decoder,
 )
-from shared.contract.subjects import Subjects
+from shared.contract.subjects import Subjects, token
 from shared.contract.workspace import pack_dir
 
 __all__ = [
@@ -113,7 +114,7 @@ class NoService(CadreError):
 class NoDeployment(CadreError):
     """The server is reachable but holds no Cadre streams for this prefix."""
 
-    def __init__(self, settings: Settings, stream: str) -> None:
+    def __init__(self, settings: BusSettings, stream: str) -> None:
         self.stream = stream
         super().__init__(
             f"no Cadre deployment with prefix {settings.prefix!r} at {settings.nats_url} "
@@ -178,7 +179,7 @@ _ping_decoder = msgspec.json.Decoder(ServiceInfo)
 _T = TypeVar("_T")
 
 
-async def _probe(settings: Settings) -> None:
+async def _probe(settings: BusSettings) -> None:
     """Fail fast with the socket's own reason when no server accepts a connection.
 
     (nats-py keeps retrying a refused server even with reconnects off, so the
@@ -207,17 +208,22 @@ async def _probe(settings: Settings) -> None:
 class CadreClient:
     """A connection to one Cadre deployment (one NATS server set and one prefix)."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, settings: ClientSettings | None = None) -> None:
         self.bus = bus
-        self.settings = bus.settings
+        self.settings: BusSettings = settings or bus.settings
         # this client's name on the bus: what it submits under and reads back under (the
-        # server's permissions pin a client user to its own name; docs/security.md)
-        self.client_name = uploads.client_name(bus.settings)
+        # server's permissions pin a client user to its own name; docs/security.md).
+        # CADRE_CLIENT_NAME (ClientSettings), else the connection's NATS user, else "client".
+        self.client_name = (
+            settings.upload_name() if settings is not None else token(bus.settings.nats_user or "client")
+        )
         self._submitted: dict[str, str] = {}  # task id -> message id, for this client's submissions
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(cls, settings: Settings, name: str = "cadre-client") -> AsyncIterator[CadreClient]:
+    async def connect(
+        cls, settings: ClientSettings, name: str = "cadre-client"
+    ) -> AsyncIterator[CadreClient]:
         """Connect (failing at once with ``NotConnected`` when no server answers) and close on exit.
 
         The client never creates streams: that is the services' job, and a
@@ -231,7 +237,7 @@ class CadreClient:
         except TimeoutError as exc:
             raise NotConnected(settings.nats_url, "no NATS handshake (timed out)") from exc
         try:
-            yield cls(bus)
+            yield cls(bus, settings)
         finally:
             await bus.close()
 
@@ -243,28 +249,33 @@ class CadreClient:
     async def submit(self, task: TaskSubmission, *, workspace_dir: Path | None = None) -> str:
         """Publish a task and return its id once the task stream stored it.
 
-        Fills what the caller left empty: ``task_id`` (``task_<hex>``),
-        ``message_id`` and ``created_at``. ``workspace_dir`` is packed and
+        Fills what the caller left empty: ``message_id``, ``task_id`` (``task_<message_id>``,
+        so submitting the same message again is the same task) and ``created_at``. ``workspace_dir`` is packed and
         uploaded (``shared.bus.uploads``, under this client's name) as the task's code workspace.
         """
-        task_id = task.task_id or new_id("task")
+        message_id = task.message_id or new_id("msg")
+        # the orchestrator's own derivation when no id is given, so a re-send of the same
+        # message maps to the same task (intake is idempotent per client and message id)
+        task_id = task.task_id or f"task_{message_id}"
         fields: dict[str, Any] = {
             "task_id": task_id,
-            "message_id": task.message_id or new_id("msg"),
+            "message_id": message_id,
             "created_at": task.created_at or now(),
         }
         if workspace_dir is not None:
             data = await asyncio.to_thread(pack_dir, Path(workspace_dir))
             # into the uploads stream under this client's own name (never the shared object store)
             fields["workspace"] = await uploads.upload(
-                self.bus, data, description=f"workspace ({Path(workspace_dir).name})"
+                self.bus, data, description=f"workspace ({Path(workspace_dir).name})", client=self.client_name
             )
-        chosen_id = bool(task.task_id)
         task = msgspec.structs.replace(task, **fields)
         subject = self.subjects.task_submit(self.client_name)
         before = self.bus.nc.last_error
         try:
-            ack = await self.bus.js.publish(subject, encode(task), headers={"Nats-Msg-Id": task.message_id})
+            # no Nats-Msg-Id: the stream's dedup is shared by every client, so another client that
+            # knows this message id could have the stream drop this submission as a duplicate;
+            # the orchestrator recognises a re-send by (client, message id) instead
+            await self.bus.js.publish(subject, encode(task))
         except NoStreamResponseError as exc:
             raise NoDeployment(self.settings, self.subjects.stream_tasks) from exc
         except NatsTimeoutError as exc:
@@ -273,12 +284,6 @@ class CadreClient:
                 user = self.settings.nats_user or "(this login)"
                 raise PermissionDenied(user, subject, "submit tasks", "submit with a client login") from exc
             raise
-        if ack.duplicate and not chosen_id:
-            # the stream dropped it as a re-send of an earlier message: its task id is not ours
-            raise CadreError(
-                f"message_id {task.message_id!r} was already submitted (dedup window): "
-                "use a new message_id, or resubmit with the original task_id"
-            )
         self._submitted[task_id] = task.message_id
         logger.info("task submitted task=%s message_id=%s", task_id, task.message_id)
         return task_id

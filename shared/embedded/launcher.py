@@ -1,8 +1,10 @@
 """Start Cadre's services as child processes (the embedded default and the tests).
 
 ``ServiceProcess`` runs ``python -m services.<name>`` with its settings passed
-as ``CADRE_*`` environment variables; ``Stack`` starts a set of them and
-stops them all (SIGTERM, then SIGKILL past a bound).
+as ``CADRE_*`` environment variables (on top of this process's own environment,
+so a ``CADRE_*`` variable set here reaches every child too); ``Stack`` starts a
+set of them and stops them all (SIGTERM, then SIGKILL past a bound). The
+settings handed on are usually a ``StackSettings`` (every service's fields).
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from shared.bus.settings import Settings
+from pydantic_settings import BaseSettings
 
 __all__ = ["ServiceProcess", "Stack", "settings_env", "SERVICES"]
 
 SERVICES = ("orchestrator", "researcher", "developer", "reviewer", "monitor")
 
 
-def settings_env(settings: Settings, **overrides: object) -> dict[str, str]:
+def settings_env(settings: BaseSettings, **overrides: object) -> dict[str, str]:
     """The ``CADRE_*`` variables that hand every field of ``settings`` (plus overrides) to a child.
 
     Every field, not a hand-kept list: a setting added later reaches the services without
@@ -107,7 +109,7 @@ class ServiceProcess:
 class Stack:
     """A set of service processes started together and stopped together."""
 
-    settings: Settings
+    settings: BaseSettings
     log_dir: Path | None = None
     processes: list[ServiceProcess] = field(default_factory=list)
 

@@ -21,10 +21,11 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 import msgspec
 
-from shared.bus.settings import Settings
+from shared.bus.settings import BusSettings
 from shared.client import CadreClient, ServiceInfo
 from shared.contract.errors import CadreError
 from shared.contract.protocol import AGENT_ROLES, now
@@ -106,7 +107,17 @@ def _last_line(path: Path | None) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def monitor_port(settings: Settings) -> dict[str, object]:
+class MonitorPortSettings(Protocol):
+    """The monitor settings ``monitor_port`` reads (``MonitorSettings``; the dev stack imports no service)."""
+
+    monitor_http_host: str
+    monitor_http_port: int
+
+    @property
+    def model_fields_set(self) -> set[str]: ...
+
+
+def monitor_port(settings: MonitorPortSettings) -> dict[str, object]:
     """The monitor settings ``cadre up`` hands on: the configured port, given way when taken.
 
     Only the default gives way (the monitor binds a free port when it finds its port taken,
@@ -188,11 +199,18 @@ def stop_recorded(state_dir: Path, timeout: float = 60.0) -> UpState | None:
     return state
 
 
-@dataclass
-class Embedded:
-    """One embedded deployment: a nats-server (optional) and a ``Stack`` of services."""
+S = TypeVar("S", bound=BusSettings)
 
-    settings: Settings
+
+@dataclass
+class Embedded(Generic[S]):
+    """One embedded deployment: a nats-server (optional) and a ``Stack`` of services.
+
+    ``settings`` are handed to every service (``cadre up`` passes a ``StackSettings``: every
+    service's fields).
+    """
+
+    settings: S
     state_dir: Path
     services: tuple[str, ...] = SERVICES
     replicas: int = 1
@@ -202,14 +220,12 @@ class Embedded:
     state: UpState | None = field(default=None, init=False)
     monitor_url: str = field(default="", init=False)  # the URL the monitor bound, once healthy
 
-    def start(self) -> Settings:
+    def start(self) -> S:
         """Start the server and the services; returns the settings clients should use."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not self.use_existing_server:
             self.server = NatsServer(store_dir=self.state_dir / "nats").start()
             self.settings = self.settings.model_copy(update={"nats_url": self.server.url})
-        if "monitor" in self.services:
-            self.settings = self.settings.model_copy(update=monitor_port(self.settings))
         self.stack = Stack(self.settings, log_dir=self.state_dir / "logs")
         self._write_state()  # early, so `cadre down` finds a half-started deployment too
         for name in self.services:

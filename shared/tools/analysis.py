@@ -75,6 +75,7 @@ __all__ = [
     "analyze",
     "python_files",
     "is_test_file",
+    "radon_functions",
     "score",
     "verdict",
 ]
@@ -302,24 +303,34 @@ def _ruff(root: Path, files: list[Path], sources: _Sources) -> Iterator[_Raw]:
             yield ("ruff", f"ruff:{code}", severity, concern, rel, line, d["message"], recommendation)
 
 
-def _functions(blocks: list[Any]) -> Iterator[Function]:
-    """Every function, method and closure of radon's blocks, once each."""
+def _walk(blocks: list[Any]) -> Iterator[Function]:
     for block in blocks:
         if isinstance(block, Class):
-            yield from _functions([*block.methods, *block.inner_classes])
+            yield from _walk([*block.methods, *block.inner_classes])
         elif isinstance(block, Function):
             yield block
-            yield from _functions(block.closures)
+            yield from _walk(block.closures)
+
+
+def radon_functions(text: str) -> list[Function]:
+    """Every function, method and closure of a module's source with radon's complexity, once each.
+
+    The one radon walker: the reviewer's complexity findings and the performance
+    profile's hot spots (``shared/tools/testing.py``) both use it. Raises
+    ``SyntaxError``/``ValueError`` for a file that does not parse.
+    """
+    visitor = ComplexityVisitor.from_code(text)
+    return list(_walk([*visitor.functions, *visitor.classes]))
 
 
 def _complexity(files: list[Path], sources: _Sources) -> Iterator[_Raw]:
     for rel_path in files:
         rel = rel_path.as_posix()
         try:
-            visitor = ComplexityVisitor.from_code(sources.text(rel))
+            functions = radon_functions(sources.text(rel))
         except (SyntaxError, ValueError):
             continue  # ruff reports the syntax error
-        for fn in _functions([*visitor.functions, *visitor.classes]):
+        for fn in functions:
             cc = fn.complexity
             if cc <= COMPLEXITY_LOW:
                 continue

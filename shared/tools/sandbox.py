@@ -48,7 +48,7 @@ from shared.contract.errors import CadreError
 from shared.tools.uidpool import DEFAULT_FIRST_UID, DEFAULT_RUN_DIR, DEFAULT_UID_COUNT, UidPool
 
 if TYPE_CHECKING:
-    from shared.bus.settings import Settings
+    from shared.agent.settings import AgentSettings
 
 __all__ = ["Limits", "Sandbox", "SandboxResult", "SandboxUnavailable", "read_tail"]
 
@@ -141,7 +141,7 @@ class Sandbox:
         self._unavailable: str | None | bool = False  # False: not probed yet
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Sandbox:
+    def from_settings(cls, settings: AgentSettings) -> Sandbox:
         limits = Limits(
             cpu_seconds=settings.sandbox_cpu_seconds,
             memory_bytes=settings.sandbox_memory_mb * 1024**2,

@@ -33,16 +33,16 @@ from typing import TYPE_CHECKING
 
 import msgspec
 from radon.complexity import cc_rank
-from radon.visitors import Class, ComplexityVisitor, Function
 
 from shared.contract.protocol import TestReport
 from shared.contract.workspace import SKIP_DIRS
+from shared.tools.analysis import is_test_file, python_files, radon_functions
 from shared.tools.pyenv import EnvBuilder, EnvUnavailable, declared
 from shared.tools.runners import Layout, detect_layout, missing_dependency, parse_unittest_verbose
 from shared.tools.sandbox import Sandbox
 
 if TYPE_CHECKING:
-    from shared.bus.settings import Settings
+    from shared.agent.settings import AgentSettings
 
 __all__ = [
     "TestRun",
@@ -55,6 +55,7 @@ __all__ = [
     "run_suite",
     "run_tests",
     "performance_profile",
+    "hot_spots",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class TestRuntime:
     envs: EnvBuilder
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TestRuntime:
+    def from_settings(cls, settings: AgentSettings) -> TestRuntime:
         sandbox = Sandbox.from_settings(settings)
         envs = EnvBuilder(
             sandbox,
@@ -128,18 +129,6 @@ class PerformanceProfile(msgspec.Struct, frozen=True, kw_only=True):
     hot_spots: list[HotSpot] = []
     functions: int = 0
     mean_complexity: float | None = None
-
-
-def _py_files(root: Path) -> list[Path]:
-    return [
-        p
-        for p in sorted(root.rglob("*.py"))
-        if p.is_file() and not any(part in SKIP_DIRS for part in p.relative_to(root).parts[:-1])
-    ]
-
-
-def _is_test_file(name: str) -> bool:
-    return (name.startswith("test_") and name.endswith(".py")) or name.endswith("_test.py")
 
 
 def has_tests(workspace: Path) -> bool:
@@ -392,14 +381,33 @@ def run_tests(
     return run.report if run is not None else None
 
 
-def _functions(blocks: list[object]) -> list[Function]:
-    out: list[Function] = []
-    for block in blocks:
-        if isinstance(block, Class):
-            out += _functions([*block.methods, *block.inner_classes])
-        elif isinstance(block, Function):
-            out += [block, *_functions(block.closures)]
-    return out
+def hot_spots(root: Path) -> list[HotSpot]:
+    """Every function of the workspace's code (not its tests) with its radon complexity.
+
+    Test code is what the reviewer calls test code (``analysis.is_test_file``): a script
+    that only lives in a tests folder counts as code.
+    """
+    spots: list[HotSpot] = []
+    for rel in python_files(root):
+        try:
+            text = (root / rel).read_text(encoding="utf-8")
+            if is_test_file(rel, text):
+                continue
+            functions = radon_functions(text)
+        except (SyntaxError, ValueError, UnicodeDecodeError):
+            continue
+        for fn in functions:
+            name = f"{fn.classname}.{fn.name}" if fn.classname else fn.name
+            spots.append(
+                HotSpot(
+                    file=rel.as_posix(),
+                    name=name,
+                    line=fn.lineno,
+                    complexity=fn.complexity,
+                    rank=cc_rank(fn.complexity),
+                )
+            )
+    return spots
 
 
 def performance_profile(
@@ -416,26 +424,7 @@ def performance_profile(
     if run is not None:
         ranked = sorted(run.durations.items(), key=lambda kv: kv[1], reverse=True)[:top]
         slowest = [TimedTest(test=t, seconds=round(s, 4), outcome=run.outcomes[t]) for t, s in ranked]
-    spots: list[HotSpot] = []
-    for path in _py_files(root):
-        rel = path.relative_to(root)
-        if _is_test_file(rel.name) or "tests" in rel.parts[:-1] or rel.name == "conftest.py":
-            continue
-        try:
-            visitor = ComplexityVisitor.from_code(path.read_text(encoding="utf-8"))
-        except (SyntaxError, ValueError, UnicodeDecodeError):
-            continue
-        for fn in _functions([*visitor.functions, *visitor.classes]):
-            name = f"{fn.classname}.{fn.name}" if fn.classname else fn.name
-            spots.append(
-                HotSpot(
-                    file=rel.as_posix(),
-                    name=name,
-                    line=fn.lineno,
-                    complexity=fn.complexity,
-                    rank=cc_rank(fn.complexity),
-                )
-            )
+    spots = hot_spots(root)
     mean = round(sum(s.complexity for s in spots) / len(spots), 2) if spots else None
     spots.sort(key=lambda s: (-s.complexity, s.file, s.line))
     return PerformanceProfile(

@@ -23,7 +23,7 @@ import msgspec
 
 from services.researcher.builtin import KNOWLEDGE_DIR
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
+from shared.client.cli.settings import StackSettings
 from shared.contract.protocol import (
     FixInputs,
     Issue,
@@ -70,7 +70,7 @@ def _codec() -> tuple[float, float]:
 
 
 async def _throughput(url: str, researchers: int, tasks: int, work_dir: Path) -> float:
-    settings = Settings(
+    settings = StackSettings(
         nats_url=url, prefix=f"b{uuid.uuid4().hex[:8]}", work_dir=work_dir, heartbeat_interval=1.0
     )
     bus = await Bus.open(settings, "bench")
@@ -110,7 +110,7 @@ async def _throughput(url: str, researchers: int, tasks: int, work_dir: Path) ->
 
 
 async def _memory(url: str, work_dir: Path) -> tuple[int, int]:
-    settings = Settings(nats_url=url, prefix=f"b{uuid.uuid4().hex[:8]}", work_dir=work_dir)
+    settings = StackSettings(nats_url=url, prefix=f"b{uuid.uuid4().hex[:8]}", work_dir=work_dir)
     stack = Stack(settings)
     agent = stack.add("researcher", brain="tests.brains:ScriptedBrain")
     bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])

@@ -23,7 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
 from shared.bus.consumer import Puller
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
+from shared.bus.settings import BusSettings
 from shared.embedded.natsserver import NatsServer
 
 __all__ = ["main"]
@@ -80,7 +80,7 @@ async def main(trials: int = 3) -> None:
     try:
         for kind, make in _KINDS.items():
             bus = await Bus.open(
-                Settings(nats_url=server.url, prefix="pulltail", bootstrap=False), "pulltail"
+                BusSettings(nats_url=server.url, prefix="pulltail", bootstrap=False), "pulltail"
             )
             retention = RetentionPolicy.WORK_QUEUE
             await bus.js.add_stream(StreamConfig(name=_STREAM, subjects=[_SUBJECT], retention=retention))

@@ -29,7 +29,7 @@ import msgspec
 import nats
 
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
+from shared.client.cli.settings import StackSettings
 from shared.contract.protocol import encode, result_decoder
 from shared.embedded.launcher import Stack
 from shared.embedded.natsserver import NatsServer
@@ -144,7 +144,7 @@ class CadreSystem(System):
 
     async def start(self) -> None:
         self.server.start()
-        self.settings = Settings(
+        self.settings = StackSettings(
             nats_url=self.server.url,
             prefix=f"b{uuid.uuid4().hex[:8]}",
             work_dir=self.work_dir / "work",

@@ -21,7 +21,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
+from shared.client.cli.settings import StackSettings
 from shared.contract.protocol import (
     Heartbeat,
     StepStarted,
@@ -43,7 +43,7 @@ KILLABLE = ("orchestrator", "researcher", "developer", "reviewer")  # the monito
 SCRIPTED = "tests.brains:ScriptedBrain"
 
 
-def chaos_settings(url: str, prefix: str, tmp: Path, **overrides: object) -> Settings:
+def chaos_settings(url: str, prefix: str, tmp: Path, **overrides: object) -> StackSettings:
     """Short timeouts so a killed service's work comes back within seconds."""
     values: dict[str, object] = {
         "nats_url": url,
@@ -60,7 +60,7 @@ def chaos_settings(url: str, prefix: str, tmp: Path, **overrides: object) -> Set
         "dedup_window": 300.0,
     }
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return StackSettings(**values)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -165,7 +165,7 @@ class ChaosCluster:
         self.broker_restarts += 1
 
     def services(
-        self, settings: Settings, *, orchestrators: int = 2, agents: int = 2, **overrides: object
+        self, settings: StackSettings, *, orchestrators: int = 2, agents: int = 2, **overrides: object
     ) -> Stack:
         self.stack = Stack(settings, log_dir=self.tmp / "logs")
         for _ in range(orchestrators):

@@ -24,8 +24,8 @@ import pytest
 from nats.errors import NoServersError
 
 from shared.bus.bootstrap import bootstrap
-from shared.bus.settings import Settings
 from shared.client import CadreClient
+from shared.client.cli.settings import StackSettings
 from shared.contract.protocol import TaskBody, TaskSubmission
 from shared.embedded.natsserver import NatsServer
 from tests.helpers import wait_for_value
@@ -50,8 +50,8 @@ def passwords() -> Iterator[dict[str, str]]:
         yield pw
 
 
-def user_settings(url: str, pw: dict[str, str], user: str, **extra: object) -> Settings:
-    return Settings(
+def user_settings(url: str, pw: dict[str, str], user: str, **extra: object) -> StackSettings:
+    return StackSettings(
         nats_url=url,
         nats_user=user,
         nats_password=pw[user],
@@ -83,7 +83,7 @@ async def test_the_cluster_example_keeps_r3_streams_available_when_a_node_dies(
 ) -> None:
     urls = ",".join(n.url for n in cluster)
     # the bootstrap step retries until the JetStream meta group has a leader
-    await bootstrap(user_settings(urls, passwords, "bootstrap", replicas=3), deadline=60)
+    await bootstrap(user_settings(urls, passwords, "bootstrap", js_replicas=3), deadline=60)
     nc = await nats.connect(
         urls.split(","), user="bootstrap", password=passwords["bootstrap"], inbox_prefix="_INBOX_bootstrap"
     )

@@ -21,8 +21,8 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from services.orchestrator.state import state_decoder
 from shared.bus import uploads
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
 from shared.client import CadreClient
+from shared.client.cli.settings import StackSettings
 from shared.contract.protocol import (
     ArtifactRef,
     DeadLetter,
@@ -301,7 +301,7 @@ async def test_a_reused_task_id_is_refused_to_its_sender_without_touching_the_fi
 
 
 async def test_the_client_sdk_reads_the_refusal_of_its_reused_task_id(
-    bus: Bus, intake: Stack, settings: Settings
+    bus: Bus, intake: Stack, settings: StackSettings
 ) -> None:
     first = submission()
     await bus.publish(bus.subjects.task_submit("client"), first, msg_id=first.message_id)
@@ -318,7 +318,7 @@ async def test_the_client_sdk_reads_the_refusal_of_its_reused_task_id(
 
 
 async def test_cancelling_a_wildcard_an_empty_or_a_dotted_task_id_is_a_clear_refusal(
-    bus: Bus, intake: Stack, settings: Settings
+    bus: Bus, intake: Stack, settings: StackSettings
 ) -> None:
     async with CadreClient.connect(settings) as client:
         await wait_for_value(lambda: _services(client), 30, what="the orchestrator's cancel endpoint")
@@ -418,3 +418,17 @@ async def test_a_workspace_uploaded_under_another_clients_name_is_refused_and_th
 
     assert (await wait_for_value(hers, 30, what="alice's events"))[0].kind == "received"
     assert await task_events(bus, own.task_id) == []  # nothing of hers under the name `client`
+
+
+async def test_a_full_uploads_stream_refuses_the_next_upload_and_keeps_the_pending_ones(
+    settings: StackSettings,
+) -> None:
+    # every size has a limit: the uploads stream is capped, and when full it refuses new
+    # uploads (their sender is told) rather than evicting another client's pending upload
+    small = settings.model_copy(update={"prefix": settings.prefix + "u", "uploads_max_bytes": 256 * 1024})
+    async with await Bus.open(small, "test-client") as bus:
+        first = bytes(range(256)) * 600  # 150 KiB: fits
+        ref = await uploads.upload(bus, first)
+        with pytest.raises(uploads.UploadFailed, match="refused chunk"):
+            await uploads.upload(bus, bytes(reversed(first)))
+        assert await uploads.fetch(bus, ref, 10 * 1024 * 1024) == first

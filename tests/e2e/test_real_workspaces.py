@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
 from shared.client import CadreClient
+from shared.client.cli.settings import StackSettings
 from shared.contract import protocol
 from shared.contract.protocol import (
     DevelopmentOutput,
@@ -52,7 +52,7 @@ pytestmark = [
 
 
 @pytest.fixture
-def settings(settings: Settings) -> Settings:
+def settings(settings: StackSettings) -> StackSettings:
     """Room for installing a project's packages and running its tests a few times per step."""
     return settings.model_copy(update={"step_deadline": 600.0, "env_cache_dir": ENV_CACHE})
 
@@ -117,7 +117,7 @@ def assert_approval_waits_for_security(result: FinalResult) -> None:
 
 
 async def assert_downloaded_code_passes_its_tests(
-    bus: Bus, settings: Settings, result: FinalResult, dest: Path, runner: str, passed: int
+    bus: Bus, settings: StackSettings, result: FinalResult, dest: Path, runner: str, passed: int
 ) -> None:
     download = await CadreClient(bus).download_workspace(result, dest)
     assert download.files, "the fixed workspace was written"
@@ -172,7 +172,7 @@ def assert_patch_changes_only_needed_lines(
 
 
 async def test_flask_app_is_fixed_with_its_own_tests_passing_in_the_sandbox_before_and_after(
-    bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
+    bus: Bus, stack: Stack, settings: StackSettings, tmp_path: Path
 ) -> None:
     result = await review_task(bus, stack, tmp_path, "flask_notes", "Harden the notes service")
     assert result.status in ("completed", "failed"), result.reason
@@ -217,7 +217,7 @@ async def test_flask_app_is_fixed_with_its_own_tests_passing_in_the_sandbox_befo
 
 
 async def test_django_project_is_fixed_with_manage_py_test_passing_in_the_sandbox_before_and_after(
-    bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
+    bus: Bus, stack: Stack, settings: StackSettings, tmp_path: Path
 ) -> None:
     result = await review_task(bus, stack, tmp_path, "django_blog", "Harden the blog")
     assert result.status in ("completed", "failed"), result.reason
@@ -247,7 +247,7 @@ async def test_django_project_is_fixed_with_manage_py_test_passing_in_the_sandbo
 
 
 async def test_crlf_package_is_fixed_approved_and_keeps_crlf_through_the_bus_and_the_download(
-    bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
+    bus: Bus, stack: Stack, settings: StackSettings, tmp_path: Path
 ) -> None:
     result = await review_task(bus, stack, tmp_path, "crlf_pkg", "Harden textkit")
     assert result.status == "completed", result.reason

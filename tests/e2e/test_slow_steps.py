@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
+from shared.client.cli.settings import StackSettings
 from shared.embedded.launcher import Stack
 from tests.helpers import await_result, feature_task, task_events
 
@@ -21,7 +21,7 @@ WINDOW = 1.0
 
 
 @pytest.fixture
-def settings(settings: Settings) -> Settings:
+def settings(settings: StackSettings) -> StackSettings:
     # a dedup window far shorter than each step, and ticks (with a periodic resume every
     # ten) several times per step
     return settings.model_copy(update={"dedup_window": WINDOW, "tick_interval": 0.2})

@@ -26,8 +26,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from shared.bus import downloads
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
 from shared.client import ArtifactCorrupt, CadreClient
+from shared.client.cli.settings import StackSettings
 from shared.client.wstree import read_tree
 from shared.contract.errors import TaskNotFound
 from shared.contract.protocol import ArtifactRef, TaskBody, TaskSubmission, event_decoder, new_id
@@ -55,7 +55,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-async def cadre(*args: str, settings: Settings | None = None, cwd: Path, timeout: float = 120) -> Ran:
+async def cadre(*args: str, settings: StackSettings | None = None, cwd: Path, timeout: float = 120) -> Ran:
     """Run `python -m shared.client.cli.app ARGS` (with the test's server and prefix) and collect its output."""
     extra = ["--nats-url", settings.nats_url, "--prefix", settings.prefix] if settings else []
     proc = await asyncio.create_subprocess_exec(
@@ -115,12 +115,12 @@ async def test_no_reachable_server_is_one_line_and_exit_2(tmp_path: Path) -> Non
         one_line_error(ran, 2, f"no NATS server reachable at nats://127.0.0.1:{port}")
 
 
-async def test_a_server_without_a_cadre_deployment_is_named(settings: Settings, tmp_path: Path) -> None:
+async def test_a_server_without_a_cadre_deployment_is_named(settings: StackSettings, tmp_path: Path) -> None:
     ran = await cadre("submit", "-d", "x", settings=settings, cwd=tmp_path)
     one_line_error(ran, 2, "no Cadre deployment", settings.prefix)
 
 
-async def test_unknown_task_ids_exit_3(bus: Bus, settings: Settings, tmp_path: Path) -> None:
+async def test_unknown_task_ids_exit_3(bus: Bus, settings: StackSettings, tmp_path: Path) -> None:
     for command in ("watch", "result", "cancel"):
         ran = await cadre(command, "task_nobody_knows", settings=settings, cwd=tmp_path)
         one_line_error(ran, 3, "unknown task id 'task_nobody_knows'")
@@ -142,7 +142,7 @@ async def test_invalid_task_files_name_the_field_and_exit_2(tmp_path: Path) -> N
 
 # --- the wire contract, without the SDK ----------------------------------------------------------------
 async def test_a_raw_nats_py_client_submits_plain_json_and_reads_the_result(
-    bus: Bus, stack: Stack, settings: Settings
+    bus: Bus, stack: Stack, settings: StackSettings
 ) -> None:
     """Only nats-py and JSON: what a client in any language does (docs/wire-protocol.md)."""
     stack.add("orchestrator")
@@ -204,7 +204,7 @@ async def test_a_raw_nats_py_client_submits_plain_json_and_reads_the_result(
 
 # --- submit, watch, result, cancel -------------------------------------------------------------------------
 async def test_submit_wait_prints_the_trace_then_the_result_and_watch_replays_it(
-    bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
+    bus: Bus, stack: Stack, settings: StackSettings, tmp_path: Path
 ) -> None:
     stack.add("orchestrator")
     stack.add("researcher", brain=ECHO)
@@ -258,7 +258,7 @@ SMALL_APP = {
 
 
 async def test_result_writes_the_patched_tree_and_a_patch_that_git_applies_to_the_submitted_code(
-    bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
+    bus: Bus, stack: Stack, settings: StackSettings, tmp_path: Path
 ) -> None:
     stack.add("orchestrator", step_deadline=600.0)  # a loaded 2-core machine: real tools take a while
     for name in ("researcher", "developer", "reviewer"):
@@ -319,7 +319,7 @@ async def test_an_artifact_whose_bytes_do_not_match_its_sha256_name_is_refused(
 
 
 async def test_a_rejected_task_exits_1_with_its_reason(
-    bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
+    bus: Bus, stack: Stack, settings: StackSettings, tmp_path: Path
 ) -> None:
     stack.add("orchestrator")
     # a review needs code to review; none attached
@@ -343,7 +343,7 @@ async def test_a_rejected_task_exits_1_with_its_reason(
 
 
 async def test_cancel_stops_a_running_task_and_watch_reports_it(
-    bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
+    bus: Bus, stack: Stack, settings: StackSettings, tmp_path: Path
 ) -> None:
     stack.add("orchestrator")
     stack.add("researcher", brain=ECHO)
@@ -396,7 +396,7 @@ async def _events_so_far(client: CadreClient, task_id: str):
 
 # --- the SDK ---------------------------------------------------------------------------------------------------
 async def test_sdk_follows_a_task_to_its_end_and_knows_unknown_ids(
-    bus: Bus, stack: Stack, settings: Settings
+    bus: Bus, stack: Stack, settings: StackSettings
 ) -> None:
     stack.add("orchestrator")
     stack.add("researcher", brain=ECHO)
@@ -416,22 +416,29 @@ async def test_sdk_follows_a_task_to_its_end_and_knows_unknown_ids(
         assert {s.name for s in found} == {"cadre-orchestrator", "cadre-researcher"}
 
 
-async def test_sdk_resubmitting_a_message_id_without_its_task_id_is_refused(
-    bus: Bus, settings: Settings
+async def test_sdk_resubmitting_a_message_id_is_the_same_task(
+    bus: Bus, stack: Stack, settings: StackSettings
 ) -> None:
+    stack.add("orchestrator")
+    stack.add("researcher", brain=ECHO)
     async with CadreClient.connect(settings) as client:
-        task = TaskSubmission(message_id=new_id("msg"), task=TaskBody(description="once"))
+        task = TaskSubmission(
+            message_id=new_id("msg"), task_type="research", task=TaskBody(description="once")
+        )
         first = await client.submit(task)
-        assert first.startswith("task_")
-        with pytest.raises(Exception, match="already submitted"):
-            await client.submit(task)
-        # with its task id it is an idempotent retry
+        assert first == f"task_{task.message_id}"
+        # a re-send (a retry after a lost ack) maps to the same task: one task, one result
+        assert await client.submit(task) == first
         assert await client.submit(msgspec.structs.replace(task, task_id=first)) == first
+        result = await client.result(first, timeout=60)
+        assert result.status == "completed", result.reason
+        received = [e for e in [e async for e in client.events(first, timeout=10)] if e.kind == "received"]
+        assert len(received) == 1, received
 
 
 # --- status / metrics -------------------------------------------------------------------------------------------
 async def test_status_and_metrics_come_from_the_monitor(
-    bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
+    bus: Bus, stack: Stack, settings: StackSettings, tmp_path: Path
 ) -> None:
     stack.add("researcher", brain=ECHO)
     no_monitor = await cadre("metrics", settings=settings, cwd=tmp_path)
@@ -534,7 +541,7 @@ async def test_up_example_runs_the_offline_example_to_an_approved_result(tmp_pat
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # three agents running real tools; minutes on a loaded 2-core machine
 async def test_submit_wait_on_the_example_task_prints_the_trace_and_an_approved_result(
-    bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
+    bus: Bus, stack: Stack, settings: StackSettings, tmp_path: Path
 ) -> None:
     stack.add("orchestrator", step_deadline=600.0)  # a loaded 2-core machine: fix steps can take minutes
     for name in ("researcher", "developer", "reviewer"):

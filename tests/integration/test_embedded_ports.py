@@ -15,13 +15,13 @@ import aiohttp
 import pytest
 
 from services.monitor.http import MonitorHTTP
-from shared.bus.settings import Settings
+from services.monitor.settings import MonitorSettings
 from shared.contract.monitoring import Snapshot
 from shared.embedded.stack import PortTaken, monitor_port, read_state
 from tests.helpers import wait_for_value
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_PORT = Settings.model_fields["monitor_http_port"].default
+DEFAULT_PORT = MonitorSettings.model_fields["monitor_http_port"].default
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -53,7 +53,7 @@ async def test_a_taken_default_monitor_port_gives_way_to_a_free_one(
     default_port_taken: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CADRE_MONITOR_HTTP_PORT", raising=False)
-    settings = Settings(**monitor_port(Settings()))  # what cadre up hands the monitor
+    settings = MonitorSettings(**monitor_port(MonitorSettings()))  # what cadre up hands the monitor
     http = MonitorHTTP(
         _unused_snapshot,
         settings.monitor_http_host,
@@ -81,7 +81,7 @@ def test_a_taken_port_the_user_chose_is_an_error_naming_the_port_and_the_setting
 ) -> None:
     monkeypatch.setenv("CADRE_MONITOR_HTTP_PORT", str(default_port_taken))
     with pytest.raises(PortTaken) as exc:
-        monitor_port(Settings())
+        monitor_port(MonitorSettings())
     assert str(default_port_taken) in str(exc.value) and "CADRE_MONITOR_HTTP_PORT" in str(exc.value)
 
 

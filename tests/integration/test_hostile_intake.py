@@ -81,12 +81,6 @@ async def test_a_task_id_taken_by_another_client_is_refused_to_the_second_withou
             )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="JetStream deduplicates on Nats-Msg-Id across the whole CADRE_TASKS stream, not per "
-    "subject: a message another client sent with alice's message id makes alice's submission a "
-    "'duplicate', dropped, and the SDK (task id chosen) returns as if it were stored",
-)
 async def test_another_clients_message_with_the_same_msg_id_does_not_swallow_a_submission(
     dep: Deployment,
 ) -> None:

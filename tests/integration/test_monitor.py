@@ -19,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.monitor.figures import ACCURACY_UNAVAILABLE
 from services.monitor.service import MonitorService
+from services.monitor.settings import MonitorSettings
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
+from shared.client.cli.settings import StackSettings
 from shared.contract.monitoring import Alert, Snapshot, alert_decoder, snapshot_decoder
 from shared.contract.protocol import (
     MetricEvent,
@@ -39,16 +40,17 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 # --- helpers -------------------------------------------------------------------------------------------
-def monitor_settings(settings: Settings, **extra: Any) -> Settings:
-    update = {
+def monitor_settings(settings: StackSettings, **extra: Any) -> MonitorSettings:
+    """The monitor's own settings, from the test's (same server, prefix and timings)."""
+    values = {
+        **settings.model_dump(include=set(MonitorSettings.model_fields)),
         "monitor_http_port": 0,
         "monitor_check_interval": 0.2,
         "monitor_discovery_interval": 0.5,
         "instance_id": "monitor-test",
-        "role": "monitor",
         **extra,
     }
-    return settings.model_copy(update=update)
+    return MonitorSettings(**values)
 
 
 async def request_snapshot(bus: Bus) -> Snapshot:
@@ -220,7 +222,7 @@ async def test_the_spec_example_yields_figures_that_match_what_happened_and_surv
 
 # --- health and alerts (monitor in-process, agents as processes) -----------------------------------------
 async def test_a_killed_agent_raises_a_dead_alert_within_the_window_and_its_return_a_recovery(
-    bus: Bus, stack: Stack, settings: Settings
+    bus: Bus, stack: Stack, settings: StackSettings
 ) -> None:
     feed = await AlertFeed().start(bus)
     async with MonitorService(bus, monitor_settings(settings)) as monitor:
@@ -259,7 +261,7 @@ async def test_a_killed_agent_raises_a_dead_alert_within_the_window_and_its_retu
 
 
 async def test_a_restarted_monitor_rebuilds_its_figures_by_replaying_the_metric_stream(
-    bus: Bus, settings: Settings
+    bus: Bus, settings: StackSettings
 ) -> None:
     s = bus.subjects
     ms = monitor_settings(settings)
@@ -289,7 +291,7 @@ async def test_a_restarted_monitor_rebuilds_its_figures_by_replaying_the_metric_
 
 
 async def test_bad_metric_events_are_dead_lettered_and_the_monitor_keeps_counting(
-    bus: Bus, settings: Settings
+    bus: Bus, settings: StackSettings
 ) -> None:
     s = bus.subjects
     async with MonitorService(bus, monitor_settings(settings)):
@@ -316,7 +318,7 @@ async def test_bad_metric_events_are_dead_lettered_and_the_monitor_keeps_countin
 
 
 async def test_the_monitor_is_discoverable_through_nats_micro_and_lists_the_services_it_finds(
-    bus: Bus, stack: Stack, settings: Settings
+    bus: Bus, stack: Stack, settings: StackSettings
 ) -> None:
     async with MonitorService(bus, monitor_settings(settings)) as monitor:
         stack.add("developer", brain=ECHO)
@@ -425,7 +427,7 @@ class Page:
 
 
 async def test_the_dashboard_in_headless_chromium_shows_live_agents_and_updates_after_a_task(
-    bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
+    bus: Bus, stack: Stack, settings: StackSettings, tmp_path: Path
 ) -> None:
     exe = await asyncio.to_thread(_chromium)
     stack.add("orchestrator")
@@ -515,7 +517,7 @@ async def test_the_dashboard_in_headless_chromium_shows_live_agents_and_updates_
 
 
 async def test_a_role_with_pending_work_and_no_instance_pulling_raises_a_stalled_alert_until_one_pulls(
-    bus: Bus, stack: Stack, settings: Settings
+    bus: Bus, stack: Stack, settings: StackSettings
 ) -> None:
     from shared.contract.protocol import Heartbeat, encode
 

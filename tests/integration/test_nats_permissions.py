@@ -34,8 +34,8 @@ from nats.js.errors import NotFoundError
 from shared.bus import downloads, uploads
 from shared.bus.bootstrap import bootstrap
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
 from shared.client import CadreClient, NoService, PermissionDenied
+from shared.client.cli.settings import StackSettings
 from shared.contract.errors import CadreError, TaskNotFound
 from shared.contract.monitoring import AgentStatus, Snapshot
 from shared.contract.protocol import (
@@ -72,9 +72,9 @@ class Deployment:
     server: NatsServer
     passwords: dict[str, str]
 
-    def settings(self, user: str, **overrides: object) -> Settings:
-        """Settings for one user: its password, its own inbox prefix, bootstrap off."""
-        return Settings(
+    def settings(self, user: str, **overrides: object) -> StackSettings:
+        """Settings of every service for one user: its password, its own inbox prefix, bootstrap off."""
+        return StackSettings(
             nats_url=self.server.url,
             nats_user=user,
             nats_password=self.passwords[user],

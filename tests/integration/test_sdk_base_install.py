@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
+from shared.client.cli.settings import StackSettings
 from shared.embedded.launcher import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,14 +27,14 @@ _SCRIPT = textwrap.dedent(
     import asyncio, importlib.util, sys
     from shared.client import CadreClient
     from shared.contract.protocol import FinalResult, TaskBody, TaskSubmission
-    from shared.bus.settings import Settings
+    from shared.client.settings import ClientSettings
 
     heavy = [m for m in ("typer", "rich", "aiohttp", "bandit", "ruff", "libcst", "openai", "yaml")
              if importlib.util.find_spec(m) is not None]
     assert not heavy, f"the base install pulled in {heavy}"
 
     async def main() -> None:
-        settings = Settings(nats_url=sys.argv[1], prefix=sys.argv[2])
+        settings = ClientSettings(nats_url=sys.argv[1], prefix=sys.argv[2])
         async with CadreClient.connect(settings, "sdk-only") as client:
             task = TaskSubmission(message_id="sdk-base-1", task_id="sdk-base-1", task_type="research",
                                   task=TaskBody(description="Research JWT refresh token rotation"))
@@ -70,7 +70,7 @@ def sdk_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def test_the_base_install_alone_submits_a_task_and_reads_its_typed_result(
-    sdk_python: Path, bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
+    sdk_python: Path, bus: Bus, stack: Stack, settings: StackSettings, tmp_path: Path
 ) -> None:
     del bus  # its fixture made the streams, as `cadre up` or the bootstrap job does
     stack.add("orchestrator")

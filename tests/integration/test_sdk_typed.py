@@ -10,9 +10,10 @@ import pytest
 from nats.aio.msg import Msg
 
 from services.monitor.service import MonitorService
+from services.monitor.settings import MonitorSettings
 from shared.bus.core import Bus
-from shared.bus.settings import Settings
 from shared.client import CadreClient, NoService
+from shared.client.cli.settings import StackSettings
 from shared.contract.errors import CadreError
 from shared.contract.monitoring import AgentStatus, Alert, Snapshot
 from shared.contract.protocol import CancelReply, ErrorReply, encode
@@ -22,20 +23,21 @@ from tests.helpers import make_item, wait_for_value
 ECHO = "tests.brains:EchoBrain"
 
 
-def monitor_settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={
+def monitor_settings(settings: StackSettings) -> MonitorSettings:
+    """The monitor's own settings, from the test's (same server, prefix and timings)."""
+    return MonitorSettings(
+        **{
+            **settings.model_dump(include=set(MonitorSettings.model_fields)),
             "monitor_http_port": 0,
             "monitor_check_interval": 0.2,
             "monitor_discovery_interval": 0.5,
             "instance_id": "monitor-sdk",
-            "role": "monitor",
         }
     )
 
 
 async def test_the_sdk_snapshot_is_a_typed_snapshot_with_the_agents_the_monitor_sees(
-    bus: Bus, stack: Stack, settings: Settings
+    bus: Bus, stack: Stack, settings: StackSettings
 ) -> None:
     stack.add("developer", brain=ECHO)
     async with MonitorService(bus, monitor_settings(settings)), CadreClient.connect(settings) as client:
@@ -55,7 +57,7 @@ async def test_the_sdk_snapshot_is_a_typed_snapshot_with_the_agents_the_monitor_
 
 
 async def test_the_sdk_alert_stream_yields_typed_alerts_from_the_monitor(
-    bus: Bus, settings: Settings
+    bus: Bus, settings: StackSettings
 ) -> None:
     # no orchestrator ever beats: once the grace period (dead_after) is over, its role is down
     async with CadreClient.connect(settings) as client, client.alerts() as alerts:
@@ -68,7 +70,7 @@ async def test_the_sdk_alert_stream_yields_typed_alerts_from_the_monitor(
 
 
 async def test_an_agents_status_endpoint_answers_a_typed_status_busy_then_idle(
-    bus: Bus, stack: Stack, settings: Settings, tmp_path: Path
+    bus: Bus, stack: Stack, settings: StackSettings, tmp_path: Path
 ) -> None:
     hold = tmp_path / "hold"
     hold.touch()
@@ -104,7 +106,7 @@ async def test_an_agents_status_endpoint_answers_a_typed_status_busy_then_idle(
 
 
 async def test_a_service_answering_garbage_or_an_error_gives_the_sdk_caller_a_clear_error(
-    bus: Bus, settings: Settings
+    bus: Bus, settings: StackSettings
 ) -> None:
     s = bus.subjects
 

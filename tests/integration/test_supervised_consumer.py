@@ -13,11 +13,10 @@ from pathlib import Path
 import msgspec
 from nats.errors import TimeoutError as NatsTimeout
 
-from shared.agent.runtime import run_service
 from shared.bus.consumer import Delivery, SupervisedConsumer
 from shared.bus.core import Bus
-from shared.bus.service import RESTART_LIMIT, Lifecycle, ServiceShell
-from shared.bus.settings import Settings
+from shared.bus.service import RESTART_LIMIT, Lifecycle, ServiceShell, serve
+from shared.client.cli.settings import StackSettings
 from shared.contract.protocol import (
     CancelRequest,
     DeadLetter,
@@ -253,7 +252,7 @@ async def test_a_supervised_loop_that_dies_is_restarted_and_one_that_keeps_dying
 
 
 async def test_run_service_stops_a_service_that_gave_up_and_returns_a_non_zero_exit_code(
-    bus: Bus, settings: Settings
+    bus: Bus, settings: StackSettings
 ) -> None:
     class Doomed(Lifecycle):
         """A service whose only loop always dies (what a broken consumer loop looks like)."""
@@ -277,6 +276,6 @@ async def test_run_service_stops_a_service_that_gave_up_and_returns_a_non_zero_e
             await self.shell.close()
 
     service = Doomed()
-    code = await asyncio.wait_for(run_service(service, settings), 60)
+    code = await asyncio.wait_for(serve(service, settings.drain_timeout), 60)
     assert code == 1 and service.stopped
     assert "the pull loop broke" in service.shell.fatal_reason

@@ -14,7 +14,7 @@ from services.orchestrator.planner import plan_with_llm
 from services.researcher.llm import check_citations
 from services.reviewer.llm import ReviewFinding, semantic_issues
 from shared.agent.llm import LLMClient, LLMReplyError, extract_json
-from shared.bus.settings import Settings
+from shared.agent.settings import LLMSettings
 from shared.contract.errors import LLMError, PlanError
 from tests.fakes import ChatServer, Fail, Raw, Reply
 
@@ -35,7 +35,7 @@ async def fake() -> AsyncIterator[ChatServer]:
         yield server
 
 
-def llm_settings(fake: ChatServer, **overrides: object) -> Settings:
+def llm_settings(fake: ChatServer, **overrides: object) -> LLMSettings:
     values: dict[str, object] = {
         "llm_base_url": fake.base_url,
         "llm_model": "fake-model",
@@ -46,7 +46,7 @@ def llm_settings(fake: ChatServer, **overrides: object) -> Settings:
         "llm_price_output_per_1k": 1.5,
     }
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return LLMSettings(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ async def test_an_unreachable_endpoint_is_a_retryable_llm_error() -> None:
     server = await ChatServer().start()
     url = server.base_url
     await server.stop()  # nothing listens on that port any more
-    c = LLMClient(Settings(llm_base_url=url, llm_max_retries=0, llm_timeout=5.0))
+    c = LLMClient(LLMSettings(llm_base_url=url, llm_max_retries=0, llm_timeout=5.0))
     try:
         with pytest.raises(LLMError, match="unreachable") as err:
             await c.chat_json("sys", "user", Answer)
@@ -182,7 +182,7 @@ async def test_an_unreachable_endpoint_is_a_retryable_llm_error() -> None:
 
 def test_no_base_url_is_a_clear_error() -> None:
     with pytest.raises(LLMError, match="CADRE_LLM_BASE_URL is not set"):
-        LLMClient(Settings(llm_base_url=None))
+        LLMClient(LLMSettings(llm_base_url=None))
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.bus.settings import Settings
+from shared.agent.settings import AgentSettings
 from shared.tools.testing import TestRuntime
 from shared.tools.uidpool import SandboxBusy, UidPool
 
@@ -94,8 +94,8 @@ def test_the_settings_give_the_sandbox_its_uid_range_and_the_installer_its_build
     monkeypatch.setenv("CADRE_SANDBOX_UID_COUNT", "3")
     monkeypatch.setenv("CADRE_SANDBOX_RUN_DIR", str(tmp_path / "leases"))
     monkeypatch.setenv("CADRE_ENV_ALLOW_BUILDS", "true")
-    runtime = TestRuntime.from_settings(Settings())
+    runtime = TestRuntime.from_settings(AgentSettings())
     pool = runtime.sandbox.uids
     assert (pool.first, pool.count, pool.run_dir) == (FIRST, 3, tmp_path / "leases")
     assert runtime.envs.allow_builds is True
-    assert TestRuntime.from_settings(Settings(env_allow_builds=False)).envs.allow_builds is False
+    assert TestRuntime.from_settings(AgentSettings(env_allow_builds=False)).envs.allow_builds is False

@@ -22,7 +22,6 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
-from shared.bus.settings import Settings
 from shared.client import CadreClient, NoService
 from shared.client.cli.options import (
     EXIT_OK,
@@ -48,6 +47,7 @@ from shared.client.cli.options import (
 )
 from shared.client.cli.up import down, up
 from shared.client.cli.view import print_result, services_table, snapshot_view
+from shared.client.settings import ClientSettings
 from shared.client.taskfile import TaskFile, TaskFileError, load_task_file, parse_task
 from shared.client.wstree import UnsafeWorkspace
 from shared.contract import textsafe
@@ -130,7 +130,7 @@ def submit(
     state_dir: StateDir = Path(".cadre"),
 ) -> None:
     """Submit a task (file and/or flags) and print its id; --wait follows it to the end."""
-    settings = resolve_settings(nats_url, prefix, state_dir)
+    settings = resolve_settings(nats_url, prefix, state_dir, ClientSettings)
 
     async def main() -> int:
         overrides = _overrides(description, task_type, priority, requirement, context, task_id)
@@ -158,7 +158,7 @@ def submit(
 @connected
 async def watch(
     client: CadreClient,
-    settings: Settings,
+    settings: ClientSettings,
     task_id: str,
     replay: Annotated[bool, typer.Option(help="start from the task's first event")] = True,
     timeout: Timeout = None,  # noqa: ASYNC109 - the --timeout option, passed on as a bound
@@ -178,7 +178,7 @@ async def watch(
 @connected
 async def result(
     client: CadreClient,
-    settings: Settings,
+    settings: ClientSettings,
     task_id: str,
     fmt: Annotated[ResultFormat, typer.Option("--format", "-f")] = ResultFormat.markdown,
     wait: Annotated[bool, typer.Option("--wait", help="wait for a running task's result")] = False,
@@ -246,7 +246,7 @@ async def _download(
 @connected
 async def cancel(
     client: CadreClient,
-    settings: Settings,
+    settings: ClientSettings,
     task_id: str,
     reason: Annotated[str, typer.Option(help="recorded in the task's trace")] = "cancelled by user",
 ) -> int:
@@ -264,7 +264,7 @@ async def cancel(
 @connected
 async def status(
     client: CadreClient,
-    settings: Settings,
+    settings: ClientSettings,
     as_json: Annotated[bool, typer.Option("--json", help="print raw JSON")] = False,
 ) -> int:
     """Agents and their health (from the monitor), plus the services answering nats micro."""
@@ -292,7 +292,7 @@ async def status(
 @connected
 async def metrics(
     client: CadreClient,
-    settings: Settings,
+    settings: ClientSettings,
     everything: Annotated[bool, typer.Option("--all", help="the whole monitor snapshot")] = False,
 ) -> int:
     """The per-role performance figures as the spec's JSON object (from the monitor)."""

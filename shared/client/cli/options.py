@@ -1,6 +1,6 @@
 """What every ``cadre`` command shares: exit codes, consoles, options, errors, Ctrl-C, following a task.
 
-A command resolves its connection options to ``Settings`` (option >
+A command resolves its connection options to ``ClientSettings`` (option >
 environment > the running ``cadre up`` > default, see ``resolve_settings``), runs one
 coroutine through ``run`` so every known failure becomes a one-line
 ``error: ...`` on stderr with a documented exit code (``docs/cli.md``), and
@@ -26,9 +26,10 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from shared.bus.settings import Settings
+from shared.bus.settings import BusSettings
 from shared.client import CadreClient, NoDeployment, NoService, PermissionDenied
 from shared.client.cli.view import StepBoard, print_result, trace_text
+from shared.client.settings import ClientSettings
 from shared.client.taskfile import TaskFileError
 from shared.client.wstree import FileChange
 from shared.contract.errors import CadreError, InvalidSubjectToken, NotConnected, TaskNotFound
@@ -115,10 +116,19 @@ def fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
+S = TypeVar("S", bound=BusSettings)
+
+
 def resolve_settings(
-    nats_url: str | None, prefix: str | None, state_dir: Path, *, use_state: bool = True
-) -> Settings:
-    """Option > environment > running ``cadre up`` > default."""
+    nats_url: str | None,
+    prefix: str | None,
+    state_dir: Path,
+    kind: type[S],
+    *,
+    use_state: bool = True,
+) -> S:
+    """Option > environment > running ``cadre up`` > default, as ``kind`` (``ClientSettings``,
+    or ``StackSettings`` for ``cadre up``)."""
     overrides: dict[str, Any] = {}
     state = live_state(state_dir) if use_state else None
     if nats_url:
@@ -130,7 +140,7 @@ def resolve_settings(
     elif state is not None and "CADRE_PREFIX" not in os.environ:
         overrides["prefix"] = state.prefix
     try:
-        return Settings(**overrides)
+        return kind(**overrides)
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
         fail(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", EXIT_USAGE)
@@ -199,7 +209,7 @@ def connected(body: Callable[..., Awaitable[int]]) -> Callable[..., None]:
     own = list(inspect.signature(body, eval_str=True).parameters.values())[2:]
 
     def command(*, nats_url: str | None, prefix: str | None, state_dir: Path, **options: Any) -> None:
-        resolved = resolve_settings(nats_url, prefix, state_dir)
+        resolved = resolve_settings(nats_url, prefix, state_dir, ClientSettings)
 
         async def main() -> int:
             async with CadreClient.connect(resolved) as client:

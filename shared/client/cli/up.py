@@ -18,7 +18,6 @@ from typing import Annotated
 
 import typer
 
-from shared.bus.settings import Settings
 from shared.client import CadreClient
 from shared.client.cli.options import (
     EXIT_INTERRUPTED,
@@ -37,10 +36,11 @@ from shared.client.cli.options import (
     signals,
     unless_stopped,
 )
+from shared.client.cli.settings import StackSettings
 from shared.client.cli.view import services_table
 from shared.client.taskfile import load_task_file
 from shared.embedded.launcher import SERVICES
-from shared.embedded.stack import Embedded, PortTaken, ServiceFailed, live_state, stop_recorded
+from shared.embedded.stack import Embedded, PortTaken, ServiceFailed, live_state, monitor_port, stop_recorded
 
 __all__ = ["up", "down"]
 
@@ -68,7 +68,7 @@ def up(
     running = live_state(state_dir)
     if running is not None:
         fail(f"cadre up is already running (pid {running.pid}) at {running.nats_url}: run `cadre down`", 2)
-    settings = resolve_settings(nats_url, prefix, state_dir, use_state=False)
+    settings = resolve_settings(nats_url, prefix, state_dir, StackSettings, use_state=False)
     if brain:
         settings = settings.model_copy(update={"brain": brain})
     elif settings.llm_base_url and settings.brain == "builtin":
@@ -77,9 +77,13 @@ def up(
     if nats_url:
         run(_probe(settings))
 
-    emb = Embedded(settings, state_dir, names, replicas, use_existing_server=bool(nats_url))
+    emb: Embedded[StackSettings] = Embedded(
+        settings, state_dir, names, replicas, use_existing_server=bool(nats_url)
+    )
     code = EXIT_TASK
     try:
+        if "monitor" in names:  # the configured port, or a free one when the default is taken
+            emb.settings = settings.model_copy(update=monitor_port(settings))
         settings = emb.start()
         out.print(f"nats-server: {settings.nats_url} · prefix {settings.prefix} · logs {state_dir / 'logs'}")
         code = run(_serve(emb, settings, task_file, start_timeout, timeout))
@@ -111,7 +115,7 @@ def down(
     out.print(f"stopped cadre up (pid {state.pid}) at {state.nats_url}", markup=False)
 
 
-def _example_file(settings: Settings) -> Path:
+def _example_file(settings: StackSettings) -> Path:
     name = "build-auth-api.yaml" if settings.llm_base_url else "harden-auth-api.yaml"
     for root in (Path(__file__).resolve().parents[3], Path.cwd()):
         path = root / "examples" / "tasks" / name
@@ -120,13 +124,13 @@ def _example_file(settings: Settings) -> Path:
     fail(f"example task examples/tasks/{name} not found (run from the Cadre checkout)", EXIT_USAGE)
 
 
-async def _probe(settings: Settings) -> None:
+async def _probe(settings: StackSettings) -> None:
     async with CadreClient.connect(settings, "cadre-up-probe"):
         pass
 
 
 async def _serve(
-    emb: Embedded, settings: Settings, task_file: Path | None, start_timeout: float, bound: float | None
+    emb: Embedded, settings: StackSettings, task_file: Path | None, start_timeout: float, bound: float | None
 ) -> int:
     stop = signals()
     async with CadreClient.connect(settings, "cadre-up") as client:
