@@ -6,12 +6,14 @@ command lives in ``shared.client.cli`` and is not imported from here.
 
 from shared.client.sdk import (
     FINAL_KINDS,
+    OPERATOR_LOGIN,
     ArtifactCorrupt,
     CadreClient,
     Download,
     NoDeployment,
     NoService,
     NoWorkspace,
+    PermissionDenied,
     ServiceInfo,
 )
 
@@ -24,4 +26,6 @@ __all__ = [
     "NoDeployment",
     "NoWorkspace",
     "ArtifactCorrupt",
+    "PermissionDenied",
+    "OPERATOR_LOGIN",
 ]

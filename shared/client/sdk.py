@@ -42,6 +42,8 @@ from nats.micro.service import DEFAULT_PREFIX as SRV_PREFIX
 from shared.bus import downloads, uploads
 from shared.bus.core import ArtifactRefused, Bus
 from shared.bus.settings import BusSettings
+from shared.client import reqreply
+from shared.client.reqreply import PermissionDenied
 from shared.client.settings import ClientSettings
 from shared.client.wstree import FileChange, changed_files, git_patch, read_tree, write_tree
 from shared.contract.errors import CadreError, NotConnected, TaskNotFound
@@ -82,12 +84,20 @@ __all__ = [
     "NoDeployment",
     "NoWorkspace",
     "ArtifactCorrupt",
+    "PermissionDenied",
+    "OPERATOR_LOGIN",
 ]
 
 logger = logging.getLogger(__name__)
 
 # Event kinds after which the orchestrator publishes nothing more for a task.
 FINAL_KINDS = frozenset(FINAL_EVENT_KINDS)
+
+# what a client login is told when it asks for the operator's views (docs/deployment.md)
+OPERATOR_LOGIN = (
+    "this needs the operator login: CADRE_NATS_USER=operator, CADRE_NATS_PASSWORD=<CADRE_PW_OPERATOR>,"
+    " CADRE_INBOX_PREFIX=_INBOX_operator (docs/deployment.md)"
+)
 
 _POLL = 0.5  # how long one wait on a subscription blocks before re-checking deadlines
 
@@ -259,13 +269,21 @@ class CadreClient:
                 self.bus, data, description=f"workspace ({Path(workspace_dir).name})", client=self.client_name
             )
         task = msgspec.structs.replace(task, **fields)
+        subject = self.subjects.task_submit(self.client_name)
+        before = self.bus.nc.last_error
         try:
             # no Nats-Msg-Id: the stream's dedup is shared by every client, so another client that
             # knows this message id could have the stream drop this submission as a duplicate;
             # the orchestrator recognises a re-send by (client, message id) instead
-            await self.bus.js.publish(self.subjects.task_submit(self.client_name), encode(task))
+            await self.bus.js.publish(subject, encode(task))
         except NoStreamResponseError as exc:
             raise NoDeployment(self.settings, self.subjects.stream_tasks) from exc
+        except NatsTimeoutError as exc:
+            # a refused publish gets no ack: say so rather than "timeout" (e.g. the operator login)
+            if self.bus.nc.last_error is not before and reqreply.refusal_of(self.bus.nc.last_error, subject):
+                user = self.settings.nats_user or "(this login)"
+                raise PermissionDenied(user, subject, "submit tasks", "submit with a client login") from exc
+            raise
         self._submitted[task_id] = task.message_id
         logger.info("task submitted task=%s message_id=%s", task_id, task.message_id)
         return task_id
@@ -477,11 +495,25 @@ class CadreClient:
         """Ask the orchestrator to cancel one of this client's tasks (request/reply)."""
         subject = self.subjects.task_cancel(self.client_name)
         request = CancelRequest(task_id=task_id, reason=reason)
-        return await self._request("orchestrator", subject, encode(request), cancel_reply_decoder, timeout)
+        return await self._request(
+            "orchestrator", subject, encode(request), cancel_reply_decoder, timeout, what="cancel tasks"
+        )
 
     async def snapshot(self, timeout: float = 5.0) -> Snapshot:  # noqa: ASYNC109
-        """The monitor's snapshot: agents, health, alerts, recent tasks and the spec's figures."""
-        return await self._request("monitor", self.subjects.monitor_snapshot, b"", snapshot_decoder, timeout)
+        """The monitor's snapshot: agents, health, alerts, recent tasks and the spec's figures.
+
+        It names every client's tasks, so only the operator login may ask for it;
+        a client login gets ``PermissionDenied`` (docs/security.md).
+        """
+        return await self._request(
+            "monitor",
+            self.subjects.monitor_snapshot,
+            b"",
+            snapshot_decoder,
+            timeout,
+            what="read the monitor's snapshot",
+            needs=OPERATOR_LOGIN,
+        )
 
     async def agent_status(
         self,
@@ -489,9 +521,20 @@ class CadreClient:
         instance_id: str,
         timeout: float = 5.0,  # noqa: ASYNC109
     ) -> AgentStatus:
-        """One agent instance's own answer: what it holds now, whether it pulls, its counts."""
+        """One agent instance's own answer: what it holds now, whether it pulls, its counts.
+
+        It names the tasks the agent holds: operator login only, like ``snapshot``.
+        """
         subject = self.subjects.agent_status(role, instance_id)
-        return await self._request(f"{role} {instance_id}", subject, b"", agent_status_decoder, timeout)
+        return await self._request(
+            f"{role} {instance_id}",
+            subject,
+            b"",
+            agent_status_decoder,
+            timeout,
+            what="read an agent's status",
+            needs=OPERATOR_LOGIN,
+        )
 
     @contextlib.asynccontextmanager
     async def alerts(self) -> AsyncIterator[AsyncIterator[Alert]]:
@@ -528,10 +571,20 @@ class CadreClient:
         payload: bytes,
         decoder: BoundedDecoder[_T],
         timeout: float,  # noqa: ASYNC109
+        *,
+        what: str,
+        needs: str = "",
     ) -> _T:
-        """One request/reply: the typed answer, or a ``CadreError`` that says what went wrong."""
+        """One request/reply: the typed answer, or a ``CadreError`` that says what went wrong.
+
+        A request the server's permissions refuse is ``PermissionDenied`` at once
+        (``shared.client.reqreply``), not a timeout.
+        """
+        user = self.settings.nats_user or "(this login)"
         try:
-            msg = await self.bus.nc.request(subject, payload, timeout=timeout)
+            msg = await reqreply.request(
+                self.bus.nc, subject, payload, timeout, user=user, what=what, needs=needs
+            )
         except NoRespondersError as exc:
             raise NoService(service, subject) from exc
         except (NatsTimeoutError, TimeoutError) as exc:

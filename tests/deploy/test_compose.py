@@ -95,9 +95,15 @@ class Compose:
     def compose(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return self.run("podman-compose", "-p", PROJECT, "-f", "docker-compose.yml", *args, **kw)
 
-    def client(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def client(
+        self, *args: str, timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """A one-off container of the `client` service (the `cadre` CLI, client user)."""
-        return self.compose("run", "--rm", "--no-deps", "-T", "client", *args, timeout=timeout)
+        return self.compose("run", "--rm", "--no-deps", "-T", "client", *args, timeout=timeout, check=check)
+
+    def operator(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """A one-off container of the `operator` service (the `cadre` CLI, operator user)."""
+        return self.compose("run", "--rm", "--no-deps", "-T", "operator", *args, timeout=timeout)
 
     def containers(self) -> dict[str, dict[str, Any]]:
         out = self.run(
@@ -133,7 +139,16 @@ def stack() -> Iterator[Compose]:
             pytest.fail(f"{tool} is not installed (make test-deploy installs it)")
     passwords = {
         f"CADRE_PW_{u}": "pw" + uuid.uuid4().hex
-        for u in ("BOOTSTRAP", "ORCHESTRATOR", "RESEARCHER", "DEVELOPER", "REVIEWER", "MONITOR", "CLIENT")
+        for u in (
+            "BOOTSTRAP",
+            "ORCHESTRATOR",
+            "RESEARCHER",
+            "DEVELOPER",
+            "REVIEWER",
+            "MONITOR",
+            "OPERATOR",
+            "CLIENT",
+        )
     }
     env = {
         **os.environ,
@@ -217,6 +232,13 @@ def test_the_compose_stack_runs_the_example_and_survives_a_killed_agent(stack: C
     # 5. the monitor noticed the dead replica
     alerts = (c.http_json(monitor_url(c) + "/status") or {}).get("alerts", [])
     assert any(a.get("instance_id") == victim["instance_id"] for a in alerts), alerts
+    # ... and its views are the operator's: `cadre status` works with the operator login and is
+    #     refused, in one line naming that login, to the client login (it lists every client's tasks)
+    as_operator = c.operator("cadre", "status", "--json")
+    assert task_id in as_operator.stdout, as_operator.stdout + as_operator.stderr
+    as_client = c.client("cadre", "status", check=False)
+    print(f"cadre status as the client: rc={as_client.returncode} {as_client.stderr.strip()}")
+    assert as_client.returncode == 2 and "operator login" in as_client.stderr, as_client.stderr
 
     # 6. each running container's own healthcheck passes (podman does not schedule them here; run
     #    once the task is done: on 2 cores the start-up burst can push a check past its timeout)

@@ -32,7 +32,7 @@ from tests.helpers import wait_for_value
 
 ROOT = Path(__file__).resolve().parents[2]
 NATS_DIR = ROOT / "deploy" / "nats"
-USERS = ("bootstrap", "orchestrator", "researcher", "developer", "reviewer", "monitor", "client")
+USERS = ("bootstrap", "orchestrator", "researcher", "developer", "reviewer", "monitor", "operator", "client")
 
 
 def free_port() -> int:

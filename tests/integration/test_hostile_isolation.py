@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from shared.bus.core import Bus
-from shared.client import CadreClient, NoService
+from shared.client import CadreClient, NoService, PermissionDenied
 from shared.contract.monitoring import Snapshot
 from shared.contract.protocol import MetricEvent, encode, now
 from shared.embedded.launcher import Stack
@@ -199,14 +199,10 @@ async def test_a_client_cannot_make_the_server_deliver_messages_into_another_use
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    reason="the monitor's snapshot (open to every client on cadre.monitor.snapshot) lists recent "
-    "tasks of all clients by task id, with status and timings: metrics carry no client name",
-)
 async def test_the_monitor_snapshot_does_not_show_one_client_another_clients_task_ids(
     dep: Deployment, tmp_path: Path
 ) -> None:
+    """The snapshot names every client's tasks: the server refuses it to a client (the operator's)."""
     stack = Stack(dep.settings("monitor"), log_dir=tmp_path)
     stack.add(
         "monitor",
@@ -228,17 +224,26 @@ async def test_the_monitor_snapshot_does_not_show_one_client_another_clients_tas
                 attempt=1,
             )
             await orch.js.publish(orch.subjects.metrics("orchestrator"), encode(metric))
-        async with CadreClient.connect(dep.settings("client")) as mallory:
+        # the monitor has counted alice's step and answers (the operator, trusted, sees it) ...
+        async with CadreClient.connect(dep.settings("operator"), "operator") as operator:
 
             async def counted() -> Snapshot | None:
                 try:
-                    snap = await mallory.snapshot()
+                    snap = await operator.snapshot()
                 except NoService:
                     return None
                 return snap if snap.orchestrator.tasks_delegated >= 1 else None
 
             snapshot = await wait_for_value(counted, timeout=60, what="the monitor counting alice's step")
-            assert ALICE_TASK not in encode(snapshot).decode(), [t.task_id for t in snapshot.recent_tasks]
+            assert ALICE_TASK in encode(snapshot).decode()
+        # ... but mallory, a client, gets no snapshot at all: the server refuses the request
+        async with CadreClient.connect(dep.settings("client"), "mallory") as mallory:
+            with pytest.raises(PermissionDenied):
+                await mallory.snapshot()
+            with pytest.raises(PermissionDenied):
+                await mallory.agent_status("developer", "developer-1")
+        await _refused(dep, "cadre.monitor.snapshot")
+        await _refused(dep, "cadre.svc.developer.developer-1.status")
     finally:
         stack.stop(timeout=15)
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +34,10 @@ from nats.js.errors import NotFoundError
 from shared.bus import downloads, uploads
 from shared.bus.bootstrap import bootstrap
 from shared.bus.core import Bus
-from shared.client import CadreClient, NoService
+from shared.client import CadreClient, NoService, PermissionDenied
 from shared.client.cli.settings import StackSettings
-from shared.contract.errors import TaskNotFound
-from shared.contract.monitoring import Snapshot
+from shared.contract.errors import CadreError, TaskNotFound
+from shared.contract.monitoring import AgentStatus, Snapshot
 from shared.contract.protocol import (
     AGENT_ROLES,
     CancelRequest,
@@ -54,7 +56,7 @@ from tests.helpers import feature_task, wait_for_value
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "deploy" / "nats" / "nats.conf"
-USERS = ("bootstrap", "orchestrator", "researcher", "developer", "reviewer", "monitor", "client")
+USERS = ("bootstrap", "orchestrator", "researcher", "developer", "reviewer", "monitor", "operator", "client")
 SERVICES = ("orchestrator", *AGENT_ROLES, "monitor")
 _CLIENT_TOKEN = re.compile(r"(?<![A-Za-z0-9])client(?![A-Za-z0-9])")
 CONSUMERS = [
@@ -185,7 +187,7 @@ def _cases() -> list[tuple[str, str, str]]:
             (role, "publish", "cadre.upload.client.0a1b.0"),  # no agent may forge a client's upload
             (role, "publish", "cadre.download.client.0a1b.0"),  # nor a client's download
         ]
-    for user in SERVICES + ("client",):
+    for user in SERVICES + ("operator", "client"):
         cases += [
             (user, "subscribe", "_INBOX.>"),
             (user, "publish", "_INBOX.x"),
@@ -254,6 +256,45 @@ def _cases() -> list[tuple[str, str, str]]:
         ("client", "subscribe", "cadre.work.>"),
         ("client", "subscribe", "cadre.control.cancel.task_x"),
         ("client", "subscribe", "_INBOX_developer.>"),
+        # the monitor's snapshot and an agent's status name every client's tasks: the operator's
+        # views, not a client's; nor the services' endpoint lists and stats
+        ("client", "publish", "cadre.monitor.snapshot"),
+        ("client", "publish", "cadre.svc.developer.developer-1.status"),
+        ("client", "publish", "$SRV.INFO"),
+        ("client", "publish", "$SRV.STATS"),
+        ("client", "publish", "$SRV.STATS.cadre-developer"),
+        ("client", "subscribe", "cadre.heartbeat.>"),  # heartbeats carry the keys agents hold
+        # the operator reads; it drives nothing, stores nothing, answers nothing
+        ("operator", "publish", "cadre.task.submit.operator"),
+        ("operator", "publish", "cadre.task.submit.client"),
+        ("operator", "publish", "cadre.task.cancel.client"),
+        ("operator", "publish", "cadre.control.cancel.task_x"),
+        ("operator", "publish", "cadre.work.developer.high"),
+        ("operator", "publish", "cadre.step.result.developer.task_x"),
+        ("operator", "publish", "cadre.heartbeat.developer.developer-1"),
+        ("operator", "publish", "cadre.alert.instance_dead"),  # hears alerts, never raises one
+        ("operator", "publish", "cadre.result.client.task_x"),
+        ("operator", "publish", "cadre.upload.operator.0a1b.0"),
+        ("operator", "publish", "$JS.API.INFO"),
+        ("operator", "publish", "$JS.API.STREAM.NAMES"),
+        ("operator", "publish", "$JS.API.STREAM.INFO.CADRE_EVENTS"),
+        ("operator", "publish", "$JS.API.STREAM.MSG.GET.CADRE_EVENTS"),
+        ("operator", "publish", "$JS.API.DIRECT.GET.CADRE_EVENTS.cadre.result.client.task_x"),
+        ("operator", "publish", "$JS.API.CONSUMER.CREATE.CADRE_EVENTS"),
+        ("operator", "publish", "$JS.API.CONSUMER.CREATE.CADRE_EVENTS.spy.cadre.events.client.>"),
+        ("operator", "publish", "$JS.API.CONSUMER.INFO.CADRE_WORK.developer-high"),
+        ("operator", "publish", "$KV.CADRE_workflows.task_x"),
+        ("operator", "publish", "$JS.API.DIRECT.GET.KV_CADRE_workflows.$KV.CADRE_workflows.task_x"),
+        ("operator", "publish", "$O.CADRE_artifacts.M.bmFtZQ=="),
+        ("operator", "publish", "$JS.API.STREAM.INFO.OBJ_CADRE_artifacts"),
+        ("operator", "publish", "$JS.API.DIRECT.GET.CADRE_DOWNLOADS.cadre.download.client.0a1b.0"),
+        ("operator", "subscribe", "cadre.events.>"),
+        ("operator", "subscribe", "cadre.result.>"),
+        ("operator", "subscribe", "cadre.task.submit.>"),
+        ("operator", "subscribe", "cadre.work.>"),
+        ("operator", "subscribe", "cadre.monitor.snapshot"),  # cannot answer in the monitor's place
+        ("operator", "subscribe", "$SRV.PING"),  # nor pose as a service
+        ("operator", "subscribe", "_INBOX_client.>"),
         # the orchestrator cannot fake agents, the monitor cannot drive tasks
         ("orchestrator", "publish", "cadre.step.result.task_x"),
         ("orchestrator", "publish", "cadre.step.result.reviewer.task_x"),
@@ -275,7 +316,45 @@ async def test_refused(
     assert "permissions violation" in error
 
 
-@pytest.mark.parametrize("user", SERVICES + ("client",))
+# what the operator may: ask the monitor and the agents, nats micro discovery, hear alerts; and the
+# client's one remaining view (which services answer)
+ALLOWED = [
+    ("operator", "publish", "cadre.monitor.snapshot"),
+    ("operator", "publish", "cadre.svc.developer.developer-1.status"),
+    ("operator", "publish", "cadre.svc.reviewer.reviewer-2.status"),
+    *[
+        ("operator", "publish", f"$SRV.{verb}{tail}")
+        for verb in ("PING", "INFO", "STATS")
+        for tail in ("", ".cadre-developer", ".cadre-developer.abc123")
+    ],
+    ("operator", "subscribe", "cadre.alert.>"),
+    ("operator", "subscribe", "_INBOX_operator.x"),
+    ("client", "publish", "$SRV.PING"),
+    ("client", "publish", "$SRV.PING.cadre-monitor"),
+    ("client", "subscribe", "cadre.alert.>"),
+]
+
+
+@pytest.mark.parametrize(("user", "kind", "subject"), ALLOWED, ids=lambda v: str(v))
+async def test_allowed(
+    deployment: Deployment, conns: dict[str, Conn], user: str, kind: str, subject: str
+) -> None:
+    conn = conns[user]
+    seen = len(conn.errors)
+    if kind == "publish":
+        await conn.nc.publish(subject, b"", reply=f"_INBOX_{user}.allowed")
+    else:
+        sub = await conn.nc.subscribe(subject)
+    # the server answers the flush's PING after handling the publish or subscribe: a refusal's
+    # -ERR would have arrived before the PONG
+    await conn.nc.flush()
+    refused = [e for e in conn.errors[seen:] if "permissions violation" in str(e).lower()]
+    assert not refused, refused
+    if kind == "subscribe":
+        await sub.unsubscribe()
+
+
+@pytest.mark.parametrize("user", SERVICES + ("operator", "client"))
 async def test_no_service_may_delete_a_stream_and_the_stream_survives(
     deployment: Deployment, conns: dict[str, Conn], user: str
 ) -> None:
@@ -397,10 +476,28 @@ async def test_the_developer_cannot_publish_a_review_but_may_publish_its_own_res
     await boot.purge_stream("CADRE_STEP_RESULTS", subject="cadre.step.result.developer.task_forged_review")
 
 
+async def test_the_operator_can_neither_submit_nor_cancel_and_the_sdk_says_so(
+    deployment: Deployment, conns: dict[str, Conn]
+) -> None:
+    boot = conns["bootstrap"].nc.jetstream()
+    before = (await boot.stream_info("CADRE_TASKS")).state.messages
+    async with CadreClient.connect(deployment.settings("operator"), "probe-operator") as operator:
+        assert operator.client_name == "operator"
+        with pytest.raises(PermissionDenied) as submitted:
+            await operator.submit(feature_task())
+        with pytest.raises(PermissionDenied) as cancelled:
+            await operator.cancel("task_x")
+    assert submitted.value.subject == "cadre.task.submit.operator" and submitted.value.user == "operator"
+    assert "client login" in str(submitted.value)
+    assert cancelled.value.subject == "cadre.task.cancel.operator"
+    assert (await boot.stream_info("CADRE_TASKS")).state.messages == before
+
+
 @pytest.mark.timeout(120)
 async def test_every_service_runs_a_task_under_its_own_user_without_a_violation(
     deployment: Deployment, tmp_path: Path
 ) -> None:
+    since = len(deployment.server.log)
     stack = _stack(deployment, tmp_path, SERVICES)
     try:
         async with CadreClient.connect(deployment.settings("client")) as client:
@@ -415,28 +512,130 @@ async def test_every_service_runs_a_task_under_its_own_user_without_a_violation(
             written = await client.download_workspace(result, tmp_path / "fixed")
             assert (tmp_path / "fixed" / "auth_api" / "app.py").is_file() and written.files
             assert isinstance(await client.workspace_patch(result), str)
+            async with client.alerts():
+                pass  # subscribed and flushed: a refused subscribe shows in the server log below
+            reply = await client.cancel(task_id)
+            assert not reply.accepted  # already finished: the orchestrator answered, through its user
+        # the monitor's views are the operator's (read-only): snapshot, an agent's status, alerts
+        async with CadreClient.connect(deployment.settings("operator"), "cadre-operator") as operator:
             # the task can finish before the monitor process is up: wait for it to answer
 
             async def answered() -> Snapshot | None:
                 try:
-                    return await client.snapshot()
+                    return await operator.snapshot()
                 except NoService:
                     return None
 
             snapshot = await wait_for_value(answered, what="the monitor's snapshot")
             assert snapshot.orchestrator.tasks_delegated >= 1
-            # an agent's status and the alert stream are open to the client too (read-only)
-            status = await client.agent_status("developer", "developer-1")
+            assert task_id in [t.task_id for t in snapshot.recent_tasks]
+            status = await operator.agent_status("developer", "developer-1")
             assert status.role == "developer" and status.completed >= 1
-            async with client.alerts():
-                pass  # subscribed and flushed: a refused subscribe shows in the server log below
-            reply = await client.cancel(task_id)
-            assert not reply.accepted  # already finished: the orchestrator answered, through its user
+            found = {info.name for info in await operator.services(wait=0.5)}
+            assert {"cadre-orchestrator", "cadre-developer", "cadre-monitor"} <= found, found
+            async with operator.alerts():
+                pass
     finally:
         stack.stop(timeout=15)
     # the deliberate refusals above come from this module's unnamed connections; the services
     # (and CadreClient) name theirs "cadre-...": none of those may have hit a refusal
-    _assert_no_service_violations(deployment)
+    _assert_no_service_violations(deployment, since)
+
+
+@dataclass
+class Ran:
+    rc: int
+    out: str
+    err: str
+
+
+async def _cadre(dep: Deployment, user: str, *args: str, cwd: Path) -> Ran:
+    """`cadre ARGS` as a user runs it (a subprocess), logged in as NATS user ``user``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CADRE_")}
+    env |= {
+        "PYTHONPATH": str(ROOT),
+        "NO_COLOR": "1",
+        "CADRE_NATS_URL": dep.server.url,
+        "CADRE_NATS_USER": user,
+        "CADRE_NATS_PASSWORD": dep.passwords[user],
+        "CADRE_INBOX_PREFIX": f"_INBOX_{user}",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shared.client.cli.app",
+        *args,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return Ran(proc.returncode or 0, out.decode(), err.decode())
+
+
+@pytest.mark.timeout(120)
+async def test_a_client_is_refused_the_monitors_views_and_cadre_status_names_the_operator_login(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    stack = _stack(deployment, tmp_path, ("monitor", "developer"))
+    try:
+        async with CadreClient.connect(deployment.settings("operator"), "cadre-operator") as operator:
+
+            async def developer_seen() -> Snapshot | None:
+                with contextlib.suppress(NoService):
+                    snap = await operator.snapshot()
+                    if any(i.instance_id == "developer-1" and i.state == "alive" for i in snap.instances):
+                        return snap
+                return None
+
+            # the monitor answers and knows the developer: a refusal below is the server's, not silence
+            await wait_for_value(developer_seen, what="the monitor's snapshot naming developer-1")
+
+            async def developer_answers() -> AgentStatus | None:
+                with contextlib.suppress(CadreError):  # not answering yet: starting up on a busy machine
+                    return await operator.agent_status("developer", "developer-1")
+                return None
+
+            status = await wait_for_value(developer_answers, what="developer-1's status")
+            assert status.role == "developer" and status.instance_id == "developer-1"
+
+        # the SDK as the client: each view is refused by the server, at once, as a typed error
+        async with CadreClient.connect(deployment.settings("client"), "probe-client") as client:
+            with pytest.raises(PermissionDenied) as snap_denied:
+                await client.snapshot()
+            with pytest.raises(PermissionDenied) as status_denied:
+                await client.agent_status("developer", "developer-1")
+            # what is left to a client: which services answer (no task data in a ping)
+            assert "cadre-monitor" in {info.name for info in await client.services(wait=0.5)}
+        assert snap_denied.value.user == "client" and snap_denied.value.subject == "cadre.monitor.snapshot"
+        assert "CADRE_NATS_USER=operator" in str(snap_denied.value)
+        assert status_denied.value.subject == "cadre.svc.developer.developer-1.status"
+        for subject in ("cadre.monitor.snapshot", "cadre.svc.developer.developer-1.status"):
+
+            async def logged(subject: str = subject) -> str | None:
+                return deployment.violation_logged("client", "publish", subject)
+
+            await wait_for_value(logged, timeout=5, what=f"the server's refusal of {subject}")
+
+        # the CLI: one clear line naming the operator login, exit 2; the operator's own run works
+        denied = await _cadre(deployment, "client", "status", cwd=tmp_path)
+        assert denied.rc == 2, (denied.rc, denied.out, denied.err)
+        lines = denied.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), denied.err
+        for fragment in ("'client'", "cadre.monitor.snapshot", "operator login", "CADRE_NATS_USER=operator"):
+            assert fragment in lines[0], (fragment, lines[0])
+        assert "Traceback" not in denied.err and not denied.out
+        print(f"cadre status as the client: {lines[0]}")
+        allowed = await _cadre(deployment, "operator", "status", cwd=tmp_path)
+        assert allowed.rc == 0, allowed.err
+        assert "developer-1" in allowed.out and "cadre-monitor" in allowed.out, allowed.out
+        metrics = await _cadre(deployment, "operator", "metrics", cwd=tmp_path)
+        assert metrics.rc == 0, metrics.err
+        assert set(json.loads(metrics.out)) == {"orchestrator", "researcher", "developer", "reviewer"}
+    finally:
+        stack.stop(timeout=15)
 
 
 def _stack(dep: Deployment, log_dir: Path, names: tuple[str, ...]) -> Stack:
@@ -458,9 +657,14 @@ def _stack(dep: Deployment, log_dir: Path, names: tuple[str, ...]) -> Stack:
     return stack
 
 
-def _assert_no_service_violations(dep: Deployment) -> None:
-    """The services (and CadreClient) name their connections "cadre-...": none may have hit a refusal."""
-    service_violations = [line for line in dep.server.log if "Violation" in line and "python3:cadre-" in line]
+def _assert_no_service_violations(dep: Deployment, since: int = 0) -> None:
+    """The services (and CadreClient) name their connections "cadre-...": none may have hit a refusal.
+
+    ``since``: the server log's length when the test began (another test's deliberate
+    refusals, such as a client's `cadre status`, are not this test's).
+    """
+    log = dep.server.log[since:]
+    service_violations = [line for line in log if "Violation" in line and "python3:cadre-" in line]
     assert not service_violations, "a service lacks a permission it needs:\n" + "\n".join(service_violations)
 
 

@@ -29,6 +29,7 @@ SERVICE_SETTINGS: dict[str, type[BaseSettings]] = {
     "reviewer": AgentSettings,
     "monitor": MonitorSettings,
     "client": ClientSettings,
+    "operator": ClientSettings,  # the CLI as the operator (cadre status)
 }
 
 

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.live import Live
 
 from shared.bus.settings import BusSettings
-from shared.client import CadreClient, NoDeployment, NoService
+from shared.client import CadreClient, NoDeployment, NoService, PermissionDenied
 from shared.client.cli.view import StepBoard, print_result, trace_text
 from shared.client.settings import ClientSettings
 from shared.client.taskfile import TaskFileError
@@ -65,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_TASK = 1  # the task finished but not "completed" (failed/rejected/cancelled), or a refusal
-EXIT_USAGE = 2  # no server / deployment / service reachable, invalid input
+EXIT_USAGE = 2  # no server / deployment / service reachable, a login refused, invalid input
 EXIT_UNKNOWN_TASK = 3
 EXIT_PENDING = 4  # no result yet / timed out waiting
 EXIT_INTERRUPTED = 130
@@ -150,7 +150,14 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run one command's coroutine and turn the known failures into one-line errors."""
     try:
         return asyncio.run(coro)
-    except (NotConnected, NoDeployment, NoService, TaskFileError, InvalidSubjectToken) as exc:
+    except (
+        NotConnected,
+        NoDeployment,
+        NoService,
+        PermissionDenied,
+        TaskFileError,
+        InvalidSubjectToken,
+    ) as exc:
         fail(str(exc), EXIT_USAGE)
     except TaskNotFound as exc:
         fail(str(exc), EXIT_UNKNOWN_TASK)
