@@ -87,7 +87,7 @@ async def test_a_status_that_ended_an_earlier_request_does_not_end_the_next_pull
 
 async def test_a_publish_returns_the_decoded_ack_and_a_duplicate_is_marked(bus: Bus) -> None:
     req = CancelRequest(task_id="task_ack", reason="test")
-    subject = bus.subjects.events("task_ack", "note")
+    subject = bus.subjects.events("client", "task_ack", "note")
     first = await bus.publish(subject, req, msg_id="ack-1")
     again = await bus.publish(subject, req, msg_id="ack-1")
     assert first.stream == bus.subjects.stream_events and first.seq > 0 and not first.duplicate
