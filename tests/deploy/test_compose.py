@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -95,15 +96,33 @@ class Compose:
     def compose(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return self.run("podman-compose", "-p", PROJECT, "-f", "docker-compose.yml", *args, **kw)
 
+    def one_off(
+        self, service: str, *args: str, timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """A one-off container of ``service``, with the container's own exit code.
+
+        podman-compose (1.0.x) prints ``exit code: N`` for `run` and itself exits 0, so the
+        command's status is read from that line when the tool printed one.
+        """
+        proc = self.compose("run", "--rm", "--no-deps", "-T", service, *args, timeout=timeout, check=False)
+        codes = re.findall(r"^exit code: (\d+)$", proc.stdout, flags=re.M)
+        if codes:
+            proc = subprocess.CompletedProcess(proc.args, int(codes[-1]), proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"{service} {' '.join(args)} exited {proc.returncode}: {proc.stderr[-2000:]}"
+            )
+        return proc
+
     def client(
         self, *args: str, timeout: float = 120, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """A one-off container of the `client` service (the `cadre` CLI, client user)."""
-        return self.compose("run", "--rm", "--no-deps", "-T", "client", *args, timeout=timeout, check=check)
+        return self.one_off("client", *args, timeout=timeout, check=check)
 
     def operator(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """A one-off container of the `operator` service (the `cadre` CLI, operator user)."""
-        return self.compose("run", "--rm", "--no-deps", "-T", "operator", *args, timeout=timeout)
+        return self.one_off("operator", *args, timeout=timeout)
 
     def containers(self) -> dict[str, dict[str, Any]]:
         out = self.run(
