@@ -133,93 +133,86 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 async def ensure_topology(js: JetStreamContext, settings: BusSettings) -> None:
     """Create (or update) every stream, consumer, bucket and store. Idempotent."""
     s = settings.subjects
-    r = settings.js_replicas
-    dedup = settings.dedup_window
+
+    def queue(name: str, subject: str) -> StreamConfig:
+        """A work queue: each message is kept until one consumer acks it."""
+        return StreamConfig(
+            name=name,
+            subjects=[subject],
+            retention=RetentionPolicy.WORK_QUEUE,
+            duplicate_window=settings.dedup_window,
+            storage=StorageType.FILE,
+            num_replicas=settings.js_replicas,
+        )
+
+    def kept(
+        name: str,
+        subjects: list[str],
+        max_age: float,
+        max_bytes: int,
+        *,
+        discard: DiscardPolicy = DiscardPolicy.OLD,
+        dedup: bool = True,
+        allow_direct: bool | None = None,
+    ) -> StreamConfig:
+        """A stream kept by age and size (every stream has a size cap)."""
+        return StreamConfig(
+            name=name,
+            subjects=subjects,
+            allow_direct=allow_direct,
+            retention=RetentionPolicy.LIMITS,
+            max_age=max_age,
+            max_bytes=max_bytes,
+            discard=discard,
+            duplicate_window=settings.dedup_window if dedup else 0,
+            storage=StorageType.FILE,
+            num_replicas=settings.js_replicas,
+        )
+
     streams = [
-        StreamConfig(
-            name=s.stream_tasks,
-            subjects=[s.task_submit_all],
-            retention=RetentionPolicy.WORK_QUEUE,
-            duplicate_window=dedup,
-            storage=StorageType.FILE,
-            num_replicas=r,
-        ),
-        StreamConfig(
-            name=s.stream_work,
-            subjects=[s.work_all()],
-            retention=RetentionPolicy.WORK_QUEUE,
-            duplicate_window=dedup,
-            storage=StorageType.FILE,
-            num_replicas=r,
-        ),
-        StreamConfig(
-            name=s.stream_results,
-            subjects=[s.step_result_all],
-            retention=RetentionPolicy.WORK_QUEUE,
-            duplicate_window=dedup,
-            storage=StorageType.FILE,
-            num_replicas=r,
-        ),
-        StreamConfig(
-            name=s.stream_events,
-            subjects=[s.events_all, s.result_all, s.refused_all],
-            # clients read single messages by direct get with the subject in the request
-            # subject, which the server's permissions can pin to the client's own name
+        queue(s.stream_tasks, s.task_submit_all),
+        queue(s.stream_work, s.work_all()),
+        queue(s.stream_results, s.step_result_all),
+        # clients read single messages by direct get with the subject in the request
+        # subject, which the server's permissions can pin to the client's own name
+        kept(
+            s.stream_events,
+            [s.events_all, s.result_all, s.refused_all],
+            settings.events_max_age,
+            settings.events_max_bytes,
             allow_direct=True,
-            retention=RetentionPolicy.LIMITS,
-            max_age=settings.events_max_age,
-            max_bytes=settings.events_max_bytes,
-            discard=DiscardPolicy.OLD,
-            duplicate_window=dedup,
-            storage=StorageType.FILE,
-            num_replicas=r,
         ),
-        StreamConfig(
-            name=s.stream_uploads,
-            subjects=[s.upload_all],
-            retention=RetentionPolicy.LIMITS,
-            max_age=settings.upload_max_age,
-            # a full stream refuses the next upload (its sender gets the error) rather than
-            # dropping another client's pending one
-            max_bytes=settings.uploads_max_bytes,
+        # a full uploads stream refuses the next upload (its sender gets the error) rather
+        # than dropping another client's pending one
+        kept(
+            s.stream_uploads,
+            [s.upload_all],
+            settings.upload_max_age,
+            settings.uploads_max_bytes,
             discard=DiscardPolicy.NEW,
-            duplicate_window=dedup,
-            storage=StorageType.FILE,
-            num_replicas=r,
         ),
-        StreamConfig(
-            # result artifacts the orchestrator offers each client, under its name
-            # (shared/bus/downloads.py); read only by direct get by subject
-            name=s.stream_downloads,
-            subjects=[s.download_all],
+        # result artifacts the orchestrator offers each client, under its name
+        # (shared/bus/downloads.py); read only by direct get by subject
+        kept(
+            s.stream_downloads,
+            [s.download_all],
+            settings.artifacts_max_age,
+            settings.downloads_max_bytes,
             allow_direct=True,
-            retention=RetentionPolicy.LIMITS,
-            max_age=settings.artifacts_max_age,
-            max_bytes=settings.downloads_max_bytes,
-            discard=DiscardPolicy.OLD,
-            duplicate_window=dedup,
-            storage=StorageType.FILE,
-            num_replicas=r,
         ),
-        StreamConfig(
-            name=s.stream_metrics,
-            subjects=[s.metrics_all],
-            retention=RetentionPolicy.LIMITS,
-            max_age=settings.metrics_max_age,
-            max_bytes=settings.metrics_max_bytes,
-            discard=DiscardPolicy.OLD,
-            storage=StorageType.FILE,
-            num_replicas=r,
+        kept(
+            s.stream_metrics,
+            [s.metrics_all],
+            settings.metrics_max_age,
+            settings.metrics_max_bytes,
+            dedup=False,
         ),
-        StreamConfig(
-            name=s.stream_dead_letters,
-            subjects=[s.dead_letter_all],
-            retention=RetentionPolicy.LIMITS,
-            max_age=settings.dead_letters_max_age,
-            max_bytes=settings.dead_letters_max_bytes,
-            discard=DiscardPolicy.OLD,
-            storage=StorageType.FILE,
-            num_replicas=r,
+        kept(
+            s.stream_dead_letters,
+            [s.dead_letter_all],
+            settings.dead_letters_max_age,
+            settings.dead_letters_max_bytes,
+            dedup=False,
         ),
     ]
     for config in streams:
@@ -250,13 +243,15 @@ async def ensure_topology(js: JetStreamContext, settings: BusSettings) -> None:
         # direct gets: a KV read is the raw value with headers (one request, no JSON or base64 to
         # unpack), the orchestrator's most frequent read. nats.go makes KV buckets this way.
         await js.create_key_value(
-            KeyValueConfig(bucket=s.kv_workflows, history=settings.kv_history, replicas=r, direct=True)
+            KeyValueConfig(
+                bucket=s.kv_workflows, history=settings.kv_history, replicas=settings.js_replicas, direct=True
+            )
         )
     try:
         await js.object_store(s.object_store)
     except (NotFoundError, BadRequestError):
         await js.create_object_store(
-            s.object_store, ObjectStoreConfig(replicas=r, ttl=settings.artifacts_max_age)
+            s.object_store, ObjectStoreConfig(replicas=settings.js_replicas, ttl=settings.artifacts_max_age)
         )
 
 
